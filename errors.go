@@ -1,0 +1,68 @@
+package redlock
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+var (
+	// ErrNotAcquired means the lock was not acquired: another holder has it,
+	// too few nodes granted it, or the wait ended. It is joined with the
+	// context's error and with node errors where those played a part.
+	ErrNotAcquired = errors.New("redlock: lock not acquired")
+
+	// ErrLockLost is the cause of a held context that ended because the lock
+	// could no longer be confirmed on a quorum of nodes before its validity
+	// ran out, or because a quorum said the key is gone or owned by another.
+	ErrLockLost = errors.New("redlock: lock lost")
+
+	// ErrNotHeld is returned by UnlockContext when the Mutex is not locked.
+	ErrNotHeld = errors.New("redlock: lock not held")
+
+	// ErrClosed is returned by calls on a Client, or on its mutexes, after
+	// Client.Close.
+	ErrClosed = errors.New("redlock: client closed")
+
+	// errTooBusy is reported for a node that already has the maximum number
+	// of calls in flight, as happens while it hangs.
+	errTooBusy = errors.New("too many calls in flight to this node")
+)
+
+// NodeError is the error of one node in a round of calls.
+type NodeError struct {
+	Node int    // index of the node in the client list given to New or Dial
+	Addr string // the node's address, where known
+	Err  error
+}
+
+func (e *NodeError) Error() string {
+	if e.Addr == "" {
+		return fmt.Sprintf("redlock: node %d: %v", e.Node, e.Err)
+	}
+	return fmt.Sprintf("redlock: node %d (%s): %v", e.Node, e.Addr, e.Err)
+}
+
+func (e *NodeError) Unwrap() error { return e.Err }
+
+// permanent reports whether err is one that retrying cannot fix: a denied
+// authentication or permission, a script the server rejects, or a closed
+// client. Timeouts, refused connections and the like are transient.
+func permanent(err error) bool {
+	if errors.Is(err, redis.ErrClosed) || errors.Is(err, ErrClosed) {
+		return true
+	}
+	var redisErr redis.Error
+	if !errors.As(err, &redisErr) {
+		return false
+	}
+	msg := redisErr.Error()
+	for _, prefix := range []string{"NOAUTH", "WRONGPASS", "NOPERM", "WRONGTYPE", "ERR unknown command", "ERR Error running script", "ERR user_script", "ERR Error compiling script"} {
+		if strings.HasPrefix(msg, prefix) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,298 @@
+package redlock
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	mathrand "math/rand/v2"
+	"sync"
+	"time"
+)
+
+// Mutex is a lock shared by every process that makes a Mutex of the same name
+// over the same masters. Goroutines of one process that share a *Mutex are
+// serialised locally before they contend remotely. A Mutex must not be copied
+// after first use. Make one with Client.NewMutex; the zero value is not
+// usable.
+type Mutex struct {
+	client *Client
+	name   string
+	key    string // prefix + "{" + name + "}": the lock's keys share a hash slot
+	cfg    config
+	err    error // bad configuration, reported by every call
+
+	// local is the process-local lock: a token in it means a goroutine of
+	// this process holds or is acquiring the remote lock.
+	local chan struct{}
+
+	mu   sync.Mutex // guards held and the fields of *held that change
+	held *holding
+}
+
+// holding is one acquisition, from the grant until Unlock.
+type holding struct {
+	value  string    // random, unique to this acquisition
+	until  time.Time // end of validity; moved forward by the watchdog
+	lost   error     // why the lock was lost, or nil
+	cancel context.CancelCauseFunc
+	stop   chan struct{} // closed by Unlock to stop the watchdog
+	done   chan struct{} // closed when the watchdog has returned
+}
+
+// NewMutex returns a Mutex for the lock called name. The options override the
+// Client's for this Mutex. An empty name or an invalid option is reported by
+// every call on the Mutex: LockContext, TryLockContext and UnlockContext
+// return the error and Lock panics with it. NewMutex does not contact Redis.
+func (c *Client) NewMutex(name string, opts ...Option) *Mutex {
+	cfg := c.cfg
+	cfg.errs = nil
+	cfg.apply(opts)
+	err := cfg.validate()
+	if name == "" {
+		err = errors.Join(errors.New("redlock: mutex name is empty"), err)
+	}
+	return &Mutex{
+		client: c,
+		name:   name,
+		key:    cfg.keyPrefix + "{" + name + "}",
+		cfg:    cfg,
+		err:    err,
+		local:  make(chan struct{}, 1),
+	}
+}
+
+// Name returns the name the Mutex was made with.
+func (m *Mutex) Name() string { return m.name }
+
+// Until returns the end of the lock's validity: until then no other holder can
+// acquire it, assuming bounded clock drift. It is the zero time when the lock
+// is not held or was lost. The watchdog moves it forward while the lock is held.
+func (m *Mutex) Until() time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.held == nil || m.held.lost != nil {
+		return time.Time{}
+	}
+	return m.held.until
+}
+
+// LockContext acquires the lock, waiting until it is free or ctx is done.
+// It returns held, a context derived from ctx that ends when ctx ends, when
+// Unlock is called, or when the lock is lost; in the last case
+// context.Cause(held) wraps ErrLockLost. If ctx ends first, the error wraps
+// ErrNotAcquired and ctx.Err(). Transient node failures are retried; an error
+// that retrying cannot fix on enough nodes to rule out a quorum (an ACL denial,
+// a closed client) is returned at once. When ctx ends after the lock is
+// acquired, the lock stays held until Unlock.
+func (m *Mutex) LockContext(ctx context.Context) (held context.Context, err error) {
+	waitCtx := ctx
+	if m.cfg.waitTimeout > 0 {
+		var cancel context.CancelFunc
+		waitCtx, cancel = context.WithTimeout(ctx, m.cfg.waitTimeout)
+		defer cancel()
+	}
+	return m.lock(ctx, waitCtx)
+}
+
+// TryLockContext makes one attempt to acquire the lock, bounded by ctx and the
+// node timeout. It returns an error wrapping ErrNotAcquired if the lock is
+// taken, locally or remotely, or if too few nodes granted it. On success,
+// held is as for LockContext.
+func (m *Mutex) TryLockContext(ctx context.Context) (held context.Context, err error) {
+	if err := m.usable(); err != nil {
+		return nil, err
+	}
+	select {
+	case m.local <- struct{}{}:
+	default:
+		return nil, fmt.Errorf("%w: held by another goroutine of this process", ErrNotAcquired)
+	}
+	held, _, err = m.attempt(ctx)
+	if err != nil {
+		<-m.local
+		return nil, err
+	}
+	return held, nil
+}
+
+// usable reports bad configuration or a closed Client.
+func (m *Mutex) usable() error {
+	if m.err != nil {
+		return m.err
+	}
+	if m.client.isClosed() {
+		return ErrClosed
+	}
+	return nil
+}
+
+// lock acquires the lock, waiting until waitCtx is done; held derives from ctx.
+func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
+	if err := m.usable(); err != nil {
+		return nil, err
+	}
+	select {
+	case m.local <- struct{}{}:
+	case <-waitCtx.Done():
+		return nil, m.waitEnded(waitCtx, nil)
+	}
+	var wake *watch
+	defer func() {
+		if wake != nil {
+			wake.stop()
+		}
+	}()
+	logged := false
+	for {
+		held, permanent, err := m.attempt(ctx)
+		if err == nil {
+			return held, nil
+		}
+		if permanent || m.client.isClosed() || waitCtx.Err() != nil {
+			<-m.local
+			if permanent {
+				return nil, err
+			}
+			if m.client.isClosed() {
+				return nil, errors.Join(ErrClosed, err)
+			}
+			return nil, m.waitEnded(waitCtx, err)
+		}
+		m.logRetry(err, &logged)
+		if wake == nil {
+			// Subscribe before trying again, so that a release between the
+			// failed attempt and the subscription is not missed.
+			wake = m.client.notifier.watch(m.key)
+			continue
+		}
+		timer := time.NewTimer(m.retryDelay())
+		select {
+		case <-wake.C:
+		case <-timer.C:
+		case <-waitCtx.Done():
+		case <-m.client.closing:
+		}
+		timer.Stop()
+	}
+}
+
+// waitEnded is the error of a wait that ctx ended; last is the last
+// attempt's error, kept when nodes failed in it.
+func (m *Mutex) waitEnded(ctx context.Context, last error) error {
+	err := fmt.Errorf("%w: %w", ErrNotAcquired, ctx.Err())
+	if cause := context.Cause(ctx); cause != ctx.Err() {
+		err = fmt.Errorf("%w: %w", err, cause)
+	}
+	var nodeErr *NodeError
+	if errors.As(last, &nodeErr) {
+		err = fmt.Errorf("%w; last attempt: %w", err, last)
+	}
+	return err
+}
+
+// logRetry logs a failed attempt's node errors: the first of a wait at Warn,
+// later ones at Debug. A lock taken by another holder is not logged.
+func (m *Mutex) logRetry(err error, logged *bool) {
+	var nodeErr *NodeError
+	level := slog.LevelDebug
+	if errors.As(err, &nodeErr) && !*logged {
+		level = slog.LevelWarn
+		*logged = true
+	}
+	m.cfg.logger.Log(context.Background(), level, "redlock: attempt failed; retrying", "lock", m.name, "error", err)
+}
+
+func (m *Mutex) retryDelay() time.Duration {
+	delay := m.cfg.retryDelay
+	if m.cfg.retryJitter > 0 {
+		delay += mathrand.N(m.cfg.retryJitter)
+	}
+	return delay
+}
+
+// attempt makes one acquisition round. On failure it releases the nodes that
+// may have granted the lock, and reports whether the failure is permanent.
+// m.local is held.
+func (m *Mutex) attempt(ctx context.Context) (held context.Context, permanent bool, err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, false, m.waitEnded(ctx, nil)
+	}
+	c := m.client
+	value := rand.Text() // 128 bits from crypto/rand
+	ttl := m.cfg.ttl
+	timeout := m.cfg.perNodeTimeout()
+	release := releaseCall(m.key, value, m.key)
+	start := time.Now()
+	out := c.fanOut(ctx, timeout, acquireCall(m.key, value, ttl), release)
+	until := validityEnd(start, ttl, m.cfg.drift())
+	if out.won && time.Now().Before(until) {
+		return m.hold(ctx, value, until), false, nil
+	}
+	if out.won {
+		// Granted, but too late to be of use: undo it like a lost round.
+		out.won = false
+	}
+	c.releaseLate(out, release, timeout)
+	permanent = out.permanentFailures() > len(c.nodes)-quorum(len(c.nodes))
+	switch {
+	case out.errs != nil:
+		return nil, permanent, fmt.Errorf("%w: %d of %d nodes granted it: %w", ErrNotAcquired, out.oks, len(c.nodes), out.errs)
+	case !time.Now().Before(until):
+		return nil, false, fmt.Errorf("%w: acquisition took longer than the TTL allows", ErrNotAcquired)
+	default:
+		return nil, false, fmt.Errorf("%w: held by another owner", ErrNotAcquired)
+	}
+}
+
+// hold records a granted lock and starts its watchdog.
+func (m *Mutex) hold(ctx context.Context, value string, until time.Time) context.Context {
+	held, cancel := context.WithCancelCause(ctx)
+	h := &holding{
+		value:  value,
+		until:  until,
+		cancel: cancel,
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	m.mu.Lock()
+	m.held = h
+	m.mu.Unlock()
+	m.startWatchdog(h)
+	return held
+}
+
+// UnlockContext releases the lock: it stops the watchdog, ends the held
+// context, and deletes the key on every node where this holder still owns it.
+// It returns once a quorum of nodes has confirmed or every node has answered or
+// timed out; calls to slower nodes finish in the background. The Mutex is
+// unlocked locally whatever the result. It returns ErrNotHeld if the Mutex is
+// not locked, an error wrapping ErrLockLost if the lock had been lost or a
+// quorum of nodes no longer held it, and otherwise the node errors that kept a
+// quorum from confirming. ctx bounds only the wait for the nodes' answers.
+func (m *Mutex) UnlockContext(ctx context.Context) error {
+	m.mu.Lock()
+	h := m.held
+	m.held = nil
+	m.mu.Unlock()
+	if h == nil {
+		return ErrNotHeld
+	}
+	defer func() { <-m.local }()
+	close(h.stop)
+	<-h.done
+	h.cancel(nil) // no-op if the lock was lost: that cause stays
+
+	out := m.client.fanOut(ctx, m.cfg.perNodeTimeout(), releaseCall(m.key, h.value, m.key), nil)
+	switch {
+	case h.lost != nil:
+		return errors.Join(h.lost, out.errs)
+	case out.won:
+		return nil
+	case out.refusals > 0:
+		return errors.Join(fmt.Errorf("%w: %d of %d nodes no longer held it at unlock", ErrLockLost, out.refusals, len(m.client.nodes)), out.errs)
+	default:
+		return out.errs
+	}
+}

@@ -1,0 +1,162 @@
+package redlock
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// notifier wakes waiters when a holder releases a lock. The release script
+// publishes on the lock's channel on every node; the notifier keeps one
+// subscription connection per node, shared by every waiter of the Client,
+// subscribed to exactly the channels that have waiters. Messages can be lost
+// (a node down, a reconnect), so waiters also retry on a timer.
+type notifier struct {
+	client *Client
+
+	mu       sync.Mutex
+	watchers map[string]map[*watch]struct{} // by channel
+	subs     []*nodeSubscription            // nil until the first watch
+	running  sync.WaitGroup
+}
+
+// watch is one waiter's registration; C receives when the lock may be free.
+type watch struct {
+	C       chan struct{}
+	channel string
+	n       *notifier
+}
+
+// nodeSubscription is the subscription to one node, run by one goroutine.
+type nodeSubscription struct {
+	pubsub *redis.PubSub
+	kick   chan struct{} // the wanted channels changed
+}
+
+func newNotifier(c *Client) *notifier {
+	return &notifier{client: c, watchers: make(map[string]map[*watch]struct{})}
+}
+
+// watch registers a waiter on channel. The caller must call stop.
+func (n *notifier) watch(channel string) *watch {
+	w := &watch{C: make(chan struct{}, 1), channel: channel, n: n}
+	n.client.mu.RLock()
+	defer n.client.mu.RUnlock()
+	if n.client.closed {
+		return w // never woken by a message; the waiter's timer still runs
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.subs == nil {
+		n.start()
+	}
+	set := n.watchers[channel]
+	if set == nil {
+		set = make(map[*watch]struct{})
+		n.watchers[channel] = set
+		n.kickAll()
+	}
+	set[w] = struct{}{}
+	return w
+}
+
+// stop unregisters the waiter.
+func (w *watch) stop() {
+	n := w.n
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	set := n.watchers[w.channel]
+	if _, ok := set[w]; !ok {
+		return
+	}
+	delete(set, w)
+	if len(set) == 0 {
+		delete(n.watchers, w.channel)
+		n.kickAll()
+	}
+}
+
+// start makes one subscription per node. n.mu and client.mu (read) are held.
+func (n *notifier) start() {
+	for _, nd := range n.client.nodes {
+		sub := &nodeSubscription{pubsub: nd.client.Subscribe(context.Background()), kick: make(chan struct{}, 1)}
+		n.subs = append(n.subs, sub)
+		n.running.Go(func() { n.run(sub) })
+	}
+}
+
+func (n *notifier) kickAll() {
+	for _, sub := range n.subs {
+		select {
+		case sub.kick <- struct{}{}:
+		default: // already pending
+		}
+	}
+}
+
+// run keeps one node's subscription in line with the wanted channels and
+// forwards its messages, until the Client closes.
+func (n *notifier) run(sub *nodeSubscription) {
+	defer sub.pubsub.Close()
+	messages := sub.pubsub.Channel()
+	subscribed := make(map[string]bool)
+	timeout := n.client.cfg.perNodeTimeout()
+	for {
+		select {
+		case <-n.client.closing:
+			return
+		case <-sub.kick:
+			n.reconcile(sub.pubsub, subscribed, timeout)
+		case msg, ok := <-messages:
+			if !ok {
+				return
+			}
+			n.wake(msg.Channel)
+		}
+	}
+}
+
+// reconcile subscribes to channels that gained waiters and unsubscribes from
+// those that lost them. go-redis remembers the channels and subscribes again
+// after a reconnect, so a failed call here is not retried.
+func (n *notifier) reconcile(pubsub *redis.PubSub, subscribed map[string]bool, timeout time.Duration) {
+	n.mu.Lock()
+	var add, remove []string
+	for channel := range n.watchers {
+		if !subscribed[channel] {
+			add = append(add, channel)
+			subscribed[channel] = true
+		}
+	}
+	for channel := range subscribed {
+		if _, wanted := n.watchers[channel]; !wanted {
+			remove = append(remove, channel)
+			delete(subscribed, channel)
+		}
+	}
+	n.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if len(add) > 0 {
+		_ = pubsub.Subscribe(ctx, add...)
+	}
+	if len(remove) > 0 {
+		_ = pubsub.Unsubscribe(ctx, remove...)
+	}
+}
+
+func (n *notifier) wake(channel string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for w := range n.watchers[channel] {
+		select {
+		case w.C <- struct{}{}:
+		default: // a wake-up is already pending
+		}
+	}
+}
+
+// wait waits for the subscription goroutines after the Client began closing.
+func (n *notifier) wait() { n.running.Wait() }

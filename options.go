@@ -1,0 +1,216 @@
+package redlock
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Option configures a Client or a Mutex. Options given to New or Dial are the
+// defaults of every Mutex the Client makes; options given to NewMutex
+// override them for that Mutex.
+type Option func(*config)
+
+// Defaults of the options.
+const (
+	DefaultTTL         = 8 * time.Second
+	DefaultDriftFactor = 0.01
+	DefaultRetryDelay  = 50 * time.Millisecond
+	DefaultRetryJitter = 50 * time.Millisecond
+	DefaultKeyPrefix   = "redlock:"
+
+	// maxNodeTimeout caps the default per-node timeout for long TTLs.
+	maxNodeTimeout = 500 * time.Millisecond
+	// driftFloor is the spec's fixed 2ms of drift, added to ttl×factor.
+	driftFloor = 2 * time.Millisecond
+)
+
+type config struct {
+	ttl              time.Duration
+	driftFactor      float64
+	nodeTimeout      time.Duration // 0: min(ttl/10, 500ms)
+	watchdogInterval time.Duration // 0: ttl/3
+	retryDelay       time.Duration
+	retryJitter      time.Duration
+	waitTimeout      time.Duration // 0: LockContext waits until ctx is done
+	keyPrefix        string
+	logger           *slog.Logger
+	errs             []error
+}
+
+func defaultConfig() config {
+	return config{
+		ttl:         DefaultTTL,
+		driftFactor: DefaultDriftFactor,
+		retryDelay:  DefaultRetryDelay,
+		retryJitter: DefaultRetryJitter,
+		keyPrefix:   DefaultKeyPrefix,
+		logger:      slog.Default(),
+	}
+}
+
+func (c *config) apply(opts []Option) {
+	for _, opt := range opts {
+		if opt != nil {
+			opt(c)
+		}
+	}
+}
+
+func (c *config) fail(format string, args ...any) {
+	c.errs = append(c.errs, fmt.Errorf("redlock: "+format, args...))
+}
+
+// WithTTL sets how long a lock lives on each node without being extended. The
+// watchdog extends it while the lock is held, so the TTL bounds how long a
+// crashed holder blocks others. Default 8s. It must be a whole number of
+// milliseconds and leave some validity after drift and one per-node timeout.
+func WithTTL(ttl time.Duration) Option {
+	return func(c *config) {
+		if ttl <= 0 || ttl%time.Millisecond != 0 {
+			c.fail("TTL %v must be a positive whole number of milliseconds", ttl)
+			return
+		}
+		c.ttl = ttl
+	}
+}
+
+// WithDriftFactor sets the clock drift allowed for, as a fraction of the TTL;
+// the drift subtracted from the validity is ttl×factor + 2ms. Default 0.01.
+// Valid range [0, 0.5).
+func WithDriftFactor(factor float64) Option {
+	return func(c *config) {
+		if !(factor >= 0 && factor < 0.5) {
+			c.fail("drift factor %v is outside [0, 0.5)", factor)
+			return
+		}
+		c.driftFactor = factor
+	}
+}
+
+// WithNodeTimeout bounds each call to one node. A node that does not answer in
+// time counts as failed for that round; the call itself may finish later in
+// the background, owned by the Client. Default min(TTL/10, 500ms). It must be
+// positive and less than the TTL minus drift.
+func WithNodeTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if d <= 0 {
+			c.fail("node timeout %v must be positive", d)
+			return
+		}
+		c.nodeTimeout = d
+	}
+}
+
+// WithWatchdogInterval sets how often the watchdog extends a held lock.
+// Default TTL/3. It must be positive and at most half the TTL, so that a
+// failed extension can be retried before the lock expires.
+func WithWatchdogInterval(d time.Duration) Option {
+	return func(c *config) {
+		if d <= 0 {
+			c.fail("watchdog interval %v must be positive", d)
+			return
+		}
+		c.watchdogInterval = d
+	}
+}
+
+// WithRetryDelay sets the base delay between acquisition attempts while the
+// lock is taken. A waiter is also woken at once when the holder releases, so
+// this delay matters only when that message is lost. Default 50ms; it must be
+// positive.
+func WithRetryDelay(d time.Duration) Option {
+	return func(c *config) {
+		if d <= 0 {
+			c.fail("retry delay %v must be positive", d)
+			return
+		}
+		c.retryDelay = d
+	}
+}
+
+// WithRetryJitter sets the upper bound of a random delay added to each retry
+// delay, so that waiters do not retry in step. Default 50ms; it must not be
+// negative.
+func WithRetryJitter(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.fail("retry jitter %v must not be negative", d)
+			return
+		}
+		c.retryJitter = d
+	}
+}
+
+// WithWaitTimeout bounds how long LockContext waits for the lock, separately
+// from the context it is given: the wait ends with an error wrapping
+// ErrNotAcquired and context.DeadlineExceeded, while the held context it
+// returns on success is bounded only by that context. This is how to wait
+// a bounded time for a lock and then hold it for as long as needed. Default 0,
+// which means no bound beyond the context. Lock ignores it, since Lock always
+// blocks until the lock is held. It must not be negative.
+func WithWaitTimeout(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.fail("wait timeout %v must not be negative", d)
+			return
+		}
+		c.waitTimeout = d
+	}
+}
+
+// WithKeyPrefix sets the prefix of every lock's Redis key. A Mutex named n
+// uses the key prefix+"{"+n+"}", so that the keys of one lock share a cluster
+// hash slot. Default "redlock:"; it may be empty.
+func WithKeyPrefix(prefix string) Option {
+	return func(c *config) { c.keyPrefix = prefix }
+}
+
+// WithLogger sets the logger for events the API cannot return: node failures
+// that were retried by Lock, failed releases in Unlock, lost locks. Default
+// slog.Default(); nil is rejected.
+func WithLogger(logger *slog.Logger) Option {
+	return func(c *config) {
+		if logger == nil {
+			c.fail("logger must not be nil")
+			return
+		}
+		c.logger = logger
+	}
+}
+
+// drift is the clock drift allowed for over one TTL, as the Redlock spec
+// gives it: ttl×factor plus 2ms for the granularity of Redis expiry.
+func (c *config) drift() time.Duration {
+	return time.Duration(float64(c.ttl)*c.driftFactor) + driftFloor
+}
+
+func (c *config) perNodeTimeout() time.Duration {
+	if c.nodeTimeout > 0 {
+		return c.nodeTimeout
+	}
+	return min(c.ttl/10, maxNodeTimeout)
+}
+
+func (c *config) extendInterval() time.Duration {
+	if c.watchdogInterval > 0 {
+		return c.watchdogInterval
+	}
+	return c.ttl / 3
+}
+
+// validate reports every problem with the configuration at once.
+func (c *config) validate() error {
+	errs := append([]error(nil), c.errs...)
+	if len(errs) == 0 {
+		budget := c.ttl - c.drift()
+		if budget-c.perNodeTimeout() <= 0 {
+			errs = append(errs, fmt.Errorf("redlock: TTL %v is too small: drift %v and node timeout %v leave no validity", c.ttl, c.drift(), c.perNodeTimeout()))
+		}
+		if c.extendInterval() > c.ttl/2 {
+			errs = append(errs, fmt.Errorf("redlock: watchdog interval %v exceeds half the TTL %v", c.extendInterval(), c.ttl))
+		}
+	}
+	return errors.Join(errs...)
+}

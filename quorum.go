@@ -1,0 +1,248 @@
+package redlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+)
+
+// maxCallsPerNode bounds the calls in flight to one node. Calls to a hung node
+// outlive the round that started them; past this bound the node is counted as
+// failed at once instead of piling up goroutines.
+const maxCallsPerNode = 256
+
+// node is one independent Redis master.
+type node struct {
+	index  int
+	addr   string
+	client redis.UniversalClient
+	// calls owns every goroutine talking to this node; Client.Close waits
+	// for it. Its limit is maxCallsPerNode.
+	calls errgroup.Group
+}
+
+func (n *node) errorf(err error) error {
+	return &NodeError{Node: n.index, Addr: n.addr, Err: err}
+}
+
+// reply is one node's answer in a round.
+type reply struct {
+	ok  bool  // the node did what was asked
+	err error // the call failed; ok is false
+}
+
+// refused reports a definite answer that the node did not do what was asked,
+// as opposed to a failure to get an answer.
+func (r reply) refused() bool { return !r.ok && r.err == nil }
+
+// nodeCall is one node's part of a round.
+type nodeCall func(ctx context.Context, n *node) reply
+
+// outcome is what a round learned by the time it was decided.
+type outcome struct {
+	won      bool
+	oks      int     // nodes that did what was asked
+	replies  []reply // replies[i] is meaningful where answered[i]
+	answered []bool
+	refusals int   // nodes that answered no
+	errs     error // joined *NodeError of nodes that failed or did not answer
+}
+
+// roundState is shared between a round and its node goroutines, which may
+// outlive it.
+type roundState struct {
+	mu        sync.Mutex
+	replies   []reply
+	answered  []bool
+	abandoned bool // the round was lost; late grants must be undone
+	notify    chan int
+}
+
+// quorum is the number of nodes that make a majority of n.
+func quorum(n int) int { return n/2 + 1 }
+
+// decided reports whether a round with the given tallies is over: won with a
+// quorum of successes, or lost because a quorum can no longer be reached.
+func decided(oks, fails, nodes int) bool {
+	return oks >= quorum(nodes) || fails > nodes-quorum(nodes)
+}
+
+// fanOut runs call on every node at once, each bounded by timeout, and returns
+// as soon as the round is decided, the timeout passes, or ctx is done. Calls
+// still in flight then finish in the background, owned by their node. If the
+// round is lost, undo (if not nil) runs for every late reply, so that a grant
+// that arrives after the decision is released.
+func (c *Client) fanOut(ctx context.Context, timeout time.Duration, call nodeCall, undo nodeCall) outcome {
+	state := &roundState{
+		replies:  make([]reply, len(c.nodes)),
+		answered: make([]bool, len(c.nodes)),
+		notify:   make(chan int, len(c.nodes)),
+	}
+	callCtx := context.WithoutCancel(ctx) // calls outlive the wait; timeout bounds them
+	c.mu.RLock()
+	for _, n := range c.nodes {
+		started := !c.closed && n.calls.TryGo(func() error {
+			nodeCtx, cancel := context.WithTimeout(callCtx, timeout)
+			r := call(nodeCtx, n)
+			cancel()
+			state.mu.Lock()
+			state.replies[n.index] = r
+			state.answered[n.index] = true
+			abandoned := state.abandoned
+			state.mu.Unlock()
+			state.notify <- n.index
+			if abandoned && undo != nil {
+				nodeCtx, cancel := context.WithTimeout(callCtx, timeout)
+				undo(nodeCtx, n)
+				cancel()
+			}
+			return nil
+		})
+		if !started {
+			err := errTooBusy
+			if c.closed {
+				err = ErrClosed
+			}
+			state.mu.Lock()
+			state.replies[n.index] = reply{err: err}
+			state.answered[n.index] = true
+			state.mu.Unlock()
+			state.notify <- n.index
+		}
+	}
+	c.mu.RUnlock()
+
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	oks, fails := 0, 0
+	var ctxErr error
+	timedOut := false
+wait:
+	for !decided(oks, fails, len(c.nodes)) {
+		select {
+		case i := <-state.notify:
+			state.mu.Lock()
+			ok := state.replies[i].ok
+			state.mu.Unlock()
+			if ok {
+				oks++
+			} else {
+				fails++
+			}
+		case <-timer.C:
+			timedOut = true
+			break wait
+		case <-ctx.Done():
+			ctxErr = ctx.Err()
+			break wait
+		}
+	}
+	return state.settle(ctxErr, timedOut, timeout, c.nodes)
+}
+
+// settle takes a snapshot of the round and marks it abandoned if it was lost,
+// so that nodes answering later undo what they did. ctxErr is the error of the
+// caller's context if it ended the wait; timedOut, whether the timeout did.
+func (s *roundState) settle(ctxErr error, timedOut bool, timeout time.Duration, nodes []*node) outcome {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := outcome{
+		replies:  append([]reply(nil), s.replies...),
+		answered: append([]bool(nil), s.answered...),
+	}
+	var errs []error
+	for i, r := range out.replies {
+		switch {
+		case !out.answered[i]:
+			// A node that had not answered when the round was decided
+			// early is pending, not failed.
+			if ctxErr != nil {
+				errs = append(errs, nodes[i].errorf(fmt.Errorf("no answer before the wait ended: %w", ctxErr)))
+			} else if timedOut {
+				errs = append(errs, nodes[i].errorf(fmt.Errorf("no answer within %v: %w", timeout, context.DeadlineExceeded)))
+			}
+		case r.ok:
+			out.oks++
+		case r.err != nil:
+			errs = append(errs, nodes[i].errorf(r.err))
+		default:
+			out.refusals++
+		}
+	}
+	out.won = ctxErr == nil && out.oks >= quorum(len(nodes))
+	out.errs = errors.Join(errs...)
+	s.abandoned = !out.won
+	return out
+}
+
+// permanentFailures counts the nodes whose error retrying cannot fix.
+func (o outcome) permanentFailures() int {
+	count := 0
+	for i, r := range o.replies {
+		if o.answered[i] && r.err != nil && permanent(r.err) {
+			count++
+		}
+	}
+	return count
+}
+
+// validityEnd is the end of a lock's validity when the round that acquired or
+// extended it started at start: the spec's validity ttl − elapsed − drift,
+// measured from the end of the round, ends at start + ttl − drift. start
+// carries a monotonic clock reading, so wall-clock jumps do not move it.
+func validityEnd(start time.Time, ttl, drift time.Duration) time.Time {
+	return start.Add(ttl - drift)
+}
+
+// The node calls of the three rounds.
+
+func acquireCall(key, value string, ttl time.Duration) nodeCall {
+	return func(ctx context.Context, n *node) reply {
+		ok, err := n.client.SetNX(ctx, key, value, ttl).Result()
+		return reply{ok: ok, err: err}
+	}
+}
+
+func extendCall(key, value string, ttl time.Duration) nodeCall {
+	ttlMillis := ttl.Milliseconds()
+	return func(ctx context.Context, n *node) reply {
+		res, err := extendScript.Run(ctx, n.client, []string{key}, value, ttlMillis).Int64()
+		return reply{ok: err == nil && res == 1, err: err}
+	}
+}
+
+func releaseCall(key, value, channel string) nodeCall {
+	return func(ctx context.Context, n *node) reply {
+		res, err := releaseScript.Run(ctx, n.client, []string{key}, value, channel).Int64()
+		return reply{ok: err == nil && res == 1, err: err}
+	}
+}
+
+// releaseLate releases, in the background, the nodes of a lost acquisition
+// round that granted the lock or whose answer is unknown. Nodes that answered
+// no hold no key of ours; nodes that have not answered yet undo their own
+// grant when they do (see fanOut).
+func (c *Client) releaseLate(out outcome, release nodeCall, timeout time.Duration) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return
+	}
+	for i, n := range c.nodes {
+		if !out.answered[i] || out.replies[i].refused() {
+			continue
+		}
+		// A node too busy to take the call is hung; its key expires.
+		n.calls.TryGo(func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			release(ctx, n)
+			return nil
+		})
+	}
+}

@@ -1,0 +1,19 @@
+package redlock
+
+import (
+	_ "embed"
+
+	"github.com/redis/go-redis/v9"
+)
+
+var (
+	//go:embed scripts/extend.lua
+	extendSource string
+	//go:embed scripts/release.lua
+	releaseSource string
+
+	// The scripts run with EVALSHA, falling back to EVAL once per node when
+	// the server does not have them cached yet.
+	extendScript  = redis.NewScript(extendSource)
+	releaseScript = redis.NewScript(releaseSource)
+)

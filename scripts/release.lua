@@ -1,0 +1,10 @@
+-- Releases the lock only while this holder still owns it, and wakes the
+-- waiters subscribed to the lock's channel.
+-- KEYS[1] lock key; ARGV[1] holder's value; ARGV[2] release channel.
+-- Returns 1 if deleted, 0 if the key is gone or owned by another holder.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], '')
+  return 1
+end
+return 0
