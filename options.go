@@ -65,7 +65,8 @@ func (c *config) fail(format string, args ...any) {
 // WithTTL sets how long a lock lives on each node without being extended. The
 // watchdog extends it while the lock is held, so the TTL bounds how long a
 // crashed holder blocks others. Default 8s. It must be a whole number of
-// milliseconds and leave some validity after drift and one per-node timeout.
+// milliseconds, and drift plus one per-node timeout must leave at least half
+// of it as validity.
 func WithTTL(ttl time.Duration) Option {
 	return func(c *config) {
 		if ttl <= 0 || ttl%time.Millisecond != 0 {
@@ -92,7 +93,7 @@ func WithDriftFactor(factor float64) Option {
 // WithNodeTimeout bounds each call to one node. A node that does not answer in
 // time counts as failed for that round; the call itself may finish later in
 // the background, owned by the Client. Default min(TTL/10, 500ms). It must be
-// positive and less than the TTL minus drift.
+// positive, and drift plus the node timeout must leave at least half the TTL.
 func WithNodeTimeout(d time.Duration) Option {
 	return func(c *config) {
 		if d <= 0 {
@@ -204,9 +205,10 @@ func (c *config) extendInterval() time.Duration {
 func (c *config) validate() error {
 	errs := append([]error(nil), c.errs...)
 	if len(errs) == 0 {
-		budget := c.ttl - c.drift()
-		if budget-c.perNodeTimeout() <= 0 {
-			errs = append(errs, fmt.Errorf("redlock: TTL %v is too small: drift %v and node timeout %v leave no validity", c.ttl, c.drift(), c.perNodeTimeout()))
+		// Half the TTL must survive drift and a round that waits for the
+		// slowest node; less would leave the holder almost no time to work.
+		if validity := c.ttl - c.drift() - c.perNodeTimeout(); validity < c.ttl/2 {
+			errs = append(errs, fmt.Errorf("redlock: TTL %v is too small: drift %v and node timeout %v leave %v of validity, less than half the TTL", c.ttl, c.drift(), c.perNodeTimeout(), validity))
 		}
 		if c.extendInterval() > c.ttl/2 {
 			errs = append(errs, fmt.Errorf("redlock: watchdog interval %v exceeds half the TTL %v", c.extendInterval(), c.ttl))

@@ -1,0 +1,493 @@
+package redlock
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// servers starts n embedded Redis servers and returns clients to them.
+func servers(t *testing.T, n int) ([]*miniredis.Miniredis, []redis.UniversalClient) {
+	t.Helper()
+	var mrs []*miniredis.Miniredis
+	var clients []redis.UniversalClient
+	for range n {
+		mr := miniredis.RunT(t)
+		rc := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+		t.Cleanup(func() { rc.Close() })
+		mrs = append(mrs, mr)
+		clients = append(clients, rc)
+	}
+	return mrs, clients
+}
+
+func newClient(t *testing.T, clients []redis.UniversalClient, opts ...Option) *Client {
+	t.Helper()
+	c, err := New(clients, opts...)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return c
+}
+
+// keysOn counts the servers that have key.
+func keysOn(mrs []*miniredis.Miniredis, key string) int {
+	count := 0
+	for _, mr := range mrs {
+		if mr.Exists(key) {
+			count++
+		}
+	}
+	return count
+}
+
+func TestLockUnlock(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	c := newClient(t, clients)
+	m := c.NewMutex("job")
+	if got := m.Name(); got != "job" {
+		t.Errorf("Name() = %q; want %q", got, "job")
+	}
+	if until := m.Until(); !until.IsZero() {
+		t.Errorf("Until() before Lock = %v; want zero", until)
+	}
+	before := time.Now()
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatalf("LockContext: %v", err)
+	}
+	after := time.Now()
+	// Validity is measured from the start of the winning round.
+	validity := 8*time.Second - 82*time.Millisecond
+	if until := m.Until(); until.Before(before.Add(validity)) || until.After(after.Add(validity)) {
+		t.Errorf("Until() = %v; want within [%v, %v]", until, before.Add(validity), after.Add(validity))
+	}
+	if got := keysOn(mrs, "redlock:{job}"); got < 2 {
+		t.Errorf("%d of 3 nodes have the key after Lock; want at least 2", got)
+	}
+	if err := m.UnlockContext(t.Context()); err != nil {
+		t.Fatalf("UnlockContext: %v", err)
+	}
+	if held.Err() == nil {
+		t.Error("held is not done after Unlock")
+	}
+	if cause := context.Cause(held); errors.Is(cause, ErrLockLost) {
+		t.Errorf("Cause(held) after Unlock = %v; want no ErrLockLost", cause)
+	}
+	if !m.Until().IsZero() {
+		t.Errorf("Until() after Unlock = %v; want zero", m.Until())
+	}
+	// Unlock returns at quorum; the last node's delete may still be in flight.
+	waitFor(t, "keys gone after Unlock", func() bool { return keysOn(mrs, "redlock:{job}") == 0 })
+	if err := m.UnlockContext(t.Context()); !errors.Is(err, ErrNotHeld) {
+		t.Errorf("second UnlockContext = %v; want ErrNotHeld", err)
+	}
+}
+
+// waitFor polls cond for up to 5s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestUnlockOfUnlockedMutexPanics(t *testing.T) {
+	_, clients := servers(t, 1)
+	m := newClient(t, clients).NewMutex("x")
+	if got, want := panicMessage(m.Unlock), "redlock: unlock of unlocked mutex"; got != want {
+		t.Errorf("Unlock of unlocked mutex panicked with %q; want %q", got, want)
+	}
+}
+
+func TestTryLock(t *testing.T) {
+	_, clients := servers(t, 3)
+	c := newClient(t, clients)
+	m := c.NewMutex("try")
+	if !m.TryLock() {
+		t.Fatal("TryLock of a free lock = false")
+	}
+	if m.TryLock() {
+		t.Error("TryLock of a lock this Mutex holds = true")
+	}
+	other := newClient(t, clients).NewMutex("try")
+	_, err := other.TryLockContext(t.Context())
+	if !errors.Is(err, ErrNotAcquired) {
+		t.Errorf("TryLockContext of a lock held elsewhere = %v; want ErrNotAcquired", err)
+	}
+	m.Unlock()
+	if !other.TryLock() {
+		t.Error("TryLock after Unlock = false")
+	}
+	other.Unlock()
+}
+
+func TestLockContextDeadlineWhileHeld(t *testing.T) {
+	_, clients := servers(t, 3)
+	holder := newClient(t, clients).NewMutex("busy")
+	holder.Lock()
+	defer holder.Unlock()
+
+	m := newClient(t, clients).NewMutex("busy")
+	ctx, cancel := context.WithTimeout(t.Context(), 150*time.Millisecond)
+	defer cancel()
+	held, err := m.LockContext(ctx)
+	if held != nil || !errors.Is(err, ErrNotAcquired) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("LockContext = %v, %v; want nil and an error wrapping ErrNotAcquired and DeadlineExceeded", held, err)
+	}
+	// The local lock must have been given back.
+	holder.Unlock()
+	if !m.TryLock() {
+		t.Error("TryLock after a timed-out LockContext = false; want true")
+	}
+	m.Unlock()
+	holder.Lock()
+}
+
+func TestLockContextCancelCauseIsKept(t *testing.T) {
+	_, clients := servers(t, 1)
+	holder := newClient(t, clients).NewMutex("busy")
+	holder.Lock()
+	defer holder.Unlock()
+	cause := errors.New("shutting down")
+	ctx, cancel := context.WithCancelCause(t.Context())
+	time.AfterFunc(50*time.Millisecond, func() { cancel(cause) })
+	_, err := newClient(t, clients).NewMutex("busy").LockContext(ctx)
+	if !errors.Is(err, context.Canceled) || !errors.Is(err, cause) || !errors.Is(err, ErrNotAcquired) {
+		t.Errorf("LockContext = %v; want ErrNotAcquired, context.Canceled and the cause", err)
+	}
+}
+
+func TestWaitTimeoutBoundsOnlyTheWait(t *testing.T) {
+	_, clients := servers(t, 3)
+	c := newClient(t, clients, WithWaitTimeout(100*time.Millisecond), WithTTL(time.Second))
+	holder := c.NewMutex("w")
+	held, err := holder.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.NewMutex("w").LockContext(t.Context()); !errors.Is(err, ErrNotAcquired) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("LockContext of a held lock with a 100ms wait timeout = %v; want ErrNotAcquired and DeadlineExceeded", err)
+	}
+	// The holder's context outlives the wait timeout and several TTLs.
+	select {
+	case <-held.Done():
+		t.Fatalf("held ended after a wait timeout: %v", context.Cause(held))
+	case <-time.After(1500 * time.Millisecond):
+	}
+	holder.Unlock()
+}
+
+func TestParentEndingDoesNotRelease(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	m := newClient(t, clients).NewMutex("p")
+	ctx, cancel := context.WithCancel(t.Context())
+	held, err := m.LockContext(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	<-held.Done()
+	if m.Until().IsZero() {
+		t.Error("Until() is zero after the parent ended; want the lock still held")
+	}
+	if got := keysOn(mrs, "redlock:{p}"); got < 2 {
+		t.Errorf("%d nodes have the key after the parent ended; want at least 2", got)
+	}
+	if err := m.UnlockContext(t.Context()); err != nil {
+		t.Errorf("UnlockContext: %v", err)
+	}
+}
+
+func TestGoroutinesSharingAMutexAreSerialised(t *testing.T) {
+	_, clients := servers(t, 3)
+	m := newClient(t, clients).NewMutex("shared")
+	var inside, maxInside, sections atomic.Int32
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 10 {
+				m.Lock()
+				n := inside.Add(1)
+				for {
+					prev := maxInside.Load()
+					if n <= prev || maxInside.CompareAndSwap(prev, n) {
+						break
+					}
+				}
+				time.Sleep(time.Millisecond)
+				inside.Add(-1)
+				sections.Add(1)
+				m.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if got := maxInside.Load(); got != 1 {
+		t.Errorf("at most %d goroutines were inside at once; want 1", got)
+	}
+	if got := sections.Load(); got != 80 {
+		t.Errorf("%d critical sections ran; want 80", got)
+	}
+}
+
+func TestClientsExcludeEachOther(t *testing.T) {
+	_, clients := servers(t, 3)
+	var inside, maxInside, sections atomic.Int32
+	var wg sync.WaitGroup
+	for range 4 {
+		m := newClient(t, clients, WithRetryDelay(time.Millisecond), WithRetryJitter(2*time.Millisecond)).NewMutex("contended")
+		wg.Go(func() {
+			for range 10 {
+				m.Lock()
+				if n := inside.Add(1); n > maxInside.Load() {
+					maxInside.Store(n)
+				}
+				time.Sleep(time.Millisecond)
+				inside.Add(-1)
+				sections.Add(1)
+				m.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if got := maxInside.Load(); got != 1 {
+		t.Errorf("at most %d clients were inside at once; want 1", got)
+	}
+	if got := sections.Load(); got != 40 {
+		t.Errorf("%d critical sections ran; want 40", got)
+	}
+}
+
+func TestWaiterIsWokenByRelease(t *testing.T) {
+	_, clients := servers(t, 3)
+	// Polling alone would take 10s; only the release message can wake the
+	// waiter sooner.
+	c := newClient(t, clients, WithRetryDelay(10*time.Second), WithRetryJitter(0))
+	holder := c.NewMutex("wake")
+	holder.Lock()
+	waiter := c.NewMutex("wake")
+	got := make(chan time.Time, 1)
+	go func() {
+		waiter.Lock()
+		got <- time.Now()
+	}()
+	// Wait until the waiter is subscribed, so the test is about wake-up.
+	waitFor(t, "the waiter to subscribe", func() bool {
+		c.notifier.mu.Lock()
+		defer c.notifier.mu.Unlock()
+		return len(c.notifier.watchers["redlock:{wake}"]) > 0
+	})
+	time.Sleep(50 * time.Millisecond) // let the subscription reach the servers
+	released := time.Now()
+	holder.Unlock()
+	select {
+	case at := <-got:
+		t.Logf("waiter acquired %v after the release", at.Sub(released))
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter was not woken within 5s of the release; retry delay is 10s")
+	}
+	waiter.Unlock()
+}
+
+func TestLockPanicsOnPermanentErrors(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	for _, mr := range mrs {
+		mr.RequireAuth("secret")
+	}
+	m := newClient(t, clients).NewMutex("denied")
+	msg := panicMessage(m.Lock)
+	if !strings.HasPrefix(msg, "redlock: ") || !strings.Contains(msg, "NOAUTH") {
+		t.Errorf("Lock panicked with %q; want a redlock: message naming NOAUTH", msg)
+	}
+	if _, err := m.LockContext(t.Context()); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
+		t.Errorf("LockContext = %v; want an error naming NOAUTH", err)
+	}
+}
+
+func TestLockToleratesAMinorityOfBrokenNodes(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	mrs[0].RequireAuth("secret")
+	m := newClient(t, clients).NewMutex("degraded")
+	m.Lock() // must not panic: one denied node of three leaves a quorum
+	m.Unlock()
+
+	// With a second node down, no quorum is possible, but a down node may
+	// come back: LockContext retries until its context ends.
+	mrs[1].Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	_, err := m.LockContext(ctx)
+	var nodeErr *NodeError
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &nodeErr) {
+		t.Errorf("LockContext with one node denied and one down = %v; want DeadlineExceeded and the node errors", err)
+	}
+}
+
+func TestLockLostWhenAQuorumSaysTheKeyIsGone(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	m := newClient(t, clients, WithTTL(time.Second)).NewMutex("gone")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	until := m.Until()
+	// Lock returns at quorum; wait for the third grant, or it could land
+	// after the changes below and keep the lock alive.
+	waitFor(t, "all grants", func() bool { return keysOn(mrs, "redlock:{gone}") == 3 })
+	mrs[0].Del("redlock:{gone}")
+	mrs[1].Set("redlock:{gone}", "someone else")
+	select {
+	case <-held.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("held not cancelled within 5s after a quorum lost the key")
+	}
+	lostAt := time.Now()
+	if cause := context.Cause(held); !errors.Is(cause, ErrLockLost) {
+		t.Errorf("Cause(held) = %v; want ErrLockLost", cause)
+	}
+	if !lostAt.Before(until) {
+		t.Errorf("held cancelled at %v; want before the validity deadline %v", lostAt, until)
+	}
+	if !m.Until().IsZero() {
+		t.Errorf("Until() after loss = %v; want zero", m.Until())
+	}
+	if err := m.UnlockContext(t.Context()); !errors.Is(err, ErrLockLost) {
+		t.Errorf("UnlockContext after loss = %v; want ErrLockLost", err)
+	}
+	// A lost lock is not misuse: Unlock must not panic.
+	if _, err := m.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "all grants", func() bool { return keysOn(mrs, "redlock:{gone}") == 3 })
+	mrs[0].Del("redlock:{gone}")
+	mrs[1].Del("redlock:{gone}")
+	mrs[2].Del("redlock:{gone}")
+	waitFor(t, "loss", func() bool { return m.Until().IsZero() })
+	if msg := panicMessage(m.Unlock); msg != "" {
+		t.Errorf("Unlock of a lost lock panicked: %s", msg)
+	}
+}
+
+func TestLockLostByTheDeadlineWhenNodesFail(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	ttl := 2 * time.Second
+	m := newClient(t, clients, WithTTL(ttl)).NewMutex("failing")
+	start := time.Now()
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	until := m.Until()
+	mrs[0].SetError("LOADING simulated")
+	mrs[1].SetError("LOADING simulated")
+	<-held.Done()
+	lostAt := time.Now()
+	if cause := context.Cause(held); !errors.Is(cause, ErrLockLost) {
+		t.Errorf("Cause(held) = %v; want ErrLockLost", cause)
+	}
+	// Keys expire on the nodes at the earliest ttl after the request went
+	// out; held must end before then.
+	t.Logf("held cancelled %v after the validity deadline, %v before the earliest expiry", lostAt.Sub(until), start.Add(ttl).Sub(lostAt))
+	if !lostAt.Before(start.Add(ttl)) {
+		t.Errorf("held cancelled at +%v; want before the earliest key expiry at +%v", lostAt.Sub(start), ttl)
+	}
+	if lostAt.Before(until.Add(-10 * time.Millisecond)) {
+		t.Errorf("held cancelled %v before the validity deadline; the lock was still valid", until.Sub(lostAt))
+	}
+	mrs[0].SetError("")
+	mrs[1].SetError("")
+	m.Unlock()
+}
+
+func TestWatchdogKeepsTheLock(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	m := newClient(t, clients, WithTTL(300*time.Millisecond)).NewMutex("kept")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := m.Until()
+	// miniredis's clock moves only when told; move it with real time.
+	for range 20 {
+		time.Sleep(50 * time.Millisecond)
+		for _, mr := range mrs {
+			mr.FastForward(50 * time.Millisecond)
+		}
+	}
+	if held.Err() != nil {
+		t.Fatalf("held ended after 1s with a 300ms TTL: %v", context.Cause(held))
+	}
+	if later := m.Until(); !later.After(first.Add(500 * time.Millisecond)) {
+		t.Errorf("Until() = %v after 1s; want it moved forward from %v", later, first)
+	}
+	m.Unlock()
+}
+
+func TestCloseEndsHeldLocks(t *testing.T) {
+	_, clients := servers(t, 3)
+	c, err := New(clients)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := c.NewMutex("closing")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if cause := context.Cause(held); !errors.Is(cause, ErrLockLost) || !errors.Is(cause, ErrClosed) {
+		t.Errorf("Cause(held) after Close = %v; want ErrLockLost and ErrClosed", cause)
+	}
+	if err := m.UnlockContext(t.Context()); !errors.Is(err, ErrLockLost) {
+		t.Errorf("UnlockContext after Close = %v; want ErrLockLost", err)
+	}
+	if _, err := m.LockContext(t.Context()); !errors.Is(err, ErrClosed) {
+		t.Errorf("LockContext after Close = %v; want ErrClosed", err)
+	}
+	if err := c.Close(); err != nil {
+		t.Errorf("second Close = %v; want nil", err)
+	}
+}
+
+func TestCloseStopsWaiters(t *testing.T) {
+	_, clients := servers(t, 1)
+	holder := newClient(t, clients).NewMutex("w")
+	holder.Lock()
+	defer holder.Unlock()
+	c, err := New(clients)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.NewMutex("w").LockContext(context.Background())
+		errc <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	c.Close()
+	if err := <-errc; !errors.Is(err, ErrClosed) {
+		t.Errorf("LockContext ended by Close = %v; want ErrClosed", err)
+	}
+}

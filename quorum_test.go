@@ -1,0 +1,250 @@
+package redlock
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+func TestQuorum(t *testing.T) {
+	for _, tt := range []struct{ nodes, want int }{{1, 1}, {2, 2}, {3, 2}, {4, 3}, {5, 3}, {7, 4}} {
+		if got := quorum(tt.nodes); got != tt.want {
+			t.Errorf("quorum(%d) = %d; want %d", tt.nodes, got, tt.want)
+		}
+	}
+}
+
+func TestDecided(t *testing.T) {
+	tests := []struct {
+		oks, fails, nodes int
+		want              bool
+	}{
+		{0, 0, 3, false},
+		{1, 0, 3, false},
+		{2, 0, 3, true}, // won
+		{1, 1, 3, false},
+		{0, 2, 3, true}, // a quorum can no longer be reached
+		{2, 2, 5, false},
+		{2, 3, 5, true},
+		{3, 2, 5, true},
+		{1, 0, 1, true},
+		{0, 1, 1, true},
+	}
+	for _, tt := range tests {
+		if got := decided(tt.oks, tt.fails, tt.nodes); got != tt.want {
+			t.Errorf("decided(%d oks, %d fails, %d nodes) = %v; want %v", tt.oks, tt.fails, tt.nodes, got, tt.want)
+		}
+	}
+}
+
+func TestValidityEnd(t *testing.T) {
+	start := time.Now()
+	cfg := defaultConfig()
+	got := validityEnd(start, cfg.ttl, cfg.drift())
+	if want := start.Add(8*time.Second - 82*time.Millisecond); !got.Equal(want) {
+		t.Errorf("validityEnd = %v; want %v", got, want)
+	}
+	// The monotonic reading must survive, so that wall-clock steps do not
+	// move the deadline.
+	if s := got.String(); !strings.Contains(s, "m=+") {
+		t.Errorf("validityEnd lost the monotonic clock reading: %s", s)
+	}
+}
+
+func TestNodeError(t *testing.T) {
+	cause := errors.New("boom")
+	joined := errors.Join(&NodeError{Node: 0, Addr: "a:1", Err: cause}, &NodeError{Node: 2, Err: context.DeadlineExceeded})
+	err := errors.Join(ErrNotAcquired, joined)
+	if !errors.Is(err, cause) || !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrNotAcquired) {
+		t.Errorf("errors.Is lost a wrapped error in %v", err)
+	}
+	var nodeErr *NodeError
+	if !errors.As(err, &nodeErr) || nodeErr.Node != 0 {
+		t.Errorf("errors.As(*NodeError) = %v; want node 0", nodeErr)
+	}
+	if got, want := nodeErr.Error(), "redlock: node 0 (a:1): boom"; got != want {
+		t.Errorf("NodeError.Error() = %q; want %q", got, want)
+	}
+	if got, want := (&NodeError{Node: 2, Err: cause}).Error(), "redlock: node 2: boom"; got != want {
+		t.Errorf("NodeError.Error() = %q; want %q", got, want)
+	}
+}
+
+func TestPermanent(t *testing.T) {
+	tests := []struct {
+		err  error
+		want bool
+	}{
+		{redis.ErrClosed, true},
+		{ErrClosed, true},
+		{context.DeadlineExceeded, false},
+		{errors.New("dial tcp: connection refused"), false},
+		{errTooBusy, false},
+	}
+	for _, tt := range tests {
+		if got := permanent(tt.err); got != tt.want {
+			t.Errorf("permanent(%v) = %v; want %v", tt.err, got, tt.want)
+		}
+	}
+}
+
+// blackHole is a TCP server on loopback that accepts connections and never
+// answers, like a frozen Redis.
+type blackHole struct {
+	listener net.Listener
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    []net.Conn
+	once     sync.Once
+}
+
+func newBlackHole(t *testing.T) *blackHole {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &blackHole{listener: ln}
+	b.wg.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.mu.Lock()
+			b.conns = append(b.conns, conn)
+			b.mu.Unlock()
+			b.wg.Go(func() { io.Copy(io.Discard, conn) })
+		}
+	})
+	t.Cleanup(b.close)
+	return b
+}
+
+func (b *blackHole) addr() string { return b.listener.Addr().String() }
+
+// close ends every connection, so calls in flight fail at once.
+func (b *blackHole) close() {
+	b.once.Do(func() {
+		b.listener.Close()
+		b.mu.Lock()
+		for _, conn := range b.conns {
+			conn.Close()
+		}
+		b.mu.Unlock()
+		b.wg.Wait()
+	})
+}
+
+// hungClient returns a client to a black hole with go-redis's defaults, under
+// which context deadlines do not bound socket reads.
+// Its read timeout is 30s, and its pool is larger than maxCallsPerNode so that
+// calls pile up on sockets rather than wait for a connection. Tests register
+// hole.close after making their Client, so that it runs before Client.Close
+// and ends the calls in flight instead of leaving Close to wait 30s.
+func hungClient(t *testing.T) (redis.UniversalClient, *blackHole) {
+	t.Helper()
+	hole := newBlackHole(t)
+	rc := redis.NewClient(&redis.Options{Addr: hole.addr(), ReadTimeout: 30 * time.Second, MaxRetries: -1, PoolSize: 2 * maxCallsPerNode})
+	t.Cleanup(func() { rc.Close() })
+	return rc, hole
+}
+
+func TestFanOutReturnsAtQuorumDespiteAHungNode(t *testing.T) {
+	_, clients := servers(t, 2)
+	rc, hole := hungClient(t)
+	c := newClient(t, append(clients, rc), WithNodeTimeout(time.Second), WithTTL(10*time.Second))
+	t.Cleanup(hole.close)
+	m := c.NewMutex("hung")
+	start := time.Now()
+	if _, err := m.LockContext(t.Context()); err != nil {
+		t.Fatalf("LockContext: %v", err)
+	}
+	if err := m.UnlockContext(t.Context()); err != nil {
+		t.Fatalf("UnlockContext: %v", err)
+	}
+	// The node timeout is 1s and the hung node's read timeout 30s: returning
+	// well before either shows the rounds did not wait for the hung node.
+	if elapsed := time.Since(start); elapsed > 900*time.Millisecond {
+		t.Errorf("Lock+Unlock took %v with one hung node of 3; want it to return at quorum, well under the 1s node timeout", elapsed)
+	}
+}
+
+func TestFanOutTimeoutFiresWhateverTheClientOptions(t *testing.T) {
+	_, clients := servers(t, 1)
+	rc1, hole1 := hungClient(t)
+	rc2, hole2 := hungClient(t)
+	c := newClient(t, append(clients, rc1, rc2), WithNodeTimeout(100*time.Millisecond))
+	t.Cleanup(hole1.close)
+	t.Cleanup(hole2.close)
+	start := time.Now()
+	_, err := c.NewMutex("hung").TryLockContext(t.Context())
+	elapsed := time.Since(start)
+	if !errors.Is(err, ErrNotAcquired) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("TryLockContext error = %v; want ErrNotAcquired and a node deadline", err)
+	}
+	var nodeErr *NodeError
+	if !errors.As(err, &nodeErr) || nodeErr.Node == 0 {
+		t.Errorf("TryLockContext error = %v; want a *NodeError for node 1 or 2", err)
+	}
+	// The clients' read timeout is 30s; only our own timer ends the round.
+	if elapsed > 5*time.Second {
+		t.Errorf("TryLockContext took %v; want the 100ms node timeout to end it, not the 30s read timeout", elapsed)
+	}
+}
+
+func TestCallsToAHungNodeAreBounded(t *testing.T) {
+	_, clients := servers(t, 2)
+	rc, hole := hungClient(t)
+	c := newClient(t, append(clients, rc), WithNodeTimeout(200*time.Millisecond), WithTTL(4*time.Second))
+	t.Cleanup(hole.close)
+	m := c.NewMutex("bounded")
+	baseline := runtime.NumGoroutine()
+	// Each Lock and Unlock leaves a call to the hung node behind.
+	for i := range 2 * maxCallsPerNode {
+		if _, err := m.LockContext(t.Context()); err != nil {
+			t.Fatalf("LockContext %d: %v", i, err)
+		}
+		if err := m.UnlockContext(t.Context()); err != nil {
+			t.Fatalf("UnlockContext %d: %v", i, err)
+		}
+	}
+	// A call in flight costs its own goroutine and, in go-redis, one per
+	// open connection.
+	if extra, limit := runtime.NumGoroutine()-baseline, 2*maxCallsPerNode+20; extra > limit {
+		t.Errorf("%d more goroutines after %d rounds with a hung node; want at most %d", extra, 4*maxCallsPerNode, limit)
+	}
+	if c.nodes[2].calls.TryGo(func() error { return nil }) {
+		t.Errorf("the hung node took another call; want its %d slots full", maxCallsPerNode)
+	}
+}
+
+func TestSaturatedNodeFailsFast(t *testing.T) {
+	_, clients := servers(t, 3)
+	c := newClient(t, clients, WithNodeTimeout(time.Second))
+	release := make(chan struct{})
+	for _, n := range c.nodes[1:] {
+		for range maxCallsPerNode {
+			if !n.calls.TryGo(func() error { <-release; return nil }) {
+				t.Fatal("could not fill a node's call slots")
+			}
+		}
+	}
+	defer close(release)
+	start := time.Now()
+	_, err := c.NewMutex("busy").TryLockContext(t.Context())
+	if elapsed := time.Since(start); elapsed > 500*time.Millisecond {
+		t.Errorf("TryLockContext took %v with two saturated nodes; want it to fail at once, not after the 1s node timeout", elapsed)
+	}
+	if !errors.Is(err, ErrNotAcquired) || !errors.Is(err, errTooBusy) {
+		t.Errorf("TryLockContext = %v; want ErrNotAcquired and the too-busy node error", err)
+	}
+}
