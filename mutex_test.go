@@ -407,9 +407,9 @@ func TestLockLostByTheDeadlineWhenNodesFail(t *testing.T) {
 	}
 	// Keys expire on the nodes at the earliest ttl after the request went
 	// out; held must end before then.
-	t.Logf("held cancelled %v after the validity deadline, %v before the earliest expiry", lostAt.Sub(until), start.Add(ttl).Sub(lostAt))
-	if !lostAt.Before(start.Add(ttl)) {
-		t.Errorf("held cancelled at +%v; want before the earliest key expiry at +%v", lostAt.Sub(start), ttl)
+	t.Logf("held cancelled %v before the validity deadline, %v before the earliest expiry", until.Sub(lostAt), start.Add(ttl).Sub(lostAt))
+	if !lostAt.Before(until) {
+		t.Errorf("held cancelled %v after the validity deadline; want by it", lostAt.Sub(until))
 	}
 	if lostAt.Before(until.Add(-10 * time.Millisecond)) {
 		t.Errorf("held cancelled %v before the validity deadline; the lock was still valid", until.Sub(lostAt))

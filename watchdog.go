@@ -31,7 +31,8 @@ type extension struct {
 // watchdog extends the lock every interval until Unlock, and declares it lost
 // when a quorum of nodes says it is gone or taken, or when its validity ends
 // with no quorum confirmed. The validity timer is what guarantees the held
-// context ends in time: it fires even while every extension round hangs.
+// context ends in time: it fires even while every extension round hangs,
+// half the drift allowance before the validity ends.
 func (m *Mutex) watchdog(h *holding) {
 	defer close(h.done)
 	c := m.client
@@ -39,10 +40,13 @@ func (m *Mutex) watchdog(h *holding) {
 	ttl, drift, timeout := m.cfg.ttl, m.cfg.drift(), m.cfg.perNodeTimeout()
 	extend := extendCall(m.key, h.value, ttl)
 
+	// The expiry timer fires a little before the validity ends, so that
+	// timer and scheduling delays cannot push the cancellation past it.
+	guard := drift / 2
 	m.mu.Lock()
 	until := h.until
 	m.mu.Unlock()
-	expiry := time.NewTimer(time.Until(until))
+	expiry := time.NewTimer(time.Until(until) - guard)
 	defer expiry.Stop()
 	next := time.NewTimer(interval)
 	defer next.Stop()
@@ -66,7 +70,7 @@ func (m *Mutex) watchdog(h *holding) {
 			m.loseLock(h, fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
 			return
 		case <-expiry.C:
-			m.loseLock(h, fmt.Errorf("%w: no quorum confirmed the lock before its validity ended at %v", ErrLockLost, until.Format(time.RFC3339Nano)))
+			m.loseLock(h, fmt.Errorf("%w: no quorum confirmed it before its validity ended at %v", ErrLockLost, until.Format(time.RFC3339Nano)))
 			return
 		case <-next.C:
 			inFlight = true
@@ -83,7 +87,7 @@ func (m *Mutex) watchdog(h *holding) {
 					m.mu.Lock()
 					h.until = until
 					m.mu.Unlock()
-					expiry.Reset(time.Until(until))
+					expiry.Reset(time.Until(until) - guard)
 				}
 				next.Reset(interval)
 			case ext.out.refusals >= quorum(len(c.nodes)):

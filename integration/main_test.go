@@ -1,0 +1,27 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"testing"
+)
+
+// TestMain starts the Redis containers once for the suite. Without Docker the
+// suite skips with a loud message, unless REDLOCK_REQUIRE_DOCKER=1 (set by
+// scripts/test.sh under CI), in which case it fails.
+func TestMain(m *testing.M) {
+	var err error
+	suite, err = setUp()
+	if err != nil {
+		msg := fmt.Sprintf("integration suite: no Redis containers: %v", err)
+		if os.Getenv("REDLOCK_REQUIRE_DOCKER") == "1" {
+			fmt.Fprintln(os.Stderr, "FAIL: "+msg+" (REDLOCK_REQUIRE_DOCKER=1)")
+			os.Exit(1)
+		}
+		fmt.Fprintln(os.Stderr, "\n**********\nSKIPPING: "+msg+"\nRun scripts/test.sh to install and start Docker.\n**********")
+		os.Exit(0)
+	}
+	code := m.Run()
+	suite.tearDown()
+	os.Exit(code)
+}
