@@ -33,9 +33,10 @@ type Mutex struct {
 
 // holding is one acquisition, from the grant until Unlock.
 type holding struct {
-	value  string    // random, unique to this acquisition
-	until  time.Time // end of validity; moved forward by the watchdog
-	lost   error     // why the lock was lost, or nil
+	value  string      // random, unique to this acquisition
+	until  time.Time   // end of validity; moved forward by the watchdog
+	lost   error       // why the lock was lost, or nil
+	round  *roundState // the acquisition round, whose late grants Unlock undoes
 	cancel context.CancelCauseFunc
 	stop   chan struct{} // closed by Unlock to stop the watchdog
 	done   chan struct{} // closed when the watchdog has returned
@@ -228,7 +229,7 @@ func (m *Mutex) attempt(ctx context.Context) (held context.Context, permanent bo
 	out := c.fanOut(ctx, timeout, acquireCall(m.key, value, ttl), release)
 	until := validityEnd(start, ttl, m.cfg.drift())
 	if out.won && time.Now().Before(until) {
-		return m.hold(ctx, value, until), false, nil
+		return m.hold(ctx, value, until, out.round), false, nil
 	}
 	if out.won {
 		// Granted, but too late to be of use: undo it like a lost round.
@@ -247,11 +248,12 @@ func (m *Mutex) attempt(ctx context.Context) (held context.Context, permanent bo
 }
 
 // hold records a granted lock and starts its watchdog.
-func (m *Mutex) hold(ctx context.Context, value string, until time.Time) context.Context {
+func (m *Mutex) hold(ctx context.Context, value string, until time.Time, round *roundState) context.Context {
 	held, cancel := context.WithCancelCause(ctx)
 	h := &holding{
 		value:  value,
 		until:  until,
+		round:  round,
 		cancel: cancel,
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
@@ -284,6 +286,8 @@ func (m *Mutex) UnlockContext(ctx context.Context) error {
 	<-h.done
 	h.cancel(nil) // no-op if the lock was lost: that cause stays
 
+	// A grant still in flight would land after the release: have it undone.
+	h.round.abandon()
 	out := m.client.fanOut(ctx, m.cfg.perNodeTimeout(), releaseCall(m.key, h.value, m.key), nil)
 	switch {
 	case h.lost != nil:

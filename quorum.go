@@ -51,6 +51,7 @@ type outcome struct {
 	answered []bool
 	refusals int   // nodes that answered no
 	errs     error // joined *NodeError of nodes that failed or did not answer
+	round    *roundState
 }
 
 // roundState is shared between a round and its node goroutines, which may
@@ -154,6 +155,7 @@ func (s *roundState) settle(ctxErr error, timedOut bool, timeout time.Duration, 
 	out := outcome{
 		replies:  append([]reply(nil), s.replies...),
 		answered: append([]bool(nil), s.answered...),
+		round:    s,
 	}
 	var errs []error
 	for i, r := range out.replies {
@@ -178,6 +180,15 @@ func (s *roundState) settle(ctxErr error, timedOut bool, timeout time.Duration, 
 	out.errs = errors.Join(errs...)
 	s.abandoned = !out.won
 	return out
+}
+
+// abandon marks a won round as undone: nodes that answer from now on run the
+// round's undo call. Unlock calls it so that a grant still in flight when
+// the lock is released cannot land after the release and linger for a TTL.
+func (s *roundState) abandon() {
+	s.mu.Lock()
+	s.abandoned = true
+	s.mu.Unlock()
 }
 
 // permanentFailures counts the nodes whose error retrying cannot fix.

@@ -1,6 +1,7 @@
 package redlock
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -246,5 +247,90 @@ func TestSaturatedNodeFailsFast(t *testing.T) {
 	}
 	if !errors.Is(err, ErrNotAcquired) || !errors.Is(err, errTooBusy) {
 		t.Errorf("TryLockContext = %v; want ErrNotAcquired and the too-busy node error", err)
+	}
+}
+
+// delayingProxy forwards TCP traffic to a server on loopback, holding back
+// each client chunk that contains match for delay. It lets a test make one
+// command arrive after a later one sent on another connection.
+type delayingProxy struct {
+	listener net.Listener
+	wg       sync.WaitGroup
+}
+
+func newDelayingProxy(t *testing.T, upstream string, match []byte, delay time.Duration) *delayingProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &delayingProxy{listener: ln}
+	var mu sync.Mutex
+	var conns []net.Conn
+	p.wg.Go(func() {
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", upstream)
+			if err != nil {
+				client.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, client, server)
+			mu.Unlock()
+			p.wg.Go(func() { io.Copy(client, server) })
+			p.wg.Go(func() {
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := client.Read(buf)
+					if err != nil {
+						return
+					}
+					if bytes.Contains(buf[:n], match) {
+						time.Sleep(delay)
+					}
+					if _, err := server.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, conn := range conns {
+			conn.Close()
+		}
+		mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func TestLateGrantIsUndoneByUnlock(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	// Node 2's SET arrives 100ms late, after the release that Unlock sends
+	// on another connection; without care it would hold the key for a TTL.
+	proxy := newDelayingProxy(t, mrs[2].Addr(), []byte("\r\nnx\r\n"), 100*time.Millisecond)
+	slow := redis.NewClient(&redis.Options{Addr: proxy.listener.Addr().String(), MaxRetries: -1})
+	t.Cleanup(func() { slow.Close() })
+	c := newClient(t, append(clients[:2], slow), WithNodeTimeout(time.Second))
+	m := c.NewMutex("late")
+	if _, err := m.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if mrs[2].Exists("redlock:{late}") {
+		t.Fatal("the slow node granted before Lock returned; the proxy did not delay it")
+	}
+	if err := m.UnlockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	c.nodes[2].calls.Wait() // the late SET, and whatever follows it, are done
+	if mrs[2].Exists("redlock:{late}") {
+		t.Error("the slow node still has the key after Unlock; its late grant was not undone")
 	}
 }
