@@ -100,7 +100,8 @@ func clientAddrs(rc redis.UniversalClient) []string {
 // connections: Close closes them. With no URLs it connects to DefaultURL,
 // redis://127.0.0.1:6379/0. Dial does not contact the servers; the first lock
 // call does. Per-call deadlines are enabled on the connections it makes, so
-// calls to a hung server end with the node timeout.
+// calls to a hung server end with the node timeout, and a call is not retried
+// within itself (unless the URL sets max_retries), since lock rounds retry.
 func Dial(urls []string, opts ...Option) (*Client, error) {
 	if len(urls) == 0 {
 		urls = []string{DefaultURL}
@@ -118,6 +119,16 @@ func Dial(urls []string, opts ...Option) (*Client, error) {
 			return nil, fmt.Errorf("redlock: URL %d (%q): %w", i, url, err)
 		}
 		options.ContextTimeoutEnabled = true
+		// One try per call unless the URL says otherwise: lock rounds have
+		// their own timeout and retries, and go-redis's default retries
+		// (five dials 100ms apart, three commands with backoff) would keep a
+		// round waiting on a server that is down.
+		if options.DialerRetries == 0 {
+			options.DialerRetries = 1
+		}
+		if options.MaxRetries == 0 {
+			options.MaxRetries = -1
+		}
 		clients = append(clients, redis.NewClient(options))
 	}
 	c, err := New(clients, opts...)

@@ -146,6 +146,7 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 		}
 	}()
 	logged := false
+	lastReleased := ""
 	for {
 		held, permanent, err := m.attempt(ctx)
 		if err == nil {
@@ -168,15 +169,45 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 			wake = m.client.notifier.watch(m.key)
 			continue
 		}
-		timer := time.NewTimer(m.retryDelay())
-		select {
-		case <-wake.C:
-		case <-timer.C:
-		case <-waitCtx.Done():
-		case <-m.client.closing:
-		}
-		timer.Stop()
+		m.waitTurn(waitCtx, wake, &lastReleased)
 	}
+}
+
+// maxWakeStagger bounds the random delay between a release message and the
+// next attempt. Waiters woken by the same message would otherwise try at the
+// same instant and split the nodes' votes so that none wins; a stagger of a
+// few round trips lets the first to try take every node.
+const maxWakeStagger = 2 * time.Millisecond
+
+// waitTurn waits for the next attempt: a release message (staggered), the
+// retry delay, the end of waitCtx or the Client's closing. A release already
+// heard from another node is ignored.
+func (m *Mutex) waitTurn(waitCtx context.Context, wake *watch, lastReleased *string) {
+	timer := time.NewTimer(m.retryDelay())
+	defer timer.Stop()
+	for {
+		select {
+		case released := <-wake.C:
+			if released == *lastReleased {
+				continue
+			}
+			*lastReleased = released
+			timer.Reset(m.wakeStagger())
+		case <-timer.C:
+			return
+		case <-waitCtx.Done():
+			return
+		case <-m.client.closing:
+			return
+		}
+	}
+}
+
+func (m *Mutex) wakeStagger() time.Duration {
+	if stagger := min(m.cfg.retryJitter, maxWakeStagger); stagger > 0 {
+		return mathrand.N(stagger)
+	}
+	return 0
 }
 
 // waitEnded is the error of a wait that ctx ended; last is the last
@@ -224,7 +255,7 @@ func (m *Mutex) attempt(ctx context.Context) (held context.Context, permanent bo
 	value := rand.Text() // 128 bits from crypto/rand
 	ttl := m.cfg.ttl
 	timeout := m.cfg.perNodeTimeout()
-	release := releaseCall(m.key, value, m.key)
+	release := releaseCall(m.key, value)
 	start := time.Now()
 	out := c.fanOut(ctx, timeout, acquireCall(m.key, value, ttl), release)
 	until := validityEnd(start, ttl, m.cfg.drift())
@@ -288,7 +319,7 @@ func (m *Mutex) UnlockContext(ctx context.Context) error {
 
 	// A grant still in flight would land after the release: have it undone.
 	h.round.abandon()
-	out := m.client.fanOut(ctx, m.cfg.perNodeTimeout(), releaseCall(m.key, h.value, m.key), nil)
+	out := m.client.fanOut(ctx, m.cfg.perNodeTimeout(), releaseCall(m.key, h.value), nil)
 	switch {
 	case h.lost != nil:
 		return errors.Join(h.lost, out.errs)

@@ -22,9 +22,10 @@ type notifier struct {
 	running  sync.WaitGroup
 }
 
-// watch is one waiter's registration; C receives when the lock may be free.
+// watch is one waiter's registration. C receives the value of a holder that
+// released the lock; it holds one pending message, and drops more.
 type watch struct {
-	C       chan struct{}
+	C       chan string
 	channel string
 	n       *notifier
 }
@@ -41,7 +42,7 @@ func newNotifier(c *Client) *notifier {
 
 // watch registers a waiter on channel. The caller must call stop.
 func (n *notifier) watch(channel string) *watch {
-	w := &watch{C: make(chan struct{}, 1), channel: channel, n: n}
+	w := &watch{C: make(chan string, 1), channel: channel, n: n}
 	n.client.mu.RLock()
 	defer n.client.mu.RUnlock()
 	if n.client.closed {
@@ -113,7 +114,7 @@ func (n *notifier) run(sub *nodeSubscription) {
 			if !ok {
 				return
 			}
-			n.wake(msg.Channel)
+			n.wake(msg.Channel, msg.Payload)
 		}
 	}
 }
@@ -147,12 +148,12 @@ func (n *notifier) reconcile(pubsub *redis.PubSub, subscribed map[string]bool, t
 	}
 }
 
-func (n *notifier) wake(channel string) {
+func (n *notifier) wake(channel, released string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for w := range n.watchers[channel] {
 		select {
-		case w.C <- struct{}{}:
+		case w.C <- released:
 		default: // a wake-up is already pending
 		}
 	}

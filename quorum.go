@@ -227,9 +227,11 @@ func extendCall(key, value string, ttl time.Duration) nodeCall {
 	}
 }
 
-func releaseCall(key, value, channel string) nodeCall {
+// releaseCall deletes the key if value still holds it, and publishes value on
+// the lock's channel, which is named like its key.
+func releaseCall(key, value string) nodeCall {
 	return func(ctx context.Context, n *node) reply {
-		res, err := releaseScript.Run(ctx, n.client, []string{key}, value, channel).Int64()
+		res, err := releaseScript.Run(ctx, n.client, []string{key}, value, key).Int64()
 		return reply{ok: err == nil && res == 1, err: err}
 	}
 }
