@@ -110,7 +110,7 @@ func (m *Mutex) TryLockContext(ctx context.Context) (held context.Context, err e
 	default:
 		return nil, fmt.Errorf("%w: held by another goroutine of this process", ErrNotAcquired)
 	}
-	held, _, err = m.attempt(ctx)
+	held, _, err = m.attempt(ctx, ctx)
 	if err != nil {
 		<-m.local
 		return nil, err
@@ -147,20 +147,24 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 	}()
 	logged := false
 	lastReleased := ""
+	var err error
 	for {
-		held, permanent, err := m.attempt(ctx)
-		if err == nil {
-			return held, nil
-		}
-		if permanent || m.client.isClosed() || waitCtx.Err() != nil {
+		if waitCtx.Err() != nil || m.client.isClosed() {
 			<-m.local
-			if permanent {
-				return nil, err
-			}
 			if m.client.isClosed() {
 				return nil, errors.Join(ErrClosed, err)
 			}
 			return nil, m.waitEnded(waitCtx, err)
+		}
+		var held context.Context
+		var permanent bool
+		held, permanent, err = m.attempt(waitCtx, ctx)
+		if err == nil {
+			return held, nil
+		}
+		if permanent {
+			<-m.local
+			return nil, err
 		}
 		m.logRetry(err, &logged)
 		if wake == nil {
@@ -244,12 +248,13 @@ func (m *Mutex) retryDelay() time.Duration {
 	return delay
 }
 
-// attempt makes one acquisition round. On failure it releases the nodes that
-// may have granted the lock, and reports whether the failure is permanent.
+// attempt makes one acquisition round, waiting for it no longer than waitCtx
+// allows; held derives from ctx. On failure it releases the nodes that may
+// have granted the lock, and reports whether the failure is permanent.
 // m.local is held.
-func (m *Mutex) attempt(ctx context.Context) (held context.Context, permanent bool, err error) {
-	if err := ctx.Err(); err != nil {
-		return nil, false, m.waitEnded(ctx, nil)
+func (m *Mutex) attempt(waitCtx, ctx context.Context) (held context.Context, permanent bool, err error) {
+	if err := waitCtx.Err(); err != nil {
+		return nil, false, m.waitEnded(waitCtx, nil)
 	}
 	c := m.client
 	value := rand.Text() // 128 bits from crypto/rand
@@ -257,7 +262,7 @@ func (m *Mutex) attempt(ctx context.Context) (held context.Context, permanent bo
 	timeout := m.cfg.perNodeTimeout()
 	release := releaseCall(m.key, value)
 	start := time.Now()
-	out := c.fanOut(ctx, timeout, acquireCall(m.key, value, ttl), release)
+	out := c.fanOut(waitCtx, timeout, acquireCall(m.key, value, ttl), release)
 	until := validityEnd(start, ttl, m.cfg.drift())
 	if out.won && time.Now().Before(until) {
 		return m.hold(ctx, value, until, out.round), false, nil

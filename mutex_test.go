@@ -3,6 +3,7 @@ package redlock
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -491,5 +492,68 @@ func TestCloseStopsWaiters(t *testing.T) {
 	c.Close()
 	if err := <-errc; !errors.Is(err, ErrClosed) {
 		t.Errorf("LockContext ended by Close = %v; want ErrClosed", err)
+	}
+}
+
+func TestFailedAttemptReleasesItsGrants(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	c := newClient(t, clients)
+	// Another holder has the lock on nodes 1 and 2 only: node 0 grants our
+	// attempt, which then fails and must give node 0 back.
+	mrs[1].Set("redlock:{split}", "other")
+	mrs[2].Set("redlock:{split}", "other")
+	if _, err := c.NewMutex("split").TryLockContext(t.Context()); !errors.Is(err, ErrNotAcquired) {
+		t.Fatalf("TryLockContext = %v; want ErrNotAcquired", err)
+	}
+	c.nodes[0].calls.Wait() // the release runs in the background
+	if mrs[0].Exists("redlock:{split}") {
+		t.Error("node 0 still holds the key of a failed attempt")
+	}
+	if got, _ := mrs[1].Get("redlock:{split}"); got != "other" {
+		t.Errorf("node 1 key = %q; want the other holder's value untouched", got)
+	}
+}
+
+// records is a slog handler that keeps the records it gets.
+type records struct {
+	mu   sync.Mutex
+	list []slog.Record
+}
+
+func (r *records) Enabled(context.Context, slog.Level) bool { return true }
+func (r *records) WithAttrs([]slog.Attr) slog.Handler       { return r }
+func (r *records) WithGroup(string) slog.Handler            { return r }
+func (r *records) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.list = append(r.list, rec)
+	return nil
+}
+
+func TestLockLogsTransientFailures(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	log := &records{}
+	c := newClient(t, clients, WithLogger(slog.New(log)))
+	// Node 0 is taken by another holder and node 2 is down, so attempts
+	// fail on node 2's error until node 0 frees up.
+	mrs[0].Set("redlock:{logged}", "other")
+	mrs[2].Close()
+	time.AfterFunc(100*time.Millisecond, func() { mrs[0].Del("redlock:{logged}") })
+	m := c.NewMutex("logged")
+	m.Lock()
+	m.Unlock()
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	var warned bool
+	for _, rec := range log.list {
+		rec.Attrs(func(a slog.Attr) bool {
+			if rec.Level == slog.LevelWarn && a.Key == "error" && strings.Contains(a.Value.String(), "node 2") {
+				warned = true
+			}
+			return true
+		})
+	}
+	if !warned {
+		t.Errorf("no Warn record named node 2 while it was down; got %d records", len(log.list))
 	}
 }
