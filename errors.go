@@ -26,6 +26,10 @@ var (
 	// Client.Close.
 	ErrClosed = errors.New("redlock: client closed")
 
+	// errRecentlyRestarted is reported for a node whose uptime is below the
+	// restart guard: it may have forgotten locks it granted before.
+	errRecentlyRestarted = errors.New("recently restarted")
+
 	// errTooBusy is reported for a node that already has the maximum number
 	// of calls in flight, as happens while it hangs.
 	errTooBusy = errors.New("too many calls in flight to this node")

@@ -149,3 +149,58 @@ func ExampleMutex_TryLock() {
 	// b while a holds it: false
 	// b after a unlocked: true
 }
+
+// A fenced resource: a Redis key that takes a write only with a token larger
+// than any it has seen, so a holder whose lock expired while it was paused is
+// turned away. Fencing tokens need WithFencing.
+func ExampleMutex_Token() {
+	var urls []string
+	for range 3 {
+		server := miniredis.NewMiniRedis()
+		if err := server.Start(); err != nil {
+			log.Fatal(err)
+		}
+		defer server.Close()
+		urls = append(urls, "redis://"+server.Addr())
+	}
+	client, err := redlock.Dial(urls, redlock.WithFencing())
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	storage := miniredis.NewMiniRedis()
+	if err := storage.Start(); err != nil {
+		log.Fatal(err)
+	}
+	defer storage.Close()
+	resource := redis.NewClient(&redis.Options{Addr: storage.Addr()})
+	defer resource.Close()
+	// KEYS[1] data, KEYS[2] largest token seen; ARGV[1] value, ARGV[2] token.
+	fencedWrite := redis.NewScript(`
+		if tonumber(ARGV[2]) <= tonumber(redis.call('GET', KEYS[2]) or '0') then
+			return 0
+		end
+		redis.call('SET', KEYS[2], ARGV[2])
+		redis.call('SET', KEYS[1], ARGV[1])
+		return 1`)
+	write := func(value string, token uint64) bool {
+		ok, err := fencedWrite.Run(context.Background(), resource, []string{"report", "report:token"}, value, token).Bool()
+		if err != nil {
+			log.Fatal(err)
+		}
+		return ok
+	}
+
+	m := client.NewMutex("report")
+	m.Lock()
+	stale := m.Token() // a holder that will pause past its TTL
+	m.Unlock()
+	m.Lock()
+	fmt.Println("current holder's write accepted:", write("fresh", m.Token()))
+	m.Unlock()
+	fmt.Println("stale holder's write accepted:", write("stale", stale))
+	// Output:
+	// current holder's write accepted: true
+	// stale holder's write accepted: false
+}

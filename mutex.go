@@ -34,6 +34,7 @@ type Mutex struct {
 // holding is one acquisition, from the grant until Unlock.
 type holding struct {
 	value  string      // random, unique to this acquisition
+	token  uint64      // fencing token, or 0 without fencing
 	until  time.Time   // end of validity; moved forward by the watchdog
 	lost   error       // why the lock was lost, or nil
 	round  *roundState // the acquisition round, whose late grants Unlock undoes
@@ -77,6 +78,19 @@ func (m *Mutex) Until() time.Time {
 		return time.Time{}
 	}
 	return m.held.until
+}
+
+// Token returns the fencing token of the current acquisition: larger than the
+// token of every earlier holder of the lock, so that a resource that remembers
+// the largest token it has seen can reject a stale holder. It is 0 when the
+// lock is not held or was lost, and always without WithFencing.
+func (m *Mutex) Token() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.held == nil || m.held.lost != nil {
+		return 0
+	}
+	return m.held.token
 }
 
 // LockContext acquires the lock, waiting until it is free or ctx is done.
@@ -262,32 +276,47 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context) (held context.Context, per
 	timeout := m.cfg.perNodeTimeout()
 	release := releaseCall(m.key, value)
 	start := time.Now()
-	out := c.fanOut(waitCtx, timeout, acquireCall(m.key, value, ttl), release)
+	out := c.fanOut(waitCtx, timeout, c.acquireCall(m.key, value, ttl, m.cfg.restartGuard, m.cfg.fencing), release)
 	until := validityEnd(start, ttl, m.cfg.drift())
-	if out.won && time.Now().Before(until) {
-		return m.hold(ctx, value, until, out.round), false, nil
+	var token uint64
+	var fenceErr error
+	if out.won && m.cfg.fencing {
+		// Record the token on a quorum before reporting the lock held, so
+		// that every later holder reads a larger counter: any two quorums
+		// share a node.
+		token = out.token()
+		fenced := c.fanOut(waitCtx, timeout, fenceCall(m.key, value, token), nil)
+		if !fenced.won {
+			fenceErr = fmt.Errorf("%w: fencing token %d reached %d of %d nodes: %w", ErrNotAcquired, token, fenced.oks, len(c.nodes), fenced.errs)
+		}
+	}
+	if out.won && fenceErr == nil && time.Now().Before(until) {
+		return m.hold(ctx, value, until, token, out.round), false, nil
 	}
 	if out.won {
-		// Granted, but too late to be of use: undo it like a lost round.
-		out.won = false
+		// Granted, but unusable: undo it like a lost round.
+		out.round.abandon()
 	}
 	c.releaseLate(out, release, timeout)
 	permanent = out.permanentFailures() > len(c.nodes)-quorum(len(c.nodes))
 	switch {
+	case fenceErr != nil:
+		return nil, false, fenceErr
+	case out.won:
+		return nil, false, fmt.Errorf("%w: acquisition took longer than the TTL allows", ErrNotAcquired)
 	case out.errs != nil:
 		return nil, permanent, fmt.Errorf("%w: %d of %d nodes granted it: %w", ErrNotAcquired, out.oks, len(c.nodes), out.errs)
-	case !time.Now().Before(until):
-		return nil, false, fmt.Errorf("%w: acquisition took longer than the TTL allows", ErrNotAcquired)
 	default:
 		return nil, false, fmt.Errorf("%w: held by another owner", ErrNotAcquired)
 	}
 }
 
 // hold records a granted lock and starts its watchdog.
-func (m *Mutex) hold(ctx context.Context, value string, until time.Time, round *roundState) context.Context {
+func (m *Mutex) hold(ctx context.Context, value string, until time.Time, token uint64, round *roundState) context.Context {
 	held, cancel := context.WithCancelCause(ctx)
 	h := &holding{
 		value:  value,
+		token:  token,
 		until:  until,
 		round:  round,
 		cancel: cancel,

@@ -35,6 +35,8 @@ type config struct {
 	retryJitter      time.Duration
 	waitTimeout      time.Duration // 0: LockContext waits until ctx is done
 	keyPrefix        string
+	fencing          bool
+	restartGuard     time.Duration // 0: off
 	logger           *slog.Logger
 	errs             []error
 }
@@ -166,6 +168,33 @@ func WithWaitTimeout(d time.Duration) Option {
 // hash slot. Default "redlock:"; it may be empty.
 func WithKeyPrefix(prefix string) Option {
 	return func(c *config) { c.keyPrefix = prefix }
+}
+
+// WithFencing makes every acquisition earn a fencing token, Mutex.Token: a
+// number larger than that of every earlier holder of the lock, which the
+// protected resource can use to reject a stale holder. It costs a second round
+// to the nodes in each acquisition, to record the token on a quorum before the
+// lock is reported held, and one counter key per lock name that never expires.
+// Default off.
+func WithFencing() Option {
+	return func(c *config) { c.fencing = true }
+}
+
+// WithRestartGuard makes a node that has been up for less than d not count
+// toward the quorum of an acquisition, so that a master that restarted without
+// persistence, and so forgot the locks it granted, cannot help a second holder
+// in. It should be at least the largest TTL in use. The node's uptime comes from
+// INFO, read in the acquisition script, in whole seconds; restarts are logged.
+// Default 0, off: use it when the masters run without persistence. It must not
+// be negative.
+func WithRestartGuard(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.fail("restart guard %v must not be negative", d)
+			return
+		}
+		c.restartGuard = d
+	}
 }
 
 // WithLogger sets the logger for events the API cannot return: node failures

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -21,6 +23,8 @@ type node struct {
 	index  int
 	addr   string
 	client redis.UniversalClient
+	// runID is the server's run_id last seen, for noticing restarts.
+	runID atomic.Pointer[string]
 	// calls owns every goroutine talking to this node; Client.Close waits
 	// for it. Its limit is maxCallsPerNode.
 	calls errgroup.Group
@@ -32,8 +36,9 @@ func (n *node) errorf(err error) error {
 
 // reply is one node's answer in a round.
 type reply struct {
-	ok  bool  // the node did what was asked
-	err error // the call failed; ok is false
+	ok      bool   // the node did what was asked
+	err     error  // the call failed, or its answer does not count; ok is false
+	counter uint64 // acquisition: the node's fencing counter
 }
 
 // refused reports a definite answer that the node did not do what was asked,
@@ -191,6 +196,18 @@ func (s *roundState) abandon() {
 	s.mu.Unlock()
 }
 
+// token is the fencing token a won acquisition round earns: one more than
+// the largest counter among the nodes that granted it.
+func (o outcome) token() uint64 {
+	var largest uint64
+	for i, r := range o.replies {
+		if o.answered[i] && r.ok {
+			largest = max(largest, r.counter)
+		}
+	}
+	return largest + 1
+}
+
 // permanentFailures counts the nodes whose error retrying cannot fix.
 func (o outcome) permanentFailures() int {
 	count := 0
@@ -212,10 +229,70 @@ func validityEnd(start time.Time, ttl, drift time.Duration) time.Time {
 
 // The node calls of the three rounds.
 
-func acquireCall(key, value string, ttl time.Duration) nodeCall {
+// acquireCall asks a node for the lock. With fencing it also reads the node's
+// counter; with a restart guard, a node up for less than guard does not vote:
+// its grant comes back as an error (and is released if the round fails).
+func (c *Client) acquireCall(key, value string, ttl, guard time.Duration, fencing bool) nodeCall {
+	keys := []string{key, key + fenceSuffix}
+	args := []any{value, ttl.Milliseconds(), flag(fencing), flag(guard > 0)}
 	return func(ctx context.Context, n *node) reply {
-		ok, err := n.client.SetNX(ctx, key, value, ttl).Result()
-		return reply{ok: ok, err: err}
+		res, err := acquireScript.Run(ctx, n.client, keys, args...).Slice()
+		if err != nil {
+			return reply{err: err}
+		}
+		if len(res) != 4 {
+			return reply{err: fmt.Errorf("acquire script returned %d values; want 4", len(res))}
+		}
+		granted, _ := res[0].(int64)
+		counterText, _ := res[1].(string)
+		runID, _ := res[2].(string)
+		uptime, _ := res[3].(int64)
+		if guard > 0 {
+			c.noticeRestart(n, runID, uptime)
+			if up := time.Duration(uptime) * time.Second; up < guard {
+				return reply{err: fmt.Errorf("%w: up for %v, less than the restart guard %v", errRecentlyRestarted, up, guard)}
+			}
+		}
+		if granted != 1 {
+			return reply{}
+		}
+		counter, err := strconv.ParseUint(counterText, 10, 64)
+		if err != nil {
+			return reply{err: fmt.Errorf("fencing counter %q: %w", counterText, err)}
+		}
+		return reply{ok: true, counter: counter}
+	}
+}
+
+// fenceSuffix names a lock's fencing counter after its key, in the same hash
+// slot.
+const fenceSuffix = ":fence"
+
+func flag(on bool) string {
+	if on {
+		return "1"
+	}
+	return "0"
+}
+
+// noticeRestart logs when a node's run_id changes, which means it restarted.
+func (c *Client) noticeRestart(n *node, runID string, uptime int64) {
+	if runID == "" {
+		return
+	}
+	previous := n.runID.Swap(&runID)
+	if previous != nil && *previous != runID {
+		c.cfg.logger.Warn("redlock: node restarted; its grants do not count until the restart guard has passed",
+			"node", n.index, "addr", n.addr, "run_id", runID, "uptime_seconds", uptime)
+	}
+}
+
+// fenceCall records token on a node while value still holds the lock there.
+func fenceCall(key, value string, token uint64) nodeCall {
+	keys := []string{key, key + fenceSuffix}
+	return func(ctx context.Context, n *node) reply {
+		res, err := fenceScript.Run(ctx, n.client, keys, value, token).Int64()
+		return reply{ok: err == nil && res == 1, err: err}
 	}
 }
 

@@ -7,6 +7,10 @@ import (
 )
 
 var (
+	//go:embed scripts/acquire.lua
+	acquireSource string
+	//go:embed scripts/fence.lua
+	fenceSource string
 	//go:embed scripts/extend.lua
 	extendSource string
 	//go:embed scripts/release.lua
@@ -14,6 +18,8 @@ var (
 
 	// The scripts run with EVALSHA, falling back to EVAL once per node when
 	// the server does not have them cached yet.
+	acquireScript = redis.NewScript(acquireSource)
+	fenceScript   = redis.NewScript(fenceSource)
 	extendScript  = redis.NewScript(extendSource)
 	releaseScript = redis.NewScript(releaseSource)
 )
