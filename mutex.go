@@ -274,7 +274,7 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context) (held context.Context, per
 	value := rand.Text() // 128 bits from crypto/rand
 	ttl := m.cfg.ttl
 	timeout := m.cfg.perNodeTimeout()
-	release := releaseCall(m.key, value)
+	release := releaseCall(m.key, value, false)
 	start := time.Now()
 	out := c.fanOut(waitCtx, timeout, c.acquireCall(m.key, value, ttl, m.cfg.restartGuard, m.cfg.fencing), release)
 	until := validityEnd(start, ttl, m.cfg.drift())
@@ -353,7 +353,7 @@ func (m *Mutex) UnlockContext(ctx context.Context) error {
 
 	// A grant still in flight would land after the release: have it undone.
 	h.round.abandon()
-	out := m.client.fanOut(ctx, m.cfg.perNodeTimeout(), releaseCall(m.key, h.value), nil)
+	out := m.client.fanOut(ctx, m.cfg.perNodeTimeout(), releaseCall(m.key, h.value, true), nil)
 	switch {
 	case h.lost != nil:
 		return errors.Join(h.lost, out.errs)

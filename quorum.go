@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,10 @@ type node struct {
 	client redis.UniversalClient
 	// runID is the server's run_id last seen, for noticing restarts.
 	runID atomic.Pointer[string]
+	// hung is set when a call to the node got no answer in time, and
+	// cleared by any answer. Rounds do not wait for hung nodes to decide
+	// that they are lost.
+	hung atomic.Bool
 	// calls owns every goroutine talking to this node; Client.Close waits
 	// for it. Its limit is maxCallsPerNode.
 	calls errgroup.Group
@@ -73,9 +78,17 @@ type roundState struct {
 func quorum(n int) int { return n/2 + 1 }
 
 // decided reports whether a round with the given tallies is over: won with a
-// quorum of successes, or lost because a quorum can no longer be reached.
-func decided(oks, fails, nodes int) bool {
-	return oks >= quorum(nodes) || fails > nodes-quorum(nodes)
+// quorum of successes, or lost because a quorum can no longer be reached
+// without the nodes that are failed or hung (hung counts those not yet heard).
+func decided(oks, fails, hung, nodes int) bool {
+	return oks >= quorum(nodes) || fails+hung > nodes-quorum(nodes)
+}
+
+// timedOut reports whether err means the node did not answer in time, as
+// opposed to answering, or refusing the connection.
+func timedOut(err error) bool {
+	var netErr net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout())
 }
 
 // fanOut runs call on every node at once, each bounded by timeout, and returns
@@ -90,12 +103,21 @@ func (c *Client) fanOut(ctx context.Context, timeout time.Duration, call nodeCal
 		notify:   make(chan int, len(c.nodes)),
 	}
 	callCtx := context.WithoutCancel(ctx) // calls outlive the wait; timeout bounds them
+	hungAtStart := make([]bool, len(c.nodes))
+	pendingHung := 0
+	for i, n := range c.nodes {
+		if n.hung.Load() {
+			hungAtStart[i] = true
+			pendingHung++
+		}
+	}
 	c.mu.RLock()
 	for _, n := range c.nodes {
 		started := !c.closed && n.calls.TryGo(func() error {
 			nodeCtx, cancel := context.WithTimeout(callCtx, timeout)
 			r := call(nodeCtx, n)
 			cancel()
+			n.hung.Store(timedOut(r.err))
 			state.mu.Lock()
 			state.replies[n.index] = r
 			state.answered[n.index] = true
@@ -129,12 +151,15 @@ func (c *Client) fanOut(ctx context.Context, timeout time.Duration, call nodeCal
 	var ctxErr error
 	timedOut := false
 wait:
-	for !decided(oks, fails, len(c.nodes)) {
+	for !decided(oks, fails, pendingHung, len(c.nodes)) {
 		select {
 		case i := <-state.notify:
 			state.mu.Lock()
 			ok := state.replies[i].ok
 			state.mu.Unlock()
+			if hungAtStart[i] {
+				pendingHung--
+			}
 			if ok {
 				oks++
 			} else {
@@ -142,19 +167,31 @@ wait:
 			}
 		case <-timer.C:
 			timedOut = true
+			for i, n := range c.nodes {
+				if !state.isAnswered(i) {
+					n.hung.Store(true)
+				}
+			}
 			break wait
 		case <-ctx.Done():
 			ctxErr = ctx.Err()
 			break wait
 		}
 	}
-	return state.settle(ctxErr, timedOut, timeout, c.nodes)
+	return state.settle(ctxErr, timedOut, hungAtStart, timeout, c.nodes)
+}
+
+func (s *roundState) isAnswered(i int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.answered[i]
 }
 
 // settle takes a snapshot of the round and marks it abandoned if it was lost,
 // so that nodes answering later undo what they did. ctxErr is the error of the
-// caller's context if it ended the wait; timedOut, whether the timeout did.
-func (s *roundState) settle(ctxErr error, timedOut bool, timeout time.Duration, nodes []*node) outcome {
+// caller's context if it ended the wait; timedOut, whether the timeout did;
+// hung, which nodes the round did not wait for.
+func (s *roundState) settle(ctxErr error, timedOut bool, hung []bool, timeout time.Duration, nodes []*node) outcome {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := outcome{
@@ -172,6 +209,8 @@ func (s *roundState) settle(ctxErr error, timedOut bool, timeout time.Duration, 
 				errs = append(errs, nodes[i].errorf(fmt.Errorf("no answer before the wait ended: %w", ctxErr)))
 			} else if timedOut {
 				errs = append(errs, nodes[i].errorf(fmt.Errorf("no answer within %v: %w", timeout, context.DeadlineExceeded)))
+			} else if hung[i] {
+				errs = append(errs, nodes[i].errorf(fmt.Errorf("not waited for: no answer within %v in an earlier round: %w", timeout, context.DeadlineExceeded)))
 			}
 		case r.ok:
 			out.oks++
@@ -304,11 +343,15 @@ func extendCall(key, value string, ttl time.Duration) nodeCall {
 	}
 }
 
-// releaseCall deletes the key if value still holds it, and publishes value on
-// the lock's channel, which is named like its key.
-func releaseCall(key, value string) nodeCall {
+// releaseCall deletes the key if value still holds it and, with wake, publishes
+// value on the lock's channel, which is named like its key.
+func releaseCall(key, value string, wake bool) nodeCall {
+	channel := ""
+	if wake {
+		channel = key
+	}
 	return func(ctx context.Context, n *node) reply {
-		res, err := releaseScript.Run(ctx, n.client, []string{key}, value, key).Int64()
+		res, err := releaseScript.Run(ctx, n.client, []string{key}, value, channel).Int64()
 		return reply{ok: err == nil && res == 1, err: err}
 	}
 }

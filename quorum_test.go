@@ -25,23 +25,27 @@ func TestQuorum(t *testing.T) {
 
 func TestDecided(t *testing.T) {
 	tests := []struct {
-		oks, fails, nodes int
-		want              bool
+		oks, fails, hung, nodes int
+		want                    bool
 	}{
-		{0, 0, 3, false},
-		{1, 0, 3, false},
-		{2, 0, 3, true}, // won
-		{1, 1, 3, false},
-		{0, 2, 3, true}, // a quorum can no longer be reached
-		{2, 2, 5, false},
-		{2, 3, 5, true},
-		{3, 2, 5, true},
-		{1, 0, 1, true},
-		{0, 1, 1, true},
+		{0, 0, 0, 3, false},
+		{1, 0, 0, 3, false},
+		{2, 0, 0, 3, true}, // won
+		{1, 1, 0, 3, false},
+		{0, 2, 0, 3, true}, // a quorum can no longer be reached
+		{2, 2, 0, 5, false},
+		{2, 3, 0, 5, true},
+		{3, 2, 0, 5, true},
+		{1, 0, 0, 1, true},
+		{0, 1, 0, 1, true},
+		{1, 1, 1, 3, true},  // only the hung node could still make a quorum
+		{2, 1, 2, 5, true},  // likewise with two hung of five
+		{2, 0, 2, 5, false}, // one healthy node is still to answer
+		{3, 0, 2, 5, true},  // won without the hung nodes
 	}
 	for _, tt := range tests {
-		if got := decided(tt.oks, tt.fails, tt.nodes); got != tt.want {
-			t.Errorf("decided(%d oks, %d fails, %d nodes) = %v; want %v", tt.oks, tt.fails, tt.nodes, got, tt.want)
+		if got := decided(tt.oks, tt.fails, tt.hung, tt.nodes); got != tt.want {
+			t.Errorf("decided(%d oks, %d fails, %d hung, %d nodes) = %v; want %v", tt.oks, tt.fails, tt.hung, tt.nodes, got, tt.want)
 		}
 	}
 }
@@ -337,5 +341,40 @@ func TestLateGrantIsUndoneByUnlock(t *testing.T) {
 	c.nodes[2].calls.Wait() // the late SET, and whatever follows it, are done
 	if mrs[2].Exists("redlock:{late}") {
 		t.Error("the slow node still has the key after Unlock; its late grant was not undone")
+	}
+}
+
+func TestRoundsDoNotWaitForHungNodes(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	rc1, hole1 := hungClient(t)
+	rc2, hole2 := hungClient(t)
+	c := newClient(t, append(clients, rc1, rc2), WithNodeTimeout(300*time.Millisecond))
+	t.Cleanup(hole1.close)
+	t.Cleanup(hole2.close)
+	// Another holder has node 0, so only the two hung nodes could make a
+	// quorum with nodes 1 and 2.
+	mrs[0].Set("redlock:{h}", "other")
+	m := c.NewMutex("h")
+	start := time.Now()
+	if _, err := m.TryLockContext(t.Context()); !errors.Is(err, ErrNotAcquired) {
+		t.Fatalf("first TryLockContext = %v; want ErrNotAcquired", err)
+	}
+	if first := time.Since(start); first < 300*time.Millisecond {
+		t.Fatalf("first attempt took %v; want it to wait the 300ms node timeout for nodes not yet known to hang", first)
+	}
+	start = time.Now()
+	_, err := m.TryLockContext(t.Context())
+	if second := time.Since(start); second > 150*time.Millisecond {
+		t.Errorf("second attempt took %v; want it decided without waiting for the hung nodes", second)
+	}
+	if !errors.Is(err, ErrNotAcquired) || !strings.Contains(err.Error(), "not waited for") {
+		t.Errorf("second TryLockContext = %v; want ErrNotAcquired naming the nodes not waited for", err)
+	}
+	// A node that answers again is waited for again.
+	mrs[0].Del("redlock:{h}")
+	if _, err := m.TryLockContext(t.Context()); err != nil {
+		t.Errorf("TryLockContext with nodes 0-2 free = %v; want success", err)
+	} else {
+		m.Unlock()
 	}
 }

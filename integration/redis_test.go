@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -33,8 +34,10 @@ func (s *server) addr() string { return fmt.Sprintf("127.0.0.1:%d", s.port) }
 
 // cluster is the suite's set of containers.
 type cluster struct {
-	pool    *dockertest.Pool
-	servers []*server
+	pool       *dockertest.Pool
+	repo, tag  string
+	servers    []*server
+	persistDir string // host folder for the AOF files of servers that keep them
 }
 
 var suite *cluster
@@ -57,36 +60,86 @@ func setUp() (*cluster, error) {
 	if !found {
 		tag = "latest"
 	}
-	c := &cluster{pool: pool}
+	dir, err := os.MkdirTemp("", "redlock-aof-")
+	if err != nil {
+		return nil, err
+	}
+	c := &cluster{pool: pool, repo: repo, tag: tag, persistDir: dir}
 	for range nodeCount {
 		port, err := freePort()
 		if err != nil {
 			c.tearDown()
 			return nil, err
 		}
-		resource, err := pool.RunWithOptions(&dockertest.RunOptions{
-			Repository: repo,
-			Tag:        tag,
-			Cmd: []string{"redis-server", "--port", fmt.Sprint(port), "--bind", "127.0.0.1",
-				"--save", "", "--appendonly", "no", "--protected-mode", "no"},
-			Labels: map[string]string{"redlock-test": "integration"},
-		}, func(hc *docker.HostConfig) {
-			hc.NetworkMode = "host" // the bridge network is off; see scripts/test.sh
-			hc.AutoRemove = true
-			hc.RestartPolicy = docker.RestartPolicy{Name: "no"}
-		})
-		if err != nil {
-			c.tearDown()
-			return nil, fmt.Errorf("run %s: %w", image, err)
-		}
-		s := &server{resource: resource, port: port}
+		s := &server{port: port}
 		c.servers = append(c.servers, s)
-		if err := pool.Retry(func() error { return ping(s.addr()) }); err != nil {
+		if err := c.start(s, false); err != nil {
 			c.tearDown()
-			return nil, fmt.Errorf("redis in container %s did not answer on %s: %w", resource.Container.ID[:12], s.addr(), err)
+			return nil, err
 		}
 	}
 	return c, nil
+}
+
+// start runs a Redis container for s on its port; with aof, the server
+// writes every change to an append-only file (fsync always) kept in a host
+// folder across restarts.
+func (c *cluster) start(s *server, aof bool) error {
+	cmd := []string{"redis-server", "--port", fmt.Sprint(s.port), "--bind", "127.0.0.1", "--save", "", "--protected-mode", "no"}
+	var mounts []string
+	if aof {
+		dir := filepath.Join(c.persistDir, fmt.Sprint(s.port))
+		if err := os.MkdirAll(dir, 0o777); err != nil {
+			return err
+		}
+		mounts = []string{dir + ":/data"}
+		cmd = append(cmd, "--appendonly", "yes", "--appendfsync", "always", "--dir", "/data")
+	} else {
+		cmd = append(cmd, "--appendonly", "no")
+	}
+	resource, err := c.pool.RunWithOptions(&dockertest.RunOptions{
+		Repository: c.repo,
+		Tag:        c.tag,
+		Cmd:        cmd,
+		Mounts:     mounts,
+		Labels:     map[string]string{"redlock-test": "integration"},
+	}, func(hc *docker.HostConfig) {
+		hc.NetworkMode = "host"                             // the bridge network is off; see scripts/test.sh
+		hc.RestartPolicy = docker.RestartPolicy{Name: "no"} // kill leaves it for restart
+	})
+	if err != nil {
+		return fmt.Errorf("run %s:%s: %w", c.repo, c.tag, err)
+	}
+	s.resource = resource
+	if err := c.pool.Retry(func() error { return ping(s.addr()) }); err != nil {
+		return fmt.Errorf("redis in container %s did not answer on %s: %w", resource.Container.ID[:12], s.addr(), err)
+	}
+	return nil
+}
+
+// kill stops server i at once, as a crash would (SIGKILL). The container
+// stays, for restart.
+func (c *cluster) kill(i int) error {
+	if err := c.pool.Client.KillContainer(docker.KillContainerOptions{ID: c.servers[i].resource.Container.ID, Signal: docker.SIGKILL}); err != nil {
+		return fmt.Errorf("kill server %d: %w", i, err)
+	}
+	return nil
+}
+
+// restart starts killed server i again in the same container: with the same
+// options, and with its data only if it keeps an AOF.
+func (c *cluster) restart(i int) error {
+	s := c.servers[i]
+	if err := c.pool.Client.StartContainer(s.resource.Container.ID, nil); err != nil {
+		return fmt.Errorf("restart server %d: %w", i, err)
+	}
+	return c.pool.Retry(func() error { return ping(s.addr()) })
+}
+
+// replace removes server i's container and starts a new one on its port.
+func (c *cluster) replace(i int, aof bool) error {
+	c.pool.Purge(c.servers[i].resource)
+	return c.start(c.servers[i], aof)
 }
 
 func ping(addr string) error {
@@ -109,8 +162,11 @@ func freePort() (int, error) {
 
 func (c *cluster) tearDown() {
 	for _, s := range c.servers {
-		c.pool.Purge(s.resource)
+		if s.resource != nil {
+			c.pool.Purge(s.resource)
+		}
 	}
+	os.RemoveAll(c.persistDir)
 }
 
 // urls returns the URLs of the first n servers.
