@@ -41,13 +41,47 @@
 // validity left. A process paused by garbage collection, swapping or SIGSTOP
 // cannot react to held being cancelled, and may write to the protected
 // resource after its lock has expired and another process took it. Where that
-// matters, the resource itself must reject stale holders, for example with
-// fencing tokens.
+// matters, the resource itself must reject stale holders: see fencing tokens
+// below.
 //
 // A master that crashes and restarts without persistence forgets the locks it
 // granted, which can let a second holder win a quorum. Such a master must stay
 // down for longer than the largest TTL in use before it rejoins (the spec's
-// delayed restart), or run with AOF and appendfsync always.
+// delayed restart), or run with AOF and appendfsync always. WithRestartGuard
+// enforces the delay from the client side: a master whose uptime (from INFO)
+// is below the guard does not count toward an acquisition's quorum.
+//
+// # Fencing tokens
+//
+// With WithFencing, every acquisition earns a token, Mutex.Token, larger than
+// the token of every earlier holder of the lock. Each master keeps a counter
+// per lock, in the key's hash slot. An acquisition reads the counter of every
+// master that grants it and takes one more than the largest; before the lock
+// is reported held, it sets the counter to at least the token on a quorum of
+// masters, and only on masters where it still holds the key.
+//
+// Why the tokens increase: let holder A record token a on a quorum W, and let
+// a later holder B be granted by a quorum G. Two majorities of the same N
+// masters share at least one master m. A recorded a on m while m held A's key.
+// B's grant on m came when m did not hold A's key: either before A's grant on
+// m, which would make B the earlier holder, or after A's key left m, and so
+// after A's record. The acquisition script reads the counter in the same
+// atomic step as the grant, so B read at least a on m, and its token is at
+// least a+1. This holds whether A released the lock or lost it by expiry.
+//
+// The argument assumes that a master never loses a counter it recorded and
+// that scripts run atomically, as they do in Redis. A master that restarts
+// without persistence forgets its counters; the restart guard protects the
+// lock key from this, but not the counters, since a forgotten counter stays
+// forgotten however long the master waits. Fencing therefore needs the masters
+// to run with AOF and appendfsync always (or to be re-seeded, before they
+// rejoin, with the largest counter of a quorum). The chaos suite in the
+// integration folder shows tokens out of order after such a restart without
+// AOF, and in order with it.
+//
+// Tokens have gaps: an acquisition that fails after reading counters uses no
+// token. The cost of fencing is a second round to the masters on every
+// acquisition, and one counter key per lock name that never expires.
 //
 // Each Client option also has a per-Mutex form: options given to New are the
 // defaults, and those given to NewMutex override them.

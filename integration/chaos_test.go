@@ -143,12 +143,15 @@ func TestChaosWorker(t *testing.T) {
 				select {
 				case <-time.After(hold):
 				case <-held.Done():
+					s.HeldEnd = monotonic()
 				}
 				// A write already under way when the lock was lost: the
 				// fenced resource must turn it away.
 				s.LastAccepted = write()
 				s.Exit = monotonic()
-				s.HeldEnd = heldEnd.Load()
+				if s.HeldEnd == 0 {
+					s.HeldEnd = heldEnd.Load()
+				}
 				stop()
 				m.Unlock()
 				mu.Lock()
