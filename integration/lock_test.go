@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -330,3 +332,55 @@ func BenchmarkLockUnlock(b *testing.B) {
 		})
 	}
 }
+
+func TestRestartGuard(t *testing.T) {
+	begin(t)
+	var logged strings.Builder
+	var logMu sync.Mutex
+	logger := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		logMu.Lock()
+		defer logMu.Unlock()
+		return logged.Write(p)
+	}), nil))
+	guard := 2 * time.Second
+	m := dial(t, 3, redlock.WithRestartGuard(guard), redlock.WithLogger(logger)).NewMutex("guarded")
+	// The servers may have started less than the guard ago themselves.
+	first, cancelFirst := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancelFirst()
+	if _, err := m.LockContext(first); err != nil {
+		t.Fatalf("LockContext before any restart: %v", err)
+	}
+	m.Unlock()
+	for _, i := range []int{0, 1} {
+		if err := suite.kill(i); err != nil {
+			t.Fatal(err)
+		}
+		if err := suite.restart(i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restarted := time.Now()
+	_, err := m.TryLockContext(t.Context())
+	if !errors.Is(err, redlock.ErrNotAcquired) || !strings.Contains(err.Error(), "recently restarted") {
+		t.Fatalf("TryLockContext with 2 of 3 servers just restarted = %v; want ErrNotAcquired naming the restart", err)
+	}
+	logMu.Lock()
+	if !strings.Contains(logged.String(), "node restarted") {
+		t.Errorf("no restart was logged; log:\n%s", logged.String())
+	}
+	logMu.Unlock()
+	// Once the guard has passed (uptime is in whole seconds), they count.
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if _, err := m.LockContext(ctx); err != nil {
+		t.Fatalf("LockContext after the guard: %v", err)
+	}
+	if waited := time.Since(restarted); waited < guard-time.Second {
+		t.Errorf("acquired %v after the restart; want no sooner than the %v guard allows", waited, guard)
+	}
+	m.Unlock()
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
