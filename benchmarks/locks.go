@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/bsm/redislock"
+	"github.com/go-redsync/redsync/v4"
+	redsyncredis "github.com/go-redsync/redsync/v4/redis"
+	"github.com/go-redsync/redsync/v4/redis/goredis/v9"
+	"github.com/redis/go-redis/v9"
+	"github.com/seed62cefe0a/redlock"
+)
+
+// locker is one library's lock, as a worker uses it.
+type locker interface {
+	lock(ctx context.Context) error
+	unlock(ctx context.Context) error
+}
+
+// library makes lockers; one per worker, as separate processes would have.
+type library struct {
+	name   string
+	maxN   int // largest number of masters it supports
+	newFor func(addrs []string, name string) (locker, func(), error)
+}
+
+func goRedisClients(addrs []string) ([]*redis.Client, func()) {
+	var clients []*redis.Client
+	for _, addr := range addrs {
+		// go-redis defaults, as a user would have them.
+		clients = append(clients, redis.NewClient(&redis.Options{Addr: addr}))
+	}
+	return clients, func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}
+}
+
+var libraries = []library{
+	{
+		name: "redlock", maxN: 99,
+		newFor: func(addrs []string, name string) (locker, func(), error) {
+			var urls []string
+			for _, addr := range addrs {
+				urls = append(urls, "redis://"+addr+"/0")
+			}
+			client, err := redlock.Dial(urls)
+			if err != nil {
+				return nil, nil, err
+			}
+			return redlockLocker{client.NewMutex(name)}, func() { client.Close() }, nil
+		},
+	},
+	{
+		name: "redsync", maxN: 99,
+		newFor: func(addrs []string, name string) (locker, func(), error) {
+			clients, closeAll := goRedisClients(addrs)
+			var pools []redsyncredis.Pool
+			for _, c := range clients {
+				pools = append(pools, goredis.NewPool(c))
+			}
+			return redsyncLocker{redsync.New(pools...).NewMutex(name)}, closeAll, nil
+		},
+	},
+	{
+		name: "redsync 1ms", maxN: 99,
+		newFor: func(addrs []string, name string) (locker, func(), error) {
+			clients, closeAll := goRedisClients(addrs)
+			var pools []redsyncredis.Pool
+			for _, c := range clients {
+				pools = append(pools, goredis.NewPool(c))
+			}
+			m := redsync.New(pools...).NewMutex(name, redsync.WithRetryDelay(time.Millisecond), redsync.WithTries(1<<20))
+			return redsyncLocker{m}, closeAll, nil
+		},
+	},
+	{
+		name: "redislock", maxN: 1,
+		newFor: func(addrs []string, name string) (locker, func(), error) {
+			clients, closeAll := goRedisClients(addrs)
+			return &redislockLocker{client: redislock.New(clients[0]), key: name}, closeAll, nil
+		},
+	},
+}
+
+type redlockLocker struct{ m *redlock.Mutex }
+
+func (l redlockLocker) lock(ctx context.Context) error {
+	_, err := l.m.LockContext(ctx)
+	return err
+}
+func (l redlockLocker) unlock(ctx context.Context) error { return l.m.UnlockContext(ctx) }
+
+type redsyncLocker struct{ m *redsync.Mutex }
+
+// lock retries redsync's ErrFailed (its tries ran out), as a user of a
+// blocking lock would.
+func (l redsyncLocker) lock(ctx context.Context) error {
+	for {
+		err := l.m.LockContext(ctx)
+		var taken *redsync.ErrTaken
+		if err == nil || ctx.Err() != nil || !(errors.Is(err, redsync.ErrFailed) || errors.As(err, &taken)) {
+			return err
+		}
+	}
+}
+
+func (l redsyncLocker) unlock(ctx context.Context) error {
+	ok, err := l.m.UnlockContext(ctx)
+	if err == nil && !ok {
+		err = errors.New("redsync: unlock not confirmed")
+	}
+	return err
+}
+
+type redislockLocker struct {
+	client *redislock.Client
+	key    string
+	held   *redislock.Lock
+}
+
+// lock obtains with a 1ms linear backoff until ctx ends (redislock's default
+// is not to retry).
+func (l *redislockLocker) lock(ctx context.Context) error {
+	lock, err := l.client.Obtain(ctx, l.key, 8*time.Second, &redislock.Options{RetryStrategy: redislock.LinearBackoff(time.Millisecond)})
+	if err != nil {
+		return fmt.Errorf("redislock: %w", err)
+	}
+	l.held = lock
+	return nil
+}
+
+func (l *redislockLocker) unlock(ctx context.Context) error { return l.held.Release(ctx) }

@@ -1,0 +1,394 @@
+// Command benchmarks measures redlock side by side with go-redsync/redsync
+// and bsm/redislock on the same redis-server processes, which it starts on
+// 127.0.0.1 and stops by PID. It prints a table and writes JSON.
+//
+//	go run . -json results.json
+//
+// See BENCHMARKS.md for the scenarios and the latest results.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/seed62cefe0a/redlock"
+)
+
+// result is one row: one library in one scenario.
+type result struct {
+	Scenario       string
+	Library        string
+	Nodes          int
+	Workers        int
+	Seconds        float64
+	Cycles         int64   // completed Lock+Unlock cycles (critical sections)
+	PerSecond      float64 // cycles per second
+	LockP50us      float64 `json:",omitempty"`
+	LockP99us      float64 `json:",omitempty"`
+	UnlockP99us    float64 `json:",omitempty"`
+	WaitP99ms      float64 `json:",omitempty"`
+	AllocsPerCycle float64 `json:",omitempty"`
+	Fairness       float64 `json:",omitempty"` // Jain's index over workers' cycle counts
+	Retake         float64 `json:",omitempty"` // share of sections whose holder also held the one before
+	CommandsPerCS  float64 `json:",omitempty"`
+	Failures       int64
+	Violations     int64 // overlapping critical sections
+	Notes          string `json:",omitempty"`
+}
+
+func main() {
+	duration := flag.Duration("duration", 3*time.Second, "length of each measurement")
+	jsonPath := flag.String("json", "", "write the results as JSON to this file")
+	only := flag.String("only", "", "run only scenarios whose name contains this")
+	manyLocks := flag.Int("many", 10000, "locks held at once in the many-locks scenario")
+	flag.Parse()
+	redis.SetLogger(quiet{})
+
+	servers, err := startServers(5)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchmarks:", err)
+		os.Exit(1)
+	}
+	defer stopServers(servers)
+	addrs := func(n int) []string {
+		var list []string
+		for _, s := range servers[:n] {
+			list = append(list, s.addr)
+		}
+		return list
+	}
+
+	var results []result
+	run := func(name string, f func() []result) {
+		if *only != "" && !strings.Contains(name, *only) {
+			return
+		}
+		fmt.Fprintf(os.Stderr, "running %s...\n", name)
+		results = append(results, f()...)
+	}
+	run("uncontended", func() []result {
+		var rs []result
+		for _, lib := range libraries {
+			n := min(3, lib.maxN)
+			rs = append(rs, uncontended(lib, addrs(n), servers[:n], *duration))
+		}
+		return rs
+	})
+	for _, workers := range []int{8, 32} {
+		run(fmt.Sprintf("contended-%d", workers), func() []result {
+			var rs []result
+			for _, lib := range libraries {
+				n := min(3, lib.maxN)
+				rs = append(rs, contended(lib, addrs(n), servers[:n], workers, *duration))
+			}
+			return rs
+		})
+	}
+	run("degraded", func() []result {
+		var rs []result
+		for _, lib := range libraries {
+			if lib.maxN < 5 || lib.name == "redsync 1ms" {
+				continue
+			}
+			rs = append(rs, degraded(lib, addrs(5), servers, *duration))
+		}
+		return rs
+	})
+	run("many-locks", func() []result {
+		return []result{manyHeld(addrs(3), servers[:3], *manyLocks, 3*(*duration))}
+	})
+
+	printTable(results)
+	if *jsonPath != "" {
+		data, _ := json.MarshalIndent(map[string]any{
+			"machine": machine(),
+			"results": results,
+		}, "", "  ")
+		if err := os.WriteFile(*jsonPath, data, 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "benchmarks:", err)
+			os.Exit(1)
+		}
+	}
+}
+
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
+
+func machine() string {
+	return fmt.Sprintf("%s/%s, %d CPUs, %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version())
+}
+
+func flush(servers []*server) {
+	for _, s := range servers {
+		rc := redis.NewClient(&redis.Options{Addr: s.addr})
+		rc.FlushAll(context.Background())
+		rc.Close()
+	}
+}
+
+func percentile(durations []time.Duration, p float64) time.Duration {
+	if len(durations) == 0 {
+		return 0
+	}
+	slices.Sort(durations)
+	return durations[min(len(durations)-1, int(float64(len(durations))*p))]
+}
+
+func micros(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+// uncontended runs Lock+Unlock in one goroutine.
+func uncontended(lib library, addrs []string, servers []*server, duration time.Duration) result {
+	flush(servers)
+	l, closeFn, err := lib.newFor(addrs, "bench-uncontended")
+	if err != nil {
+		return result{Scenario: "uncontended", Library: lib.name, Notes: err.Error()}
+	}
+	defer closeFn()
+	ctx := context.Background()
+	for range 200 { // warm up connections and script caches
+		if l.lock(ctx) == nil {
+			l.unlock(ctx)
+		}
+	}
+	counter := newCommandCounter(servers)
+	defer counter.close()
+	commandsBefore := counter.total()
+	var lockTimes []time.Duration
+	var failures int64
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	for time.Since(start) < duration {
+		t0 := time.Now()
+		if err := l.lock(ctx); err != nil {
+			failures++
+			continue
+		}
+		lockTimes = append(lockTimes, time.Since(t0))
+		if err := l.unlock(ctx); err != nil {
+			failures++
+		}
+	}
+	elapsed := time.Since(start)
+	runtime.ReadMemStats(&after)
+	cycles := int64(len(lockTimes))
+	// lockTimes grows by appends; its own allocations are few (log2 of the count).
+	return result{
+		Scenario: "uncontended", Library: lib.name, Nodes: len(addrs), Workers: 1,
+		Seconds: elapsed.Seconds(), Cycles: cycles, PerSecond: float64(cycles) / elapsed.Seconds(),
+		LockP50us: micros(percentile(lockTimes, 0.5)), LockP99us: micros(percentile(lockTimes, 0.99)),
+		AllocsPerCycle: float64(after.Mallocs-before.Mallocs) / float64(cycles),
+		CommandsPerCS:  float64(counter.since(commandsBefore)) / float64(cycles),
+		Failures:       failures,
+	}
+}
+
+// contended runs workers, each with its own locker, on one lock with a 1ms
+// critical section.
+func contended(lib library, addrs []string, servers []*server, workers int, duration time.Duration) result {
+	flush(servers)
+	name := fmt.Sprintf("contended-%d", workers)
+	lockers := make([]locker, workers)
+	for i := range lockers {
+		l, closeFn, err := lib.newFor(addrs, "bench-contended")
+		if err != nil {
+			return result{Scenario: name, Library: lib.name, Notes: err.Error()}
+		}
+		defer closeFn()
+		lockers[i] = l
+	}
+	counter := newCommandCounter(servers)
+	defer counter.close()
+	commandsBefore := counter.total()
+
+	ctx, cancel := context.WithTimeout(context.Background(), duration)
+	defer cancel()
+	var inside, violations, failures, retakes atomic.Int64
+	var lastHolder atomic.Int64
+	lastHolder.Store(-1)
+	counts := make([]int64, workers)
+	waits := make([][]time.Duration, workers)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for i, l := range lockers {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				if err := l.lock(ctx); err != nil {
+					if ctx.Err() == nil {
+						failures.Add(1)
+					}
+					continue
+				}
+				waits[i] = append(waits[i], time.Since(t0))
+				if inside.Add(1) != 1 {
+					violations.Add(1)
+				}
+				if lastHolder.Swap(int64(i)) == int64(i) {
+					retakes.Add(1)
+				}
+				time.Sleep(time.Millisecond)
+				inside.Add(-1)
+				counts[i]++
+				if err := l.unlock(context.Background()); err != nil {
+					failures.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	var total int64
+	var allWaits []time.Duration
+	for i := range counts {
+		total += counts[i]
+		allWaits = append(allWaits, waits[i]...)
+	}
+	return result{
+		Scenario: name, Library: lib.name, Nodes: len(addrs), Workers: workers,
+		Seconds: elapsed.Seconds(), Cycles: total, PerSecond: float64(total) / elapsed.Seconds(),
+		WaitP99ms:     float64(percentile(allWaits, 0.99).Microseconds()) / 1e3,
+		Fairness:      jain(counts),
+		Retake:        float64(retakes.Load()) / math.Max(1, float64(total)),
+		CommandsPerCS: float64(counter.since(commandsBefore)) / math.Max(1, float64(total)),
+		Failures:      failures.Load(), Violations: violations.Load(),
+	}
+}
+
+// jain is Jain's fairness index: 1 when every worker got the same share.
+func jain(counts []int64) float64 {
+	var sum, squares float64
+	for _, c := range counts {
+		sum += float64(c)
+		squares += float64(c) * float64(c)
+	}
+	if squares == 0 {
+		return 0
+	}
+	return sum * sum / (float64(len(counts)) * squares)
+}
+
+// degraded runs Lock+Unlock with one of five servers frozen by SIGSTOP.
+func degraded(lib library, addrs []string, servers []*server, duration time.Duration) result {
+	flush(servers)
+	l, closeFn, err := lib.newFor(addrs, "bench-degraded")
+	if err != nil {
+		return result{Scenario: "degraded", Library: lib.name, Notes: err.Error()}
+	}
+	defer closeFn()
+	ctx := context.Background()
+	for range 50 {
+		if l.lock(ctx) == nil {
+			l.unlock(ctx)
+		}
+	}
+	servers[4].freeze()
+	defer servers[4].unfreeze()
+	var lockTimes, unlockTimes []time.Duration
+	var failures int64
+	start := time.Now()
+	for time.Since(start) < duration {
+		t0 := time.Now()
+		if err := l.lock(ctx); err != nil {
+			failures++
+			continue
+		}
+		t1 := time.Now()
+		lockTimes = append(lockTimes, t1.Sub(t0))
+		if err := l.unlock(ctx); err != nil {
+			failures++
+		}
+		unlockTimes = append(unlockTimes, time.Since(t1))
+	}
+	elapsed := time.Since(start)
+	return result{
+		Scenario: "degraded", Library: lib.name, Nodes: len(addrs), Workers: 1,
+		Seconds: elapsed.Seconds(), Cycles: int64(len(lockTimes)), PerSecond: float64(len(lockTimes)) / elapsed.Seconds(),
+		LockP50us: micros(percentile(lockTimes, 0.5)), LockP99us: micros(percentile(lockTimes, 0.99)),
+		UnlockP99us: micros(percentile(unlockTimes, 0.99)),
+		Failures:    failures, Notes: "server 5 of 5 frozen (SIGSTOP)",
+	}
+}
+
+// manyHeld holds many locks at once on one Client and measures what the
+// watchdogs cost: process CPU and Redis commands per second.
+func manyHeld(addrs []string, servers []*server, count int, hold time.Duration) result {
+	flush(servers)
+	var urls []string
+	for _, addr := range addrs {
+		urls = append(urls, "redis://"+addr+"/0")
+	}
+	client, err := redlock.Dial(urls)
+	if err != nil {
+		return result{Scenario: "many-locks", Library: "redlock", Notes: err.Error()}
+	}
+	defer client.Close()
+	mutexes := make([]*redlock.Mutex, count)
+	ctx := context.Background()
+	var failures int64
+	for i := range mutexes {
+		mutexes[i] = client.NewMutex(fmt.Sprintf("bench-many-%d", i))
+		if _, err := mutexes[i].LockContext(ctx); err != nil {
+			failures++
+		}
+	}
+	counter := newCommandCounter(servers)
+	defer counter.close()
+	commandsBefore := counter.total()
+	cpuBefore := cpuTime()
+	start := time.Now()
+	time.Sleep(hold)
+	elapsed := time.Since(start)
+	cpu := cpuTime() - cpuBefore
+	commands := counter.since(commandsBefore)
+	lost := 0
+	for _, m := range mutexes {
+		if m.Until().IsZero() {
+			lost++
+		}
+		m.Unlock()
+	}
+	return result{
+		Scenario: "many-locks", Library: "redlock", Nodes: len(addrs), Workers: count,
+		Seconds: elapsed.Seconds(), Failures: failures + int64(lost),
+		Notes: fmt.Sprintf("%d locks held %.0fs, TTL 8s: CPU %.1f%% of one core, %.0f Redis commands/s, %d lost",
+			count, elapsed.Seconds(), 100*cpu.Seconds()/elapsed.Seconds(), float64(commands)/elapsed.Seconds(), lost),
+	}
+}
+
+func cpuTime() time.Duration {
+	var usage syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &usage)
+	return time.Duration(usage.Utime.Nano() + usage.Stime.Nano())
+}
+
+func printTable(results []result) {
+	fmt.Println("| scenario | library | nodes | workers | cycles/s | Lock p50 µs | Lock p99 µs | Unlock p99 µs | wait p99 ms | allocs/cycle | fairness | re-take | cmds/CS | failures | violations | notes |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	blank := func(v float64, format string) string {
+		if v == 0 {
+			return ""
+		}
+		return fmt.Sprintf(format, v)
+	}
+	for _, r := range results {
+		fmt.Printf("| %s | %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s |\n",
+			r.Scenario, r.Library, r.Nodes, r.Workers, blank(r.PerSecond, "%.0f"), blank(r.LockP50us, "%.0f"), blank(r.LockP99us, "%.0f"),
+			blank(r.UnlockP99us, "%.0f"), blank(r.WaitP99ms, "%.1f"), blank(r.AllocsPerCycle, "%.0f"), blank(r.Fairness, "%.2f"),
+			blank(r.Retake, "%.2f"), blank(r.CommandsPerCS, "%.1f"), r.Failures, r.Violations, r.Notes)
+	}
+}
