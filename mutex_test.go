@@ -18,7 +18,7 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // servers starts n embedded Redis servers and returns clients to them.
-func servers(t *testing.T, n int) ([]*miniredis.Miniredis, []redis.UniversalClient) {
+func servers(t testing.TB, n int) ([]*miniredis.Miniredis, []redis.UniversalClient) {
 	t.Helper()
 	var mrs []*miniredis.Miniredis
 	var clients []redis.UniversalClient

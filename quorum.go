@@ -102,7 +102,17 @@ func (c *Client) fanOut(ctx context.Context, timeout time.Duration, call nodeCal
 		answered: make([]bool, len(c.nodes)),
 		notify:   make(chan int, len(c.nodes)),
 	}
-	callCtx := context.WithoutCancel(ctx) // calls outlive the wait; timeout bounds them
+	// One deadline bounds every call of the round. The calls outlive the
+	// wait, so the round's context is not the caller's; the last call to
+	// finish releases its timer.
+	callCtx, cancelCalls := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	var running atomic.Int32
+	running.Store(int32(len(c.nodes)))
+	finished := func() {
+		if running.Add(-1) == 0 {
+			cancelCalls()
+		}
+	}
 	hungAtStart := make([]bool, len(c.nodes))
 	pendingHung := 0
 	for i, n := range c.nodes {
@@ -114,9 +124,8 @@ func (c *Client) fanOut(ctx context.Context, timeout time.Duration, call nodeCal
 	c.mu.RLock()
 	for _, n := range c.nodes {
 		started := !c.closed && n.calls.TryGo(func() error {
-			nodeCtx, cancel := context.WithTimeout(callCtx, timeout)
-			r := call(nodeCtx, n)
-			cancel()
+			r := call(callCtx, n)
+			finished()
 			n.hung.Store(timedOut(r.err))
 			state.mu.Lock()
 			state.replies[n.index] = r
@@ -125,13 +134,14 @@ func (c *Client) fanOut(ctx context.Context, timeout time.Duration, call nodeCal
 			state.mu.Unlock()
 			state.notify <- n.index
 			if abandoned && undo != nil {
-				nodeCtx, cancel := context.WithTimeout(callCtx, timeout)
-				undo(nodeCtx, n)
+				undoCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+				undo(undoCtx, n)
 				cancel()
 			}
 			return nil
 		})
 		if !started {
+			finished()
 			err := errTooBusy
 			if c.closed {
 				err = ErrClosed
@@ -272,6 +282,13 @@ func validityEnd(start time.Time, ttl, drift time.Duration) time.Time {
 // counter; with a restart guard, a node up for less than guard does not vote:
 // its grant comes back as an error (and is released if the round fails).
 func (c *Client) acquireCall(key, value string, ttl, guard time.Duration, fencing bool) nodeCall {
+	if !fencing && guard == 0 {
+		// A plain command: no script to parse and run on the server.
+		return func(ctx context.Context, n *node) reply {
+			ok, err := n.client.SetNX(ctx, key, value, ttl).Result()
+			return reply{ok: ok, err: err}
+		}
+	}
 	keys := []string{key, key + fenceSuffix}
 	args := []any{value, ttl.Milliseconds(), flag(fencing), flag(guard > 0)}
 	return func(ctx context.Context, n *node) reply {

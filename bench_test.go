@@ -1,0 +1,64 @@
+package redlock
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// benchClient is a Client over n nodes whose calls answer at once, without
+// Redis, so that benchmarks measure the fan-out machinery alone.
+func benchClient(n int) *Client {
+	c := &Client{cfg: defaultConfig(), closing: make(chan struct{})}
+	for i := range n {
+		nd := &node{index: i}
+		nd.calls.SetLimit(maxCallsPerNode)
+		c.nodes = append(c.nodes, nd)
+	}
+	c.notifier = newNotifier(c)
+	return c
+}
+
+func instantOK(context.Context, *node) reply { return reply{ok: true} }
+
+// BenchmarkFanOut measures one round's overhead: goroutines, timers,
+// contexts and the outcome.
+func BenchmarkFanOut(b *testing.B) {
+	for _, n := range []int{1, 3, 5} {
+		b.Run(map[int]string{1: "nodes=1", 3: "nodes=3", 5: "nodes=5"}[n], func(b *testing.B) {
+			c := benchClient(n)
+			defer c.Close()
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				if out := c.fanOut(ctx, time.Second, instantOK, nil); !out.won {
+					b.Fatal("round lost")
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkLockUnlockEmbedded measures a whole Lock+Unlock cycle on three
+// embedded servers. The embedded servers run in this process, so its
+// allocations count theirs too; the benchmarks module measures against
+// real redis-server processes.
+func BenchmarkLockUnlockEmbedded(b *testing.B) {
+	_, clients := servers(b, 3)
+	c, err := New(clients)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	m := c.NewMutex("bench")
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := m.LockContext(ctx); err != nil {
+			b.Fatal(err)
+		}
+		if err := m.UnlockContext(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
