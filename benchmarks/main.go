@@ -44,7 +44,7 @@ type result struct {
 	Retake         float64 `json:",omitempty"` // share of sections whose holder also held the one before
 	CommandsPerCS  float64 `json:",omitempty"`
 	Failures       int64
-	Violations     int64 // overlapping critical sections
+	Violations     int64  // overlapping critical sections
 	Notes          string `json:",omitempty"`
 }
 
