@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -64,6 +65,7 @@ func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 		}
 		n := &node{index: i, addr: strings.Join(addrs, ","), client: rc}
 		n.calls.SetLimit(maxCallsPerNode)
+		n.lastAnswer.Store(int64(time.Since(epoch))) // not hung before it is tried
 		nodes = append(nodes, n)
 	}
 	if err := errors.Join(errs...); err != nil {

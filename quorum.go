@@ -14,10 +14,18 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// maxCallsPerNode bounds the calls in flight to one node. Calls to a hung node
-// outlive the round that started them; past this bound the node is counted as
-// failed at once instead of piling up goroutines.
-const maxCallsPerNode = 256
+// Calls to a hung node outlive the rounds that started them. Once a node has
+// not answered for longer than the node timeout, at most maxCallsToHungNode
+// calls to it are in flight; past that it is counted as failed at once
+// instead of piling up goroutines. maxCallsPerNode is a hard bound for a node
+// that answers but is busy, say with thousands of locks extended at once.
+const (
+	maxCallsToHungNode = 256
+	maxCallsPerNode    = 16384
+)
+
+// epoch is the reference for the nodes' lastAnswer times: a monotonic clock.
+var epoch = time.Now()
 
 // node is one independent Redis master.
 type node struct {
@@ -33,6 +41,39 @@ type node struct {
 	// calls owns every goroutine talking to this node; Client.Close waits
 	// for it. Its limit is maxCallsPerNode.
 	calls errgroup.Group
+	// inFlight counts the calls running in calls.
+	inFlight atomic.Int32
+	// lastAnswer is when the node last answered a call, in nanoseconds
+	// since epoch.
+	lastAnswer atomic.Int64
+}
+
+// start runs f in a goroutine owned by the node, unless the node has too many
+// calls in flight: maxCallsToHungNode if it has not answered within timeout,
+// maxCallsPerNode at any time. It reports whether f was started.
+func (n *node) start(timeout time.Duration, f func()) bool {
+	if n.inFlight.Add(1) > maxCallsToHungNode && time.Since(epoch)-time.Duration(n.lastAnswer.Load()) > timeout {
+		n.inFlight.Add(-1)
+		return false
+	}
+	started := n.calls.TryGo(func() error {
+		defer n.inFlight.Add(-1)
+		f()
+		return nil
+	})
+	if !started {
+		n.inFlight.Add(-1)
+	}
+	return started
+}
+
+// answered records that the node answered a call, unless err says it did not.
+func (n *node) answered(err error) {
+	hung := timedOut(err)
+	n.hung.Store(hung)
+	if !hung {
+		n.lastAnswer.Store(int64(time.Since(epoch)))
+	}
 }
 
 func (n *node) errorf(err error) error {
@@ -123,10 +164,10 @@ func (c *Client) fanOut(ctx context.Context, timeout time.Duration, call nodeCal
 	}
 	c.mu.RLock()
 	for _, n := range c.nodes {
-		started := !c.closed && n.calls.TryGo(func() error {
+		started := !c.closed && n.start(timeout, func() {
 			r := call(callCtx, n)
 			finished()
-			n.hung.Store(timedOut(r.err))
+			n.answered(r.err)
 			state.mu.Lock()
 			state.replies[n.index] = r
 			state.answered[n.index] = true
@@ -138,7 +179,6 @@ func (c *Client) fanOut(ctx context.Context, timeout time.Duration, call nodeCal
 				undo(undoCtx, n)
 				cancel()
 			}
-			return nil
 		})
 		if !started {
 			finished()
@@ -388,11 +428,10 @@ func (c *Client) releaseLate(out outcome, release nodeCall, timeout time.Duratio
 			continue
 		}
 		// A node too busy to take the call is hung; its key expires.
-		n.calls.TryGo(func() error {
+		n.start(timeout, func() {
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
 			release(ctx, n)
-			return nil
 		})
 	}
 }

@@ -151,14 +151,14 @@ func (b *blackHole) close() {
 
 // hungClient returns a client to a black hole with go-redis's defaults, under
 // which context deadlines do not bound socket reads.
-// Its read timeout is 30s, and its pool is larger than maxCallsPerNode so that
+// Its read timeout is 30s, and its pool is larger than maxCallsToHungNode so that
 // calls pile up on sockets rather than wait for a connection. Tests register
 // hole.close after making their Client, so that it runs before Client.Close
 // and ends the calls in flight instead of leaving Close to wait 30s.
 func hungClient(t *testing.T) (redis.UniversalClient, *blackHole) {
 	t.Helper()
 	hole := newBlackHole(t)
-	rc := redis.NewClient(&redis.Options{Addr: hole.addr(), ReadTimeout: 30 * time.Second, MaxRetries: -1, PoolSize: 2 * maxCallsPerNode})
+	rc := redis.NewClient(&redis.Options{Addr: hole.addr(), ReadTimeout: 30 * time.Second, MaxRetries: -1, PoolSize: 2 * maxCallsToHungNode})
 	t.Cleanup(func() { rc.Close() })
 	return rc, hole
 }
@@ -214,7 +214,7 @@ func TestCallsToAHungNodeAreBounded(t *testing.T) {
 	m := c.NewMutex("bounded")
 	baseline := runtime.NumGoroutine()
 	// Each Lock and Unlock leaves a call to the hung node behind.
-	for i := range 2 * maxCallsPerNode {
+	for i := range 2 * maxCallsToHungNode {
 		if _, err := m.LockContext(t.Context()); err != nil {
 			t.Fatalf("LockContext %d: %v", i, err)
 		}
@@ -224,11 +224,11 @@ func TestCallsToAHungNodeAreBounded(t *testing.T) {
 	}
 	// A call in flight costs its own goroutine and, in go-redis, one per
 	// open connection.
-	if extra, limit := runtime.NumGoroutine()-baseline, 2*maxCallsPerNode+20; extra > limit {
-		t.Errorf("%d more goroutines after %d rounds with a hung node; want at most %d", extra, 4*maxCallsPerNode, limit)
+	if extra, limit := runtime.NumGoroutine()-baseline, 2*maxCallsToHungNode+20; extra > limit {
+		t.Errorf("%d more goroutines after %d rounds with a hung node; want at most %d", extra, 4*maxCallsToHungNode, limit)
 	}
-	if c.nodes[2].calls.TryGo(func() error { return nil }) {
-		t.Errorf("the hung node took another call; want its %d slots full", maxCallsPerNode)
+	if got := c.nodes[2].inFlight.Load(); got != maxCallsToHungNode {
+		t.Errorf("%d calls in flight to the hung node; want the bound, %d", got, maxCallsToHungNode)
 	}
 }
 
@@ -237,9 +237,10 @@ func TestSaturatedNodeFailsFast(t *testing.T) {
 	c := newClient(t, clients, WithNodeTimeout(time.Second))
 	release := make(chan struct{})
 	for _, n := range c.nodes[1:] {
-		for range maxCallsPerNode {
-			if !n.calls.TryGo(func() error { <-release; return nil }) {
-				t.Fatal("could not fill a node's call slots")
+		n.lastAnswer.Store(-int64(time.Hour)) // no answer for an hour
+		for range maxCallsToHungNode {
+			if !n.start(time.Second, func() { <-release }) {
+				t.Fatal("could not fill a hung node's call slots")
 			}
 		}
 	}
@@ -251,6 +252,22 @@ func TestSaturatedNodeFailsFast(t *testing.T) {
 	}
 	if !errors.Is(err, ErrNotAcquired) || !errors.Is(err, errTooBusy) {
 		t.Errorf("TryLockContext = %v; want ErrNotAcquired and the too-busy node error", err)
+	}
+}
+
+func TestBusyHealthyNodeIsNotBounded(t *testing.T) {
+	_, clients := servers(t, 1)
+	c := newClient(t, clients)
+	n := c.nodes[0]
+	release := make(chan struct{})
+	defer close(release)
+	// Thousands of locks extended at once keep many calls in flight to a
+	// node that answers: only a hung node is held to the small bound.
+	n.answered(nil)
+	for i := range 2 * maxCallsToHungNode {
+		if !n.start(time.Hour, func() { <-release }) {
+			t.Fatalf("call %d to a healthy node refused; want up to %d", i, maxCallsPerNode)
+		}
 	}
 }
 
