@@ -15,6 +15,7 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -53,7 +54,21 @@ func main() {
 	jsonPath := flag.String("json", "", "write the results as JSON to this file")
 	only := flag.String("only", "", "run only scenarios whose name contains this")
 	manyLocks := flag.Int("many", 10000, "locks held at once in the many-locks scenario")
+	onlyLib := flag.String("lib", "", "run only the library of this name")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
+	if *onlyLib != "" {
+		libraries = slices.DeleteFunc(libraries, func(l library) bool { return l.name != *onlyLib })
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "benchmarks:", err)
+			os.Exit(1)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	redis.SetLogger(quiet{})
 
 	servers, err := startServers(5)

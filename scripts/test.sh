@@ -85,9 +85,13 @@ fi
 log "go vet"
 go vet ./...
 (cd integration && go vet ./...)
+(cd benchmarks && go vet ./...)
 
 log "go test -race (root package and examples)"
 go test -race -count=1 ./...
+
+log "benchmark harness smoke run (short; see BENCHMARKS.md for real runs)"
+(cd benchmarks && go run . -duration 200ms -many 200 >/dev/null)
 
 if [ "${REDLOCK_SKIP_DOCKER:-}" != 1 ]; then
 	log "go test -race (integration, real Redis containers)"
