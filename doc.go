@@ -30,9 +30,11 @@
 // ErrLockLost. A timer drives this, so it happens by the end of the validity
 // even while masters hang. A lost lock is never silently re-acquired.
 //
-// Waiters are woken by a message the holder publishes on release, with
-// polling every 50–100ms (WithRetryDelay, WithRetryJitter) as the fallback for
-// lost messages.
+// A waiter that fails its first attempt joins the lock's queue on every
+// master. A release wakes the waiter at the head of the queue by publishing
+// its id, so one release costs one new attempt, not one per waiter; polling
+// every 50–100ms (WithRetryDelay, WithRetryJitter) is the fallback for lost
+// messages and waiters that died.
 //
 // # What Redlock does not promise
 //

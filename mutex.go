@@ -35,6 +35,7 @@ type Mutex struct {
 type holding struct {
 	value  string      // random, unique to this acquisition
 	token  uint64      // fencing token, or 0 without fencing
+	waiter string      // id under which it waited in the lock's queue, or ""
 	until  time.Time   // end of validity; moved forward by the watchdog
 	lost   error       // why the lock was lost, or nil
 	round  *roundState // the acquisition round, whose late grants Unlock undoes
@@ -124,7 +125,7 @@ func (m *Mutex) TryLockContext(ctx context.Context) (held context.Context, err e
 	default:
 		return nil, fmt.Errorf("%w: held by another goroutine of this process", ErrNotAcquired)
 	}
-	held, _, err = m.attempt(ctx, ctx)
+	held, _, err = m.attempt(ctx, ctx, "")
 	if err != nil {
 		<-m.local
 		return nil, err
@@ -153,14 +154,23 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 	case <-waitCtx.Done():
 		return nil, m.waitEnded(waitCtx, nil)
 	}
+	// After a first failed attempt the waiter joins the lock's queue on
+	// every node; a release wakes the waiter at the head of the queue by
+	// name, so that one release costs one attempt, not one per waiter.
 	var wake *watch
+	waiter := ""
+	acquired := false
 	defer func() {
 		if wake != nil {
 			wake.stop()
 		}
+		if waiter != "" && !acquired {
+			m.leaveQueue(waiter)
+		}
 	}()
 	logged := false
-	lastReleased := ""
+	woken := false   // the last attempt followed a release that named this waiter
+	retried := false // the last attempt was made at once, without waiting
 	var err error
 	for {
 		if waitCtx.Err() != nil || m.client.isClosed() {
@@ -172,8 +182,9 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 		}
 		var held context.Context
 		var permanent bool
-		held, permanent, err = m.attempt(waitCtx, ctx)
+		held, permanent, err = m.attempt(waitCtx, ctx, waiter)
 		if err == nil {
+			acquired = true
 			return held, nil
 		}
 		if permanent {
@@ -181,51 +192,66 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 			return nil, err
 		}
 		m.logRetry(err, &logged)
+		// Join the queue (or keep a place in it: back at the front if a
+		// release picked this waiter and it still lost).
+		mode := enqueueLast
 		if wake == nil {
-			// Subscribe before trying again, so that a release between the
-			// failed attempt and the subscription is not missed.
 			wake = m.client.notifier.watch(m.key)
+			waiter = rand.Text()
+		} else if woken {
+			mode = enqueueFirst
+		}
+		if !m.queue(waitCtx, waiter, mode) && !retried {
+			// No quorum says the lock is held: it may have been released
+			// before this waiter was queued to hear of it. Try again once
+			// at once.
+			woken, retried = false, true
 			continue
 		}
-		m.waitTurn(waitCtx, wake, &lastReleased)
+		woken, retried = m.waitTurn(waitCtx, wake, waiter), false
 	}
 }
 
-// maxWakeStagger bounds the random delay between a release message and the
-// next attempt. Waiters woken by the same message would otherwise try at the
-// same instant and split the nodes' votes so that none wins; a stagger of a
-// few round trips lets the first to try take every node.
-const maxWakeStagger = 2 * time.Millisecond
+// queueTTL is how long a lock's queue outlives its last change: long enough
+// for waiters that poll to keep their place, short enough that ids of waiters
+// that died do not linger.
+func (m *Mutex) queueTTL() time.Duration {
+	return max(4*m.cfg.ttl, 20*(m.cfg.retryDelay+m.cfg.retryJitter))
+}
 
-// waitTurn waits for the next attempt: a release message (staggered), the
-// retry delay, the end of waitCtx or the Client's closing. A release already
-// heard from another node is ignored.
-func (m *Mutex) waitTurn(waitCtx context.Context, wake *watch, lastReleased *string) {
+// queue puts waiter in the lock's queue (or keeps it there) on the nodes. It
+// reports whether a quorum of nodes says the lock is held, in which case a
+// release will wake a waiter and there is no point trying before then.
+func (m *Mutex) queue(ctx context.Context, waiter, mode string) bool {
+	return m.client.fanOut(ctx, m.cfg.perNodeTimeout(), enqueueCall(m.key, waiter, m.queueTTL(), mode), nil).won
+}
+
+// leaveQueue takes a waiter that gave up out of the queue. It waits for a
+// quorum at most; the other nodes finish in the background.
+func (m *Mutex) leaveQueue(waiter string) {
+	m.client.fanOut(context.Background(), m.cfg.perNodeTimeout(), enqueueCall(m.key, waiter, m.queueTTL(), dequeue), nil)
+}
+
+// waitTurn waits until a release names this waiter, the retry delay passes,
+// waitCtx ends or the Client closes. It reports whether the waiter was woken
+// by name.
+func (m *Mutex) waitTurn(waitCtx context.Context, wake *watch, waiter string) bool {
 	timer := time.NewTimer(m.retryDelay())
 	defer timer.Stop()
 	for {
 		select {
-		case released := <-wake.C:
-			if released == *lastReleased {
-				continue
+		case next := <-wake.C:
+			if next == waiter {
+				return true
 			}
-			*lastReleased = released
-			timer.Reset(m.wakeStagger())
 		case <-timer.C:
-			return
+			return false
 		case <-waitCtx.Done():
-			return
+			return false
 		case <-m.client.closing:
-			return
+			return false
 		}
 	}
-}
-
-func (m *Mutex) wakeStagger() time.Duration {
-	if stagger := min(m.cfg.retryJitter, maxWakeStagger); stagger > 0 {
-		return mathrand.N(stagger)
-	}
-	return 0
 }
 
 // waitEnded is the error of a wait that ctx ended; last is the last
@@ -266,7 +292,7 @@ func (m *Mutex) retryDelay() time.Duration {
 // allows; held derives from ctx. On failure it releases the nodes that may
 // have granted the lock, and reports whether the failure is permanent.
 // m.local is held.
-func (m *Mutex) attempt(waitCtx, ctx context.Context) (held context.Context, permanent bool, err error) {
+func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held context.Context, permanent bool, err error) {
 	if err := waitCtx.Err(); err != nil {
 		return nil, false, m.waitEnded(waitCtx, nil)
 	}
@@ -274,7 +300,7 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context) (held context.Context, per
 	value := rand.Text() // 128 bits from crypto/rand
 	ttl := m.cfg.ttl
 	timeout := m.cfg.perNodeTimeout()
-	release := releaseCall(m.key, value, false)
+	release := releaseCall(m.key, value, "", false)
 	start := time.Now()
 	out := c.fanOut(waitCtx, timeout, c.acquireCall(m.key, value, ttl, m.cfg.restartGuard, m.cfg.fencing), release)
 	until := validityEnd(start, ttl, m.cfg.drift())
@@ -291,7 +317,7 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context) (held context.Context, per
 		}
 	}
 	if out.won && fenceErr == nil && time.Now().Before(until) {
-		return m.hold(ctx, value, until, token, out.round), false, nil
+		return m.hold(ctx, value, until, token, waiter, out.round), false, nil
 	}
 	if out.won {
 		// Granted, but unusable: undo it like a lost round.
@@ -312,11 +338,12 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context) (held context.Context, per
 }
 
 // hold records a granted lock and starts its watchdog.
-func (m *Mutex) hold(ctx context.Context, value string, until time.Time, token uint64, round *roundState) context.Context {
+func (m *Mutex) hold(ctx context.Context, value string, until time.Time, token uint64, waiter string, round *roundState) context.Context {
 	held, cancel := context.WithCancelCause(ctx)
 	h := &holding{
 		value:  value,
 		token:  token,
+		waiter: waiter,
 		until:  until,
 		round:  round,
 		cancel: cancel,
@@ -353,7 +380,7 @@ func (m *Mutex) UnlockContext(ctx context.Context) error {
 
 	// A grant still in flight would land after the release: have it undone.
 	h.round.abandon()
-	out := m.client.fanOut(ctx, m.cfg.perNodeTimeout(), releaseCall(m.key, h.value, true), nil)
+	out := m.client.fanOut(ctx, m.cfg.perNodeTimeout(), releaseCall(m.key, h.value, h.waiter, true), nil)
 	switch {
 	case h.lost != nil:
 		return errors.Join(h.lost, out.errs)

@@ -557,3 +557,68 @@ func TestLockLogsTransientFailures(t *testing.T) {
 		t.Errorf("no Warn record named node 2 while it was down; got %d records", len(log.list))
 	}
 }
+
+// queueOf returns the ids queued for the lock on a server.
+func queueOf(mr *miniredis.Miniredis, name string) []string {
+	list, _ := mr.List("redlock:{" + name + "}" + queueSuffix)
+	return list
+}
+
+func TestReleaseWakesWaitersInOrder(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	// Polling alone would take 10s: only wake-ups by name are fast.
+	opts := []Option{WithRetryDelay(10 * time.Second), WithRetryJitter(0)}
+	holder := newClient(t, clients, opts...).NewMutex("fifo")
+	holder.Lock()
+	order := make(chan string, 2)
+	waiters := map[string]*Mutex{}
+	for i, name := range []string{"first", "second"} {
+		m := newClient(t, clients, opts...).NewMutex("fifo")
+		waiters[name] = m
+		go func() {
+			m.Lock()
+			order <- name
+		}()
+		waitFor(t, name+" to queue", func() bool { return len(queueOf(mrs[0], "fifo")) == i+1 })
+	}
+	holder.Unlock()
+	for _, want := range []string{"first", "second"} {
+		select {
+		case got := <-order:
+			if got != want {
+				t.Fatalf("%s acquired the lock; want %s, which queued first", got, want)
+			}
+			waiters[got].Unlock()
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s not woken within 5s of the release; polling would take 10s", want)
+		}
+	}
+	// A queue keeps no id forever: an id re-queued by a call that landed
+	// late expires with the queue.
+	for i, mr := range mrs {
+		if q := queueOf(mr, "fifo"); len(q) > 0 && mr.TTL("redlock:{fifo}"+queueSuffix) <= 0 {
+			t.Errorf("server %d queue %v has no TTL", i, q)
+		}
+	}
+}
+
+func TestWaiterThatGivesUpLeavesTheQueue(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	holder := newClient(t, clients).NewMutex("q")
+	holder.Lock()
+	defer holder.Unlock()
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	m := newClient(t, clients).NewMutex("q")
+	if _, err := m.LockContext(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("LockContext = %v; want DeadlineExceeded", err)
+	}
+	for _, n := range m.client.nodes {
+		n.calls.Wait()
+	}
+	for i, mr := range mrs {
+		if q := queueOf(mr, "q"); len(q) != 0 {
+			t.Errorf("server %d queue = %v after the waiter gave up; want empty", i, q)
+		}
+	}
+}

@@ -9,10 +9,13 @@ import (
 )
 
 // notifier wakes waiters when a holder releases a lock. The release script
-// publishes on the lock's channel on every node; the notifier keeps one
-// subscription connection per node, shared by every waiter of the Client,
-// subscribed to exactly the channels that have waiters. Messages can be lost
-// (a node down, a reconnect), so waiters also retry on a timer.
+// publishes, on the lock's channel on every node, the id of the waiter at the
+// head of that node's queue; the notifier keeps one subscription connection
+// per node, shared by every waiter of the Client, subscribed to exactly the
+// channels that have waiters, and passes each message to the waiters of its
+// channel, which act only on their own id. Messages can be lost (a node
+// down, a reconnect, a woken waiter that has died), so waiters also retry on
+// a timer.
 type notifier struct {
 	client *Client
 
@@ -22,8 +25,8 @@ type notifier struct {
 	running  sync.WaitGroup
 }
 
-// watch is one waiter's registration. C receives the value of a holder that
-// released the lock; it holds one pending message, and drops more.
+// watch is one waiter's registration. C receives the ids of the waiters that
+// releases woke; it holds one pending message, and drops more.
 type watch struct {
 	C       chan string
 	channel string
@@ -148,12 +151,12 @@ func (n *notifier) reconcile(pubsub *redis.PubSub, subscribed map[string]bool, t
 	}
 }
 
-func (n *notifier) wake(channel, released string) {
+func (n *notifier) wake(channel, woken string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for w := range n.watchers[channel] {
 		select {
-		case w.C <- released:
+		case w.C <- woken:
 		default: // a wake-up is already pending
 		}
 	}

@@ -400,16 +400,40 @@ func extendCall(key, value string, ttl time.Duration) nodeCall {
 	}
 }
 
-// releaseCall deletes the key if value still holds it and, with wake, publishes
-// value on the lock's channel, which is named like its key.
-func releaseCall(key, value string, wake bool) nodeCall {
+// releaseCall deletes the key if value still holds it. With wake it also
+// takes the holder's own waiter id (if any) out of the lock's queue and wakes
+// the next waiter, by publishing its id on the lock's channel, which is named
+// like its key.
+func releaseCall(key, value, waiter string, wake bool) nodeCall {
+	keys := []string{key, key + queueSuffix}
 	channel := ""
 	if wake {
 		channel = key
 	}
 	return func(ctx context.Context, n *node) reply {
-		res, err := releaseScript.Run(ctx, n.client, []string{key}, value, channel).Int64()
+		res, err := releaseScript.Run(ctx, n.client, keys, value, channel, waiter).Int64()
 		return reply{ok: err == nil && res == 1, err: err}
+	}
+}
+
+// queueSuffix names a lock's queue of waiters after its key, in the same hash
+// slot.
+const queueSuffix = ":waiters"
+
+// Modes of enqueueCall.
+const (
+	enqueueLast  = "0"
+	enqueueFirst = "1"
+	dequeue      = "-"
+)
+
+// enqueueCall puts waiter in the lock's queue on a node, or takes it out. The
+// reply is ok if the lock is held on the node.
+func enqueueCall(key, waiter string, queueTTL time.Duration, mode string) nodeCall {
+	keys := []string{key + queueSuffix, key}
+	return func(ctx context.Context, n *node) reply {
+		held, err := enqueueScript.Run(ctx, n.client, keys, waiter, queueTTL.Milliseconds(), mode).Int64()
+		return reply{ok: err == nil && held == 1, err: err}
 	}
 }
 

@@ -11,6 +11,8 @@ var (
 	acquireSource string
 	//go:embed scripts/fence.lua
 	fenceSource string
+	//go:embed scripts/enqueue.lua
+	enqueueSource string
 	//go:embed scripts/extend.lua
 	extendSource string
 	//go:embed scripts/release.lua
@@ -20,6 +22,7 @@ var (
 	// the server does not have them cached yet.
 	acquireScript = redis.NewScript(acquireSource)
 	fenceScript   = redis.NewScript(fenceSource)
+	enqueueScript = redis.NewScript(enqueueSource)
 	extendScript  = redis.NewScript(extendSource)
 	releaseScript = redis.NewScript(releaseSource)
 )

@@ -1,15 +1,23 @@
--- Releases the lock only while this holder still owns it, and wakes the
--- waiters subscribed to the lock's channel. The message is the holder's value,
--- so that a waiter hearing one release from several nodes acts on it once.
--- KEYS[1] lock key; ARGV[1] holder's value; ARGV[2] release channel, or ''
--- to release without waking anyone (undoing a failed attempt's grants, which
--- would otherwise wake every waiter into another split vote).
+-- Releases the lock only while this holder still owns it, and wakes the next
+-- waiter in the lock's queue.
+-- KEYS[1] lock key; KEYS[2] the lock's queue of waiters (same hash slot).
+-- ARGV[1] holder's value; ARGV[2] the release channel, or '' to release
+-- without waking anyone (undoing a failed attempt's grants); ARGV[3] the
+-- holder's own waiter id, or '' if it did not wait.
+-- Wakes the waiter at the head of the queue by publishing its id, so that
+-- one release wakes one waiter, not all of them.
 -- Returns 1 if deleted, 0 if the key is gone or owned by another holder.
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  if ARGV[2] ~= '' then
-    redis.call('PUBLISH', ARGV[2], ARGV[1])
-  end
-  return 1
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
 end
-return 0
+redis.call('DEL', KEYS[1])
+if ARGV[2] ~= '' then
+  if ARGV[3] ~= '' then
+    redis.call('LREM', KEYS[2], 0, ARGV[3])
+  end
+  local next = redis.call('LPOP', KEYS[2])
+  if next then
+    redis.call('PUBLISH', ARGV[2], next)
+  end
+end
+return 1
