@@ -219,64 +219,65 @@ func TestParentEndingDoesNotRelease(t *testing.T) {
 	}
 }
 
+// overlaps records how many holders are inside a critical section at once.
+type overlaps struct{ inside, most, sections atomic.Int32 }
+
+// section runs a 1ms critical section under m.
+func (o *overlaps) section(m *Mutex) {
+	m.Lock()
+	n := o.inside.Add(1)
+	for {
+		most := o.most.Load()
+		if n <= most || o.most.CompareAndSwap(most, n) {
+			break
+		}
+	}
+	time.Sleep(time.Millisecond)
+	o.inside.Add(-1)
+	o.sections.Add(1)
+	m.Unlock()
+}
+
+func (o *overlaps) check(t *testing.T, wantSections int32) {
+	t.Helper()
+	if got := o.most.Load(); got != 1 {
+		t.Errorf("at most %d holders were inside at once; want 1", got)
+	}
+	if got := o.sections.Load(); got != wantSections {
+		t.Errorf("%d critical sections ran; want %d", got, wantSections)
+	}
+}
+
 func TestGoroutinesSharingAMutexAreSerialised(t *testing.T) {
 	_, clients := servers(t, 3)
 	m := newClient(t, clients).NewMutex("shared")
-	var inside, maxInside, sections atomic.Int32
+	var o overlaps
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
 			for range 10 {
-				m.Lock()
-				n := inside.Add(1)
-				for {
-					prev := maxInside.Load()
-					if n <= prev || maxInside.CompareAndSwap(prev, n) {
-						break
-					}
-				}
-				time.Sleep(time.Millisecond)
-				inside.Add(-1)
-				sections.Add(1)
-				m.Unlock()
+				o.section(m)
 			}
 		})
 	}
 	wg.Wait()
-	if got := maxInside.Load(); got != 1 {
-		t.Errorf("at most %d goroutines were inside at once; want 1", got)
-	}
-	if got := sections.Load(); got != 80 {
-		t.Errorf("%d critical sections ran; want 80", got)
-	}
+	o.check(t, 80)
 }
 
 func TestClientsExcludeEachOther(t *testing.T) {
 	_, clients := servers(t, 3)
-	var inside, maxInside, sections atomic.Int32
+	var o overlaps
 	var wg sync.WaitGroup
 	for range 4 {
 		m := newClient(t, clients, WithRetryDelay(time.Millisecond), WithRetryJitter(2*time.Millisecond)).NewMutex("contended")
 		wg.Go(func() {
 			for range 10 {
-				m.Lock()
-				if n := inside.Add(1); n > maxInside.Load() {
-					maxInside.Store(n)
-				}
-				time.Sleep(time.Millisecond)
-				inside.Add(-1)
-				sections.Add(1)
-				m.Unlock()
+				o.section(m)
 			}
 		})
 	}
 	wg.Wait()
-	if got := maxInside.Load(); got != 1 {
-		t.Errorf("at most %d clients were inside at once; want 1", got)
-	}
-	if got := sections.Load(); got != 40 {
-		t.Errorf("%d critical sections ran; want 40", got)
-	}
+	o.check(t, 40)
 }
 
 func TestWaiterIsWokenByRelease(t *testing.T) {

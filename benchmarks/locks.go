@@ -58,24 +58,13 @@ var libraries = []library{
 	{
 		name: "redsync", maxN: 99,
 		newFor: func(addrs []string, name string) (locker, func(), error) {
-			clients, closeAll := goRedisClients(addrs)
-			var pools []redsyncredis.Pool
-			for _, c := range clients {
-				pools = append(pools, goredis.NewPool(c))
-			}
-			return redsyncLocker{redsync.New(pools...).NewMutex(name)}, closeAll, nil
+			return newRedsync(addrs, name)
 		},
 	},
 	{
 		name: "redsync 1ms", maxN: 99,
 		newFor: func(addrs []string, name string) (locker, func(), error) {
-			clients, closeAll := goRedisClients(addrs)
-			var pools []redsyncredis.Pool
-			for _, c := range clients {
-				pools = append(pools, goredis.NewPool(c))
-			}
-			m := redsync.New(pools...).NewMutex(name, redsync.WithRetryDelay(time.Millisecond), redsync.WithTries(1<<20))
-			return redsyncLocker{m}, closeAll, nil
+			return newRedsync(addrs, name, redsync.WithRetryDelay(time.Millisecond), redsync.WithTries(1<<20))
 		},
 	},
 	{
@@ -85,6 +74,15 @@ var libraries = []library{
 			return &redislockLocker{client: redislock.New(clients[0]), key: name}, closeAll, nil
 		},
 	},
+}
+
+func newRedsync(addrs []string, name string, opts ...redsync.Option) (locker, func(), error) {
+	clients, closeAll := goRedisClients(addrs)
+	var pools []redsyncredis.Pool
+	for _, c := range clients {
+		pools = append(pools, goredis.NewPool(c))
+	}
+	return redsyncLocker{redsync.New(pools...).NewMutex(name, opts...)}, closeAll, nil
 }
 
 type redlockLocker struct{ m *redlock.Mutex }

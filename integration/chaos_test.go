@@ -195,6 +195,15 @@ func (e *chaosEnv) waitNewHolder(timeout time.Duration) int {
 	return 0
 }
 
+// splitMajority cuts the links to servers 3 and 4 until a holder takes the
+// lock on servers 0-2 only, then heals them: the next restart of one of 0-2
+// leaves that holder with a minority.
+func splitMajority(e *chaosEnv) {
+	e.cut(3, 4)
+	e.waitNewHolder(5 * time.Second)
+	e.heal(3, 4)
+}
+
 func (e *chaosEnv) cut(servers ...int) {
 	for _, i := range servers {
 		e.proxies[i].setCut(true)
@@ -288,13 +297,17 @@ func scenarios() []scenario {
 	// holdLong keeps a holder inside while a server restarts, so that a
 	// second holder can come in during its section.
 	holdLong := [2]time.Duration{1500 * time.Millisecond, 2500 * time.Millisecond}
-	// splitMajority cuts the links to servers 3 and 4 until a holder takes
-	// the lock on servers 0-2 only, then heals them: the next restart of one
-	// of 0-2 leaves that holder with a minority.
-	splitMajority := func(e *chaosEnv) {
-		e.cut(3, 4)
-		e.waitNewHolder(5 * time.Second)
-		e.heal(3, 4)
+	// killAtOnce kills server 2 while a holder has the lock on servers 0-2
+	// only, and restarts it at once without persistence.
+	killAtOnce := func(e *chaosEnv) {
+		// Twice, for two chances to see the unsafe window.
+		for range 2 {
+			splitMajority(e)
+			e.markFault()
+			e.kill(2)
+			e.restart(2)
+			time.Sleep(time.Second)
+		}
 	}
 	return []scenario{
 		{name: "baseline", duration: 4 * time.Second, holdMin: short, holdMax: long, fault: func(*chaosEnv) {}},
@@ -302,29 +315,11 @@ func scenarios() []scenario {
 			name: "kill, restart at once, no guard", duration: 10 * time.Second, holdMin: holdLong[0], holdMax: holdLong[1],
 			exclusionUnsafe: "a restarted server forgot the holder's key and votes again at once",
 			fencingUnsafe:   "the restarted server forgot its counter",
-			fault: func(e *chaosEnv) {
-				// Twice, for two chances to see the unsafe window.
-				for range 2 {
-					splitMajority(e)
-					e.markFault()
-					e.kill(2)
-					e.restart(2)
-					time.Sleep(time.Second)
-				}
-			},
+			fault:           killAtOnce,
 		},
 		{
 			name: "kill, restart at once, guard", guard: true, duration: 10 * time.Second, holdMin: holdLong[0], holdMax: holdLong[1],
-			fault: func(e *chaosEnv) {
-				// Twice, for two chances to see the unsafe window.
-				for range 2 {
-					splitMajority(e)
-					e.markFault()
-					e.kill(2)
-					e.restart(2)
-					time.Sleep(time.Second)
-				}
-			},
+			fault: killAtOnce,
 		},
 		{
 			name: "kill, restart after the TTL, no AOF", guard: true, duration: 8 * time.Second, holdMin: short, holdMax: long,
