@@ -28,7 +28,10 @@
 // confirms the lock before its validity ends, or a quorum answers that the key
 // is gone or owned by another, the watchdog cancels held with a cause wrapping
 // ErrLockLost. A timer drives this, so it happens by the end of the validity
-// even while masters hang. A lost lock is never silently re-acquired.
+// even while masters hang. A lost lock is never silently re-acquired. While a
+// quorum confirms the lock, the watchdog sets the key again (SET NX, for no
+// longer than the confirmed validity) on masters that lost it, say by a
+// restart, so that one more failure does not cost the lock.
 //
 // A waiter that fails its first attempt joins the lock's queue on every
 // master. A release wakes the waiter at the head of the queue by publishing

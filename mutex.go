@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	mathrand "math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -39,9 +40,12 @@ type holding struct {
 	until  time.Time   // end of validity; moved forward by the watchdog
 	lost   error       // why the lock was lost, or nil
 	round  *roundState // the acquisition round, whose late grants Unlock undoes
-	cancel context.CancelCauseFunc
-	stop   chan struct{} // closed by Unlock to stop the watchdog
-	done   chan struct{} // closed when the watchdog has returned
+	// released is set by Unlock before it releases, so that a repair
+	// landing later undoes itself.
+	released atomic.Bool
+	cancel   context.CancelCauseFunc
+	stop     chan struct{} // closed by Unlock to stop the watchdog
+	done     chan struct{} // closed when the watchdog has returned
 }
 
 // NewMutex returns a Mutex for the lock called name. The options override the
@@ -378,8 +382,10 @@ func (m *Mutex) UnlockContext(ctx context.Context) error {
 	<-h.done
 	h.cancel(nil) // no-op if the lock was lost: that cause stays
 
-	// A grant still in flight would land after the release: have it undone.
+	// A grant or repair still in flight would land after the release: have
+	// it undone.
 	h.round.abandon()
+	h.released.Store(true)
 	out := m.client.fanOut(ctx, m.cfg.perNodeTimeout(), releaseCall(m.key, h.value, h.waiter, true), nil)
 	switch {
 	case h.lost != nil:

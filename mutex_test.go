@@ -623,3 +623,38 @@ func TestWaiterThatGivesUpLeavesTheQueue(t *testing.T) {
 		}
 	}
 }
+
+func TestWatchdogRepairsANodeThatLostTheKey(t *testing.T) {
+	mrs, clients := servers(t, 5)
+	m := newClient(t, clients, WithTTL(300*time.Millisecond)).NewMutex("repair")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "all grants", func() bool { return keysOn(mrs, "redlock:{repair}") == 5 })
+	value, _ := mrs[0].Get("redlock:{repair}")
+	mrs[0].Del("redlock:{repair}")         // as if node 0 restarted
+	mrs[1].Set("redlock:{repair}", "other") // a key that is not ours: never overwritten
+	mrs[1].SetTTL("redlock:{repair}", time.Hour)
+	// Nodes 2-4 still make a quorum, so extensions succeed and repair node 0.
+	waitFor(t, "node 0 repaired", func() bool {
+		got, _ := mrs[0].Get("redlock:{repair}")
+		return got == value
+	})
+	if got, _ := mrs[1].Get("redlock:{repair}"); got != "other" {
+		t.Errorf("node 1 key = %q; want the other holder's value untouched", got)
+	}
+	if ttl := mrs[0].TTL("redlock:{repair}"); ttl <= 0 || ttl > 300*time.Millisecond {
+		t.Errorf("repaired key TTL = %v; want within (0, 300ms]", ttl)
+	}
+	if held.Err() != nil {
+		t.Errorf("held ended: %v", context.Cause(held))
+	}
+	m.Unlock()
+	for _, n := range m.client.nodes {
+		n.calls.Wait()
+	}
+	if mrs[0].Exists("redlock:{repair}") {
+		t.Error("node 0 still has the key after Unlock")
+	}
+}

@@ -89,6 +89,7 @@ func (m *Mutex) watchdog(h *holding) {
 					m.mu.Unlock()
 					expiry.Reset(time.Until(until) - guard)
 				}
+				m.repair(ext.out, h, until)
 				next.Reset(interval)
 			case ext.out.refusals >= quorum(len(c.nodes)):
 				m.loseLock(h, fmt.Errorf("%w: %d of %d nodes no longer hold it", ErrLockLost, ext.out.refusals, len(c.nodes)))
@@ -99,6 +100,46 @@ func (m *Mutex) watchdog(h *holding) {
 				next.Reset(max(interval/4, time.Millisecond))
 			}
 		}
+	}
+}
+
+// repair sets the key again, with SET NX, on the nodes that said in a won
+// extension round that they no longer have it (one restarted, say), so that
+// one more node failure does not lose the lock. It does so only while the
+// validity confirmed by that round lasts, and never over another holder's
+// key. The calls are owned by the nodes and not waited for; one that lands
+// after Unlock released the lock undoes itself.
+func (m *Mutex) repair(out outcome, h *holding, until time.Time) {
+	c := m.client
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return
+	}
+	timeout := m.cfg.perNodeTimeout()
+	for i, n := range c.nodes {
+		if !out.answered[i] || !out.replies[i].refused() {
+			continue
+		}
+		remaining := time.Until(until)
+		if remaining <= timeout {
+			return // too little validity left to be worth it
+		}
+		n.start(timeout, func() {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			// The key lives no longer than the validity confirmed by
+			// the quorum; the next extension pushes it on.
+			ok, err := n.client.SetNX(ctx, m.key, h.value, remaining.Truncate(time.Millisecond)).Result()
+			if !ok || err != nil {
+				return
+			}
+			if h.released.Load() {
+				releaseCall(m.key, h.value, "", false)(ctx, n)
+				return
+			}
+			m.cfg.logger.Info("redlock: lock repaired on a node that had lost it", "lock", m.name, "node", n.index, "addr", n.addr)
+		})
 	}
 }
 
