@@ -104,8 +104,9 @@ func (m *Mutex) Token() uint64 {
 // context.Cause(held) wraps ErrLockLost. If ctx ends first, the error wraps
 // ErrNotAcquired and ctx.Err(). Transient node failures are retried; an error
 // that retrying cannot fix on enough nodes to rule out a quorum (an ACL denial,
-// a closed client) is returned at once. When ctx ends after the lock is
-// acquired, the lock stays held until Unlock.
+// a closed client) is returned at once. With WithWaitTimeout the wait also
+// ends after that long, while held stays bounded by ctx alone. When ctx ends
+// after the lock is acquired, the lock stays held until Unlock.
 func (m *Mutex) LockContext(ctx context.Context) (held context.Context, err error) {
 	waitCtx := ctx
 	if m.cfg.waitTimeout > 0 {
@@ -394,7 +395,9 @@ func (m *Mutex) UnlockContext(ctx context.Context) error {
 		return nil
 	case out.refusals > 0:
 		return errors.Join(fmt.Errorf("%w: %d of %d nodes no longer held it at unlock", ErrLockLost, out.refusals, len(m.client.nodes)), out.errs)
-	default:
+	case out.errs != nil:
 		return out.errs
+	default:
+		return fmt.Errorf("redlock: release confirmed by %d of %d nodes, less than a quorum", out.oks, len(m.client.nodes))
 	}
 }
