@@ -633,7 +633,7 @@ func TestWatchdogRepairsANodeThatLostTheKey(t *testing.T) {
 	}
 	waitFor(t, "all grants", func() bool { return keysOn(mrs, "redlock:{repair}") == 5 })
 	value, _ := mrs[0].Get("redlock:{repair}")
-	mrs[0].Del("redlock:{repair}")         // as if node 0 restarted
+	mrs[0].Del("redlock:{repair}")          // as if node 0 restarted
 	mrs[1].Set("redlock:{repair}", "other") // a key that is not ours: never overwritten
 	mrs[1].SetTTL("redlock:{repair}", time.Hour)
 	// Nodes 2-4 still make a quorum, so extensions succeed and repair node 0.
