@@ -143,6 +143,9 @@ func TestChaosWorker(t *testing.T) {
 				select {
 				case <-time.After(hold):
 				case <-held.Done():
+				}
+				if held.Err() != nil {
+					// Seen now; a process that was stopped sees it on waking.
 					s.HeldEnd = monotonic()
 				}
 				// A write already under way when the lock was lost: the
