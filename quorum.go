@@ -43,8 +43,8 @@ type node struct {
 	calls errgroup.Group
 	// inFlight counts the calls running in calls.
 	inFlight atomic.Int32
-	// lastAnswer is when the node last answered a call, in nanoseconds
-	// since epoch.
+	// lastAnswer is when a call to the node last ended other than by timing
+	// out (an answer, or a refused connection), in nanoseconds since epoch.
 	lastAnswer atomic.Int64
 }
 
@@ -67,7 +67,7 @@ func (n *node) start(timeout time.Duration, f func()) bool {
 	return started
 }
 
-// answered records that the node answered a call, unless err says it did not.
+// answered records how a call to the node ended: hung if it timed out.
 func (n *node) answered(err error) {
 	hung := timedOut(err)
 	n.hung.Store(hung)
@@ -111,7 +111,7 @@ type roundState struct {
 	mu        sync.Mutex
 	replies   []reply
 	answered  []bool
-	abandoned bool // the round was lost; late grants must be undone
+	abandoned bool // the round was lost, or its lock released: undo late grants
 	notify    chan int
 }
 
