@@ -30,6 +30,11 @@ type Mutex struct {
 
 	mu   sync.Mutex // guards held and the fields of *held that change
 	held *holding
+
+	// queued is set when this Mutex's last release woke a queued waiter:
+	// its next Lock then queues behind it instead of trying first, so that
+	// a releaser does not snatch the lock back from the waiter it woke.
+	queued atomic.Bool
 }
 
 // holding is one acquisition, from the grant until Unlock.
@@ -177,6 +182,19 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 	woken := false   // the last attempt followed a release that named this waiter
 	retried := false // the last attempt was made at once, without waiting
 	var err error
+	if m.queued.Load() {
+		// Others were queued when this Mutex last released: queue behind
+		// them rather than race the one it woke. If the lock looks free,
+		// that waiter may not have tried yet, or may be gone: give it a
+		// moment, then try.
+		wake = m.client.notifier.watch(m.key)
+		waiter = rand.Text()
+		delay := handoffGrace
+		if m.queue(waitCtx, waiter, enqueueLast) {
+			delay = m.retryDelay()
+		}
+		woken = m.waitTurn(waitCtx, wake, waiter, delay)
+	}
 	for {
 		if waitCtx.Err() != nil || m.client.isClosed() {
 			<-m.local
@@ -213,7 +231,7 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 			woken, retried = false, true
 			continue
 		}
-		woken, retried = m.waitTurn(waitCtx, wake, waiter), false
+		woken, retried = m.waitTurn(waitCtx, wake, waiter, m.retryDelay()), false
 	}
 }
 
@@ -237,11 +255,14 @@ func (m *Mutex) leaveQueue(waiter string) {
 	m.client.fanOut(context.Background(), m.cfg.perNodeTimeout(), enqueueCall(m.key, waiter, m.queueTTL(), dequeue), nil)
 }
 
-// waitTurn waits until a release names this waiter, the retry delay passes,
-// waitCtx ends or the Client closes. It reports whether the waiter was woken
-// by name.
-func (m *Mutex) waitTurn(waitCtx context.Context, wake *watch, waiter string) bool {
-	timer := time.NewTimer(m.retryDelay())
+// handoffGrace is how long a releaser that locks again waits for the waiter
+// it woke to take the lock, when the lock looks free: several round trips.
+const handoffGrace = 5 * time.Millisecond
+
+// waitTurn waits until a release names this waiter, delay passes, waitCtx
+// ends or the Client closes. It reports whether the waiter was woken by name.
+func (m *Mutex) waitTurn(waitCtx context.Context, wake *watch, waiter string, delay time.Duration) bool {
+	timer := time.NewTimer(delay)
 	defer timer.Stop()
 	for {
 		select {
@@ -388,6 +409,7 @@ func (m *Mutex) UnlockContext(ctx context.Context) error {
 	h.round.abandon()
 	h.released.Store(true)
 	out := m.client.fanOut(ctx, m.cfg.perNodeTimeout(), releaseCall(m.key, h.value, h.waiter, true), nil)
+	m.queued.Store(out.woke())
 	switch {
 	case h.lost != nil:
 		return errors.Join(h.lost, out.errs)

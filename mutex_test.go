@@ -658,3 +658,27 @@ func TestWatchdogRepairsANodeThatLostTheKey(t *testing.T) {
 		t.Error("node 0 still has the key after Unlock")
 	}
 }
+
+func TestReleaserQueuesBehindTheWaiterItWoke(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	opts := []Option{WithRetryDelay(10 * time.Second), WithRetryJitter(0)}
+	releaser := newClient(t, clients, opts...).NewMutex("handoff")
+	waiter := newClient(t, clients, opts...).NewMutex("handoff")
+	releaser.Lock()
+	order := make(chan string, 2)
+	go func() {
+		waiter.Lock()
+		order <- "waiter"
+		waiter.Unlock()
+	}()
+	waitFor(t, "the waiter to queue", func() bool { return len(queueOf(mrs[0], "handoff")) == 1 })
+	releaser.Unlock()
+	// Locking again at once, the releaser must not take the lock back from
+	// the waiter its release woke.
+	releaser.Lock()
+	order <- "releaser"
+	releaser.Unlock()
+	if first := <-order; first != "waiter" {
+		t.Errorf("%s got the lock first; want the waiter the release woke", first)
+	}
+}

@@ -85,6 +85,7 @@ type reply struct {
 	ok      bool   // the node did what was asked
 	err     error  // the call failed, or its answer does not count; ok is false
 	counter uint64 // acquisition: the node's fencing counter
+	woke    bool   // release: the node woke a queued waiter
 }
 
 // refused reports a definite answer that the node did not do what was asked,
@@ -297,6 +298,16 @@ func (o outcome) token() uint64 {
 	return largest + 1
 }
 
+// woke reports whether any node woke a queued waiter.
+func (o outcome) woke() bool {
+	for i, r := range o.replies {
+		if o.answered[i] && r.woke {
+			return true
+		}
+	}
+	return false
+}
+
 // permanentFailures counts the nodes whose error retrying cannot fix.
 func (o outcome) permanentFailures() int {
 	count := 0
@@ -412,7 +423,7 @@ func releaseCall(key, value, waiter string, wake bool) nodeCall {
 	}
 	return func(ctx context.Context, n *node) reply {
 		res, err := releaseScript.Run(ctx, n.client, keys, value, channel, waiter).Int64()
-		return reply{ok: err == nil && res == 1, err: err}
+		return reply{ok: err == nil && res >= 1, woke: err == nil && res == 2, err: err}
 	}
 }
 

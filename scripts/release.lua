@@ -6,7 +6,8 @@
 -- holder's own waiter id, or '' if it did not wait.
 -- Wakes the waiter at the head of the queue by publishing its id, so that
 -- one release wakes one waiter, not all of them.
--- Returns 1 if deleted, 0 if the key is gone or owned by another holder.
+-- Returns 2 if deleted and a waiter was woken, 1 if deleted, 0 if the key is
+-- gone or owned by another holder.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
@@ -18,6 +19,7 @@ if ARGV[2] ~= '' then
   local next = redis.call('LPOP', KEYS[2])
   if next then
     redis.call('PUBLISH', ARGV[2], next)
+    return 2
   end
 end
 return 1
