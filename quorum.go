@@ -441,7 +441,7 @@ const (
 // enqueueCall puts waiter in the lock's queue on a node, or takes it out. The
 // reply is ok if the lock is held on the node.
 func enqueueCall(key, waiter string, queueTTL time.Duration, mode string) nodeCall {
-	keys := []string{key + queueSuffix, key}
+	keys := []string{key + queueSuffix, key, key + queueSuffix + ":left:" + waiter}
 	return func(ctx context.Context, n *node) reply {
 		held, err := enqueueScript.Run(ctx, n.client, keys, waiter, queueTTL.Milliseconds(), mode).Int64()
 		return reply{ok: err == nil && held == 1, err: err}
