@@ -145,8 +145,9 @@ func Dial(urls []string, opts ...Option) (*Client, error) {
 // Close stops the Client. Locks still held are no longer extended: their
 // held contexts end with a cause wrapping ErrLockLost and ErrClosed, and
 // their keys expire on the servers after the TTL. Close waits for every
-// background call and goroutine of the Client to finish, then closes the
-// clients that Dial made (not those given to New). Calls after Close fail
+// background call and goroutine of the Client to finish (a call to a hung
+// server ends with the node timeout on clients from Dial, and with the read
+// timeout on clients given to New), then closes the clients that Dial made. Calls after Close fail
 // with ErrClosed. Close is safe to call more than once; later calls return nil.
 func (c *Client) Close() error {
 	c.mu.Lock()
