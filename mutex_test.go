@@ -682,3 +682,25 @@ func TestReleaserQueuesBehindTheWaiterItWoke(t *testing.T) {
 		t.Errorf("%s got the lock first; want the waiter the release woke", first)
 	}
 }
+
+func TestSubscriptionOutlivesTheWait(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	holder := newClient(t, clients).NewMutex("linger")
+	holder.Lock()
+	c := newClient(t, clients)
+	waiter := c.NewMutex("linger")
+	done := make(chan struct{})
+	go func() {
+		waiter.Lock()
+		waiter.Unlock()
+		close(done)
+	}()
+	waitFor(t, "the waiter to subscribe", func() bool { return len(mrs[0].PubSubChannels("redlock:{linger}")) == 1 })
+	holder.Unlock()
+	<-done
+	// Another wait soon after needs no new SUBSCRIBE: the channel stays.
+	time.Sleep(100 * time.Millisecond)
+	if got := mrs[0].PubSubChannels("redlock:{linger}"); len(got) != 1 {
+		t.Errorf("subscribed channels after the wait = %v; want the lock's channel kept for %v", got, subscriptionLinger)
+	}
+}

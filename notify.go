@@ -11,8 +11,8 @@ import (
 // notifier wakes waiters when a holder releases a lock. The release script
 // publishes, on the lock's channel on every node, the id of the waiter at the
 // head of that node's queue; the notifier keeps one subscription connection
-// per node, shared by every waiter of the Client, subscribed to exactly the
-// channels that have waiters, and passes each message to the waiters of its
+// per node, shared by every waiter of the Client, subscribed to the channels
+// that have waiters or had some within subscriptionLinger, and passes each message to the waiters of its
 // channel, which act only on their own id. Messages can be lost (a node
 // down, a reconnect, a woken waiter that has died), so waiters also retry on
 // a timer.
@@ -105,13 +105,19 @@ func (n *notifier) kickAll() {
 func (n *notifier) run(sub *nodeSubscription) {
 	defer sub.pubsub.Close()
 	messages := sub.pubsub.Channel()
-	subscribed := make(map[string]bool)
+	// subscribed maps each channel subscribed to the time it lost its last
+	// waiter, or to the zero time while it has waiters.
+	subscribed := make(map[string]time.Time)
 	timeout := n.client.cfg.perNodeTimeout()
+	sweep := time.NewTicker(subscriptionLinger / 2)
+	defer sweep.Stop()
 	for {
 		select {
 		case <-n.client.closing:
 			return
 		case <-sub.kick:
+			n.reconcile(sub.pubsub, subscribed, timeout)
+		case <-sweep.C:
 			n.reconcile(sub.pubsub, subscribed, timeout)
 		case msg, ok := <-messages:
 			if !ok {
@@ -122,20 +128,33 @@ func (n *notifier) run(sub *nodeSubscription) {
 	}
 }
 
+// subscriptionLinger is how long a channel stays subscribed after its last
+// waiter left. A lock that is contended again soon, as busy locks are, then
+// costs no SUBSCRIBE and UNSUBSCRIBE per wait.
+const subscriptionLinger = 10 * time.Second
+
 // reconcile subscribes to channels that gained waiters and unsubscribes from
-// those that lost them. go-redis remembers the channels and subscribes again
-// after a reconnect, so a failed call here is not retried.
-func (n *notifier) reconcile(pubsub *redis.PubSub, subscribed map[string]bool, timeout time.Duration) {
+// those that have had none for subscriptionLinger. go-redis remembers the
+// channels and subscribes again after a reconnect, so a failed call here is
+// not retried.
+func (n *notifier) reconcile(pubsub *redis.PubSub, subscribed map[string]time.Time, timeout time.Duration) {
+	now := time.Now()
 	n.mu.Lock()
 	var add, remove []string
 	for channel := range n.watchers {
-		if !subscribed[channel] {
+		if _, ok := subscribed[channel]; !ok {
 			add = append(add, channel)
-			subscribed[channel] = true
 		}
+		subscribed[channel] = time.Time{}
 	}
-	for channel := range subscribed {
-		if _, wanted := n.watchers[channel]; !wanted {
+	for channel, idleSince := range subscribed {
+		if _, wanted := n.watchers[channel]; wanted {
+			continue
+		}
+		switch {
+		case idleSince.IsZero():
+			subscribed[channel] = now
+		case now.Sub(idleSince) >= subscriptionLinger:
 			remove = append(remove, channel)
 			delete(subscribed, channel)
 		}
