@@ -89,9 +89,7 @@ func TestUnreadableCountersFailTheAcquisition(t *testing.T) {
 		m.Unlock()
 		t.Fatal("TryLockContext succeeded with the counters unreadable on 2 of 3 nodes")
 	}
-	for _, n := range m.client.nodes {
-		n.calls.Wait()
-	}
+	settle(m.client)
 	if got := keysOn(mrs, "redlock:{f}"); got != 0 {
 		t.Errorf("%d nodes still hold the key of the failed acquisition; want 0", got)
 	}

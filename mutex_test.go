@@ -46,6 +46,14 @@ func newClient(t *testing.T, clients []redis.UniversalClient, opts ...Option) *C
 	return c
 }
 
+// settle waits until every call the Client has in flight has finished, such
+// as releases and grants that outlived the rounds that sent them.
+func settle(c *Client) {
+	for _, n := range c.nodes {
+		n.calls.Wait()
+	}
+}
+
 // keysOn counts the servers that have key.
 func keysOn(mrs []*miniredis.Miniredis, key string) int {
 	count := 0
@@ -614,9 +622,7 @@ func TestWaiterThatGivesUpLeavesTheQueue(t *testing.T) {
 	if _, err := m.LockContext(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("LockContext = %v; want DeadlineExceeded", err)
 	}
-	for _, n := range m.client.nodes {
-		n.calls.Wait()
-	}
+	settle(m.client)
 	for i, mr := range mrs {
 		if q := queueOf(mr, "q"); len(q) != 0 {
 			t.Errorf("server %d queue = %v after the waiter gave up; want empty", i, q)
@@ -651,9 +657,7 @@ func TestWatchdogRepairsANodeThatLostTheKey(t *testing.T) {
 		t.Errorf("held ended: %v", context.Cause(held))
 	}
 	m.Unlock()
-	for _, n := range m.client.nodes {
-		n.calls.Wait()
-	}
+	settle(m.client)
 	if mrs[0].Exists("redlock:{repair}") {
 		t.Error("node 0 still has the key after Unlock")
 	}

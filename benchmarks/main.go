@@ -164,20 +164,31 @@ func percentile(durations []time.Duration, p float64) time.Duration {
 
 func micros(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
+// warmLocker empties the servers and makes a locker of lib that has run
+// cycles Lock+Unlock cycles, so that connections and script caches are warm.
+func warmLocker(lib library, addrs []string, servers []*server, name string, cycles int) (locker, func(), error) {
+	flush(servers)
+	l, closeFn, err := lib.newFor(addrs, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx := context.Background()
+	for range cycles {
+		if l.lock(ctx) == nil {
+			l.unlock(ctx)
+		}
+	}
+	return l, closeFn, nil
+}
+
 // uncontended runs Lock+Unlock in one goroutine.
 func uncontended(lib library, addrs []string, servers []*server, duration time.Duration) result {
-	flush(servers)
-	l, closeFn, err := lib.newFor(addrs, "bench-uncontended")
+	l, closeFn, err := warmLocker(lib, addrs, servers, "bench-uncontended", 200)
 	if err != nil {
 		return result{Scenario: "uncontended", Library: lib.name, Notes: err.Error()}
 	}
 	defer closeFn()
 	ctx := context.Background()
-	for range 200 { // warm up connections and script caches
-		if l.lock(ctx) == nil {
-			l.unlock(ctx)
-		}
-	}
 	counter := newCommandCounter(servers)
 	defer counter.close()
 	commandsBefore := counter.total()
@@ -299,18 +310,12 @@ func jain(counts []int64) float64 {
 
 // degraded runs Lock+Unlock with one of five servers frozen by SIGSTOP.
 func degraded(lib library, addrs []string, servers []*server, duration time.Duration) result {
-	flush(servers)
-	l, closeFn, err := lib.newFor(addrs, "bench-degraded")
+	l, closeFn, err := warmLocker(lib, addrs, servers, "bench-degraded", 50)
 	if err != nil {
 		return result{Scenario: "degraded", Library: lib.name, Notes: err.Error()}
 	}
 	defer closeFn()
 	ctx := context.Background()
-	for range 50 {
-		if l.lock(ctx) == nil {
-			l.unlock(ctx)
-		}
-	}
 	servers[4].freeze()
 	defer servers[4].unfreeze()
 	var lockTimes, unlockTimes []time.Duration
