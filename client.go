@@ -1,8 +1,10 @@
 package redlock
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -26,8 +28,10 @@ type Client struct {
 	closed  bool
 	closing chan struct{} // closed by Close: watchdogs and waiters stop
 
-	watchdogs sync.WaitGroup
-	notifier  *notifier
+	watchdog   *watchdog
+	batchLimit int // locks one extension call may carry; see batchLimit
+	watchdogs  sync.WaitGroup
+	notifier   *notifier
 }
 
 // New returns a Client over the given masters, one client per independent
@@ -73,6 +77,8 @@ func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 	}
 	c := &Client{nodes: nodes, cfg: cfg, closing: make(chan struct{})}
 	c.notifier = newNotifier(c)
+	c.watchdog = newWatchdog(c)
+	c.batchLimit = batchLimit(nodes)
 	return c, nil
 }
 
@@ -104,6 +110,9 @@ func clientAddrs(rc redis.UniversalClient) []string {
 // call does. Per-call deadlines are enabled on the connections it makes, so
 // calls to a hung server end with the node timeout, and a call is not retried
 // within itself (unless the URL sets max_retries), since lock rounds retry.
+// Nor does go-redis probe a pooled connection with an extra system call
+// before each command: a connection the server has closed fails the one call
+// that finds it, which counts as that node failing once, and is then dropped.
 func Dial(urls []string, opts ...Option) (*Client, error) {
 	if len(urls) == 0 {
 		urls = []string{DefaultURL}
@@ -131,6 +140,7 @@ func Dial(urls []string, opts ...Option) (*Client, error) {
 		if options.MaxRetries == 0 {
 			options.MaxRetries = -1
 		}
+		options.Dialer = unprobed(redis.NewDialer(options))
 		clients = append(clients, redis.NewClient(options))
 	}
 	c, err := New(clients, opts...)
@@ -177,3 +187,23 @@ func (c *Client) isClosed() bool {
 	defer c.mu.RUnlock()
 	return c.closed
 }
+
+// unprobed wraps dial so that the connections it makes hide their file
+// descriptor. go-redis checks that a pooled connection is alive before every
+// command with a non-blocking read, which costs a system call and five
+// allocations per command, but only on connections that expose one. A dead
+// connection still shows itself on the next command, which the rounds of a
+// lock tolerate and retry.
+func unprobed(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return opaqueConn{conn}, nil
+	}
+}
+
+// opaqueConn is a net.Conn with nothing more: it does not implement
+// syscall.Conn.
+type opaqueConn struct{ net.Conn }
