@@ -49,8 +49,16 @@ type holding struct {
 	// landing later undoes itself.
 	released atomic.Bool
 	cancel   context.CancelCauseFunc
-	stop     chan struct{} // closed by Unlock to stop the watchdog
-	done     chan struct{} // closed when the watchdog has returned
+	mutex    *Mutex
+
+	// Guarded by mutex.mu:
+	stopped bool          // Unlock has begun: the lock is no longer watched
+	expiry  *time.Timer   // ends the held context before the validity ends
+	guard   time.Duration // how long before the validity ends it does so
+
+	// Guarded by the watchdog's mu:
+	extendAt  time.Time // next extension
+	heapIndex int       // in the watchdog's queue, or -1 if not queued
 }
 
 // NewMutex returns a Mutex for the lock called name. The options override the
@@ -367,19 +375,19 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 func (m *Mutex) hold(ctx context.Context, value string, until time.Time, token uint64, waiter string, round *roundState) context.Context {
 	held, cancel := context.WithCancelCause(ctx)
 	h := &holding{
-		value:  value,
-		token:  token,
-		waiter: waiter,
-		until:  until,
-		round:  round,
-		cancel: cancel,
-		stop:   make(chan struct{}),
-		done:   make(chan struct{}),
+		value:     value,
+		token:     token,
+		waiter:    waiter,
+		until:     until,
+		round:     round,
+		cancel:    cancel,
+		mutex:     m,
+		heapIndex: -1,
 	}
 	m.mu.Lock()
 	m.held = h
 	m.mu.Unlock()
-	m.startWatchdog(h)
+	m.client.watchdog.watch(h)
 	return held
 }
 
@@ -395,13 +403,17 @@ func (m *Mutex) UnlockContext(ctx context.Context) error {
 	m.mu.Lock()
 	h := m.held
 	m.held = nil
+	var lost error
+	if h != nil {
+		h.stopped = true
+		lost = h.lost
+	}
 	m.mu.Unlock()
 	if h == nil {
 		return ErrNotHeld
 	}
 	defer func() { <-m.local }()
-	close(h.stop)
-	<-h.done
+	m.client.watchdog.forget(h)
 	h.cancel(nil) // no-op if the lock was lost: that cause stays
 
 	// A grant or repair still in flight would land after the release: have
@@ -411,8 +423,8 @@ func (m *Mutex) UnlockContext(ctx context.Context) error {
 	out := m.client.fanOut(ctx, m.cfg.perNodeTimeout(), releaseCall(m.key, h.value, h.waiter, true), nil)
 	m.queued.Store(out.woke())
 	switch {
-	case h.lost != nil:
-		return errors.Join(h.lost, out.errs)
+	case lost != nil:
+		return errors.Join(lost, out.errs)
 	case out.won:
 		return nil
 	case out.refusals > 0:

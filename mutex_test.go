@@ -3,6 +3,7 @@ package redlock
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -455,6 +456,61 @@ func TestWatchdogKeepsTheLock(t *testing.T) {
 	m.Unlock()
 }
 
+func TestWatchdogBatchesExtensions(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	c := newClient(t, clients, WithTTL(time.Second))
+	const locks = 100
+	var mutexes []*Mutex
+	var helds []context.Context
+	for i := range locks {
+		m := c.NewMutex(fmt.Sprintf("batched-%d", i))
+		held, err := m.LockContext(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		mutexes = append(mutexes, m)
+		helds = append(helds, held)
+	}
+	// Two extensions each: every lock's validity ends at least two
+	// intervals (2×333ms) after the latest acquisition's did.
+	target := mutexes[locks-1].Until().Add(2 * c.cfg.extendInterval())
+	// Count the commands the Client sends from here on.
+	counters := make([]*commandCounter, len(clients))
+	for i, rc := range clients {
+		counters[i] = &commandCounter{}
+		rc.AddHook(counters[i])
+	}
+	waitFor(t, "two extensions of every lock", func() bool {
+		for _, m := range mutexes {
+			if m.Until().Before(target) {
+				return false
+			}
+		}
+		return true
+	})
+	for i, counter := range counters {
+		// One call per batch; without batching it would be 2 per lock.
+		if calls := counter.count.Load(); calls > 2*locks/10 {
+			t.Errorf("node %d: %d calls to extend %d locks twice; want at most %d", i, calls, locks, 2*locks/10)
+		} else {
+			t.Logf("node %d: %d calls to extend %d locks twice", i, calls, locks)
+		}
+	}
+	for i, m := range mutexes {
+		if helds[i].Err() != nil {
+			t.Fatalf("lock %d lost: %v", i, context.Cause(helds[i]))
+		}
+		if err := m.UnlockContext(t.Context()); err != nil {
+			t.Errorf("Unlock %d: %v", i, err)
+		}
+	}
+	for _, m := range mutexes {
+		if n := keysOn(mrs, m.key); n != 0 {
+			t.Errorf("%s on %d nodes after Unlock", m.key, n)
+		}
+	}
+}
+
 func TestCloseEndsHeldLocks(t *testing.T) {
 	_, clients := servers(t, 3)
 	c, err := New(clients)
@@ -706,5 +762,24 @@ func TestSubscriptionOutlivesTheWait(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if got := mrs[0].PubSubChannels("redlock:{linger}"); len(got) != 1 {
 		t.Errorf("subscribed channels after the wait = %v; want the lock's channel kept for %v", got, subscriptionLinger)
+	}
+}
+
+// commandCounter is a go-redis hook that counts the commands sent.
+type commandCounter struct{ count atomic.Int64 }
+
+func (*commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (c *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.count.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.count.Add(int64(len(cmds)))
+		return next(ctx, cmds)
 	}
 }

@@ -86,6 +86,9 @@ type reply struct {
 	err     error  // the call failed, or its answer does not count; ok is false
 	counter uint64 // acquisition: the node's fencing counter
 	woke    bool   // release: the node woke a queued waiter
+	// extension: extended[j] says whether the node extended the round's
+	// j-th lock; meaningful where ok.
+	extended []bool
 }
 
 // refused reports a definite answer that the node did not do what was asked,
@@ -129,6 +132,9 @@ func decided(oks, fails, hung, nodes int) bool {
 // timedOut reports whether err means the node did not answer in time, as
 // opposed to answering, or refusing the connection.
 func timedOut(err error) bool {
+	if err == nil {
+		return false
+	}
 	var netErr net.Error
 	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout())
 }
@@ -139,11 +145,36 @@ func timedOut(err error) bool {
 // round is lost, undo (if not nil) runs for every late reply, so that a grant
 // that arrives after the decision is released.
 func (c *Client) fanOut(ctx context.Context, timeout time.Duration, call nodeCall, undo nodeCall) outcome {
+	r := c.launch(ctx, timeout, call, undo)
+	oks, fails := 0, 0
+	return r.wait(ctx, func(_ int, rep reply, pendingHung int) bool {
+		if rep.ok {
+			oks++
+		} else {
+			fails++
+		}
+		return decided(oks, fails, pendingHung, len(c.nodes))
+	})
+}
+
+// round is a fan-out in progress.
+type round struct {
+	state       *roundState
+	nodes       []*node
+	timeout     time.Duration
+	hungAtStart []bool // nodes that had not answered in time in an earlier round
+	pendingHung int    // of those, the ones not heard from yet
+}
+
+// launch starts call on every node, each bounded by timeout. The calls are
+// owned by their nodes and may outlive the round.
+func (c *Client) launch(ctx context.Context, timeout time.Duration, call nodeCall, undo nodeCall) *round {
 	state := &roundState{
 		replies:  make([]reply, len(c.nodes)),
 		answered: make([]bool, len(c.nodes)),
 		notify:   make(chan int, len(c.nodes)),
 	}
+	r := &round{state: state, nodes: c.nodes, timeout: timeout, hungAtStart: make([]bool, len(c.nodes))}
 	// One deadline bounds every call of the round. The calls outlive the
 	// wait, so the round's context is not the caller's; the last call to
 	// finish releases its timer.
@@ -155,22 +186,21 @@ func (c *Client) fanOut(ctx context.Context, timeout time.Duration, call nodeCal
 			cancelCalls()
 		}
 	}
-	hungAtStart := make([]bool, len(c.nodes))
-	pendingHung := 0
 	for i, n := range c.nodes {
 		if n.hung.Load() {
-			hungAtStart[i] = true
-			pendingHung++
+			r.hungAtStart[i] = true
+			r.pendingHung++
 		}
 	}
 	c.mu.RLock()
+	defer c.mu.RUnlock()
 	for _, n := range c.nodes {
 		started := !c.closed && n.start(timeout, func() {
-			r := call(callCtx, n)
+			rep := call(callCtx, n)
 			finished()
-			n.answered(r.err)
+			n.answered(rep.err)
 			state.mu.Lock()
-			state.replies[n.index] = r
+			state.replies[n.index] = rep
 			state.answered[n.index] = true
 			abandoned := state.abandoned
 			state.mu.Unlock()
@@ -194,31 +224,34 @@ func (c *Client) fanOut(ctx context.Context, timeout time.Duration, call nodeCal
 			state.notify <- n.index
 		}
 	}
-	c.mu.RUnlock()
+	return r
+}
 
-	timer := time.NewTimer(timeout)
+// wait collects the nodes' replies until done says the round is decided, the
+// timeout passes, or ctx is done, and returns what the round learned. done is
+// called with each reply as it comes, and the number of nodes hung at the
+// start that have still not answered.
+func (r *round) wait(ctx context.Context, done func(i int, rep reply, pendingHung int) bool) outcome {
+	state := r.state
+	timer := time.NewTimer(r.timeout)
 	defer timer.Stop()
-	oks, fails := 0, 0
 	var ctxErr error
 	timedOut := false
+	decidedYet := decided(0, 0, r.pendingHung, len(r.nodes))
 wait:
-	for !decided(oks, fails, pendingHung, len(c.nodes)) {
+	for !decidedYet {
 		select {
 		case i := <-state.notify:
 			state.mu.Lock()
-			ok := state.replies[i].ok
+			rep := state.replies[i]
 			state.mu.Unlock()
-			if hungAtStart[i] {
-				pendingHung--
+			if r.hungAtStart[i] {
+				r.pendingHung--
 			}
-			if ok {
-				oks++
-			} else {
-				fails++
-			}
+			decidedYet = done(i, rep, r.pendingHung)
 		case <-timer.C:
 			timedOut = true
-			for i, n := range c.nodes {
+			for i, n := range r.nodes {
 				if !state.isAnswered(i) {
 					n.hung.Store(true)
 				}
@@ -229,7 +262,7 @@ wait:
 			break wait
 		}
 	}
-	return state.settle(ctxErr, timedOut, hungAtStart, timeout, c.nodes)
+	return state.settle(ctxErr, timedOut, r.hungAtStart, r.timeout, r.nodes)
 }
 
 func (s *roundState) isAnswered(i int) bool {
@@ -334,16 +367,21 @@ func validityEnd(start time.Time, ttl, drift time.Duration) time.Time {
 // its grant comes back as an error (and is released if the round fails).
 func (c *Client) acquireCall(key, value string, ttl, guard time.Duration, fencing bool) nodeCall {
 	if !fencing && guard == 0 {
-		// A plain command: no script to parse and run on the server.
+		// A plain command: no script to parse and run on the server. Its
+		// arguments are shared by the node calls, which only read them.
+		args := []any{"set", key, value, "px", ttl.Milliseconds(), "nx"}
 		return func(ctx context.Context, n *node) reply {
-			ok, err := n.client.SetNX(ctx, key, value, ttl).Result()
-			return reply{ok: ok, err: err}
+			cmd := redis.NewStatusCmd(ctx, args...)
+			err := n.client.Process(ctx, cmd)
+			if err == redis.Nil {
+				return reply{}
+			}
+			return reply{ok: err == nil, err: err}
 		}
 	}
-	keys := []string{key, key + fenceSuffix}
-	args := []any{value, ttl.Milliseconds(), flag(fencing), flag(guard > 0)}
+	acquire := acquireScript.prepare([]string{key, key + fenceSuffix}, value, ttl.Milliseconds(), flag(fencing), flag(guard > 0))
 	return func(ctx context.Context, n *node) reply {
-		res, err := acquireScript.Run(ctx, n.client, keys, args...).Slice()
+		res, err := acquire.run(ctx, n).Slice()
 		if err != nil {
 			return reply{err: err}
 		}
@@ -396,17 +434,9 @@ func (c *Client) noticeRestart(n *node, runID string, uptime int64) {
 
 // fenceCall records token on a node while value still holds the lock there.
 func fenceCall(key, value string, token uint64) nodeCall {
-	keys := []string{key, key + fenceSuffix}
+	fence := fenceScript.prepare([]string{key, key + fenceSuffix}, value, token)
 	return func(ctx context.Context, n *node) reply {
-		res, err := fenceScript.Run(ctx, n.client, keys, value, token).Int64()
-		return reply{ok: err == nil && res == 1, err: err}
-	}
-}
-
-func extendCall(key, value string, ttl time.Duration) nodeCall {
-	ttlMillis := ttl.Milliseconds()
-	return func(ctx context.Context, n *node) reply {
-		res, err := extendScript.Run(ctx, n.client, []string{key}, value, ttlMillis).Int64()
+		res, err := fence.run(ctx, n).Int64()
 		return reply{ok: err == nil && res == 1, err: err}
 	}
 }
@@ -416,13 +446,13 @@ func extendCall(key, value string, ttl time.Duration) nodeCall {
 // the next waiter, by publishing its id on the lock's channel, which is named
 // like its key.
 func releaseCall(key, value, waiter string, wake bool) nodeCall {
-	keys := []string{key, key + queueSuffix}
 	channel := ""
 	if wake {
 		channel = key
 	}
+	release := releaseScript.prepare([]string{key, key + queueSuffix}, value, channel, waiter)
 	return func(ctx context.Context, n *node) reply {
-		res, err := releaseScript.Run(ctx, n.client, keys, value, channel, waiter).Int64()
+		res, err := release.run(ctx, n).Int64()
 		return reply{ok: err == nil && res >= 1, woke: err == nil && res == 2, err: err}
 	}
 }
@@ -441,9 +471,9 @@ const (
 // enqueueCall puts waiter in the lock's queue on a node, or takes it out. The
 // reply is ok if the lock is held on the node.
 func enqueueCall(key, waiter string, queueTTL time.Duration, mode string) nodeCall {
-	keys := []string{key + queueSuffix, key, key + queueSuffix + ":left:" + waiter}
+	enqueue := enqueueScript.prepare([]string{key + queueSuffix, key, key + queueSuffix + ":left:" + waiter}, waiter, queueTTL.Milliseconds(), mode)
 	return func(ctx context.Context, n *node) reply {
-		held, err := enqueueScript.Run(ctx, n.client, keys, waiter, queueTTL.Milliseconds(), mode).Int64()
+		held, err := enqueue.run(ctx, n).Int64()
 		return reply{ok: err == nil && held == 1, err: err}
 	}
 }

@@ -1,7 +1,11 @@
 package redlock
 
 import (
+	"context"
+	"crypto/sha1"
 	_ "embed"
+	"encoding/hex"
+	"slices"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -18,11 +22,50 @@ var (
 	//go:embed scripts/release.lua
 	releaseSource string
 
-	// The scripts run with EVALSHA, falling back to EVAL once per node when
-	// the server does not have them cached yet.
-	acquireScript = redis.NewScript(acquireSource)
-	fenceScript   = redis.NewScript(fenceSource)
-	enqueueScript = redis.NewScript(enqueueSource)
-	extendScript  = redis.NewScript(extendSource)
-	releaseScript = redis.NewScript(releaseSource)
+	acquireScript = newScript(acquireSource)
+	fenceScript   = newScript(fenceSource)
+	enqueueScript = newScript(enqueueSource)
+	extendScript  = newScript(extendSource)
+	releaseScript = newScript(releaseSource)
 )
+
+// script is a Lua script run with EVALSHA, falling back to EVAL when a
+// server does not have it cached yet.
+type script struct {
+	source, hash string
+}
+
+func newScript(source string) *script {
+	sum := sha1.Sum([]byte(source))
+	return &script{source: source, hash: hex.EncodeToString(sum[:])}
+}
+
+// prepared is a script with its keys and arguments, as the arguments of one
+// EVALSHA command. A round builds it once and every node call shares it: the
+// calls only read it, which saves boxing the keys and arguments for each node.
+type prepared struct {
+	script *script
+	args   []any
+}
+
+func (s *script) prepare(keys []string, argv ...any) prepared {
+	args := make([]any, 0, 3+len(keys)+len(argv))
+	args = append(args, "evalsha", s.hash, len(keys))
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	return prepared{script: s, args: append(args, argv...)}
+}
+
+// run runs the script on n.
+func (p prepared) run(ctx context.Context, n *node) *redis.Cmd {
+	cmd := redis.NewCmd(ctx, p.args...)
+	_ = n.client.Process(ctx, cmd)
+	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+		args := slices.Clone(p.args)
+		args[0], args[1] = "eval", p.script.source
+		cmd = redis.NewCmd(ctx, args...)
+		_ = n.client.Process(ctx, cmd)
+	}
+	return cmd
+}

@@ -1,106 +1,331 @@
 package redlock
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
-// startWatchdog runs the watchdog of h, owned by the Client, unless the
-// Client is closing, in which case the lock is given up at once.
-func (m *Mutex) startWatchdog(h *holding) {
-	c := m.client
+// One watchdog per Client extends every lock the Client holds. Extensions
+// that fall due within a quarter of an interval of each other go out
+// together, early rather than late, as one round with one script call per
+// node for up to maxBatch locks. Each lock is next due one interval after
+// the round that extended it, so the locks of a round stay in step, and
+// batches fall due at least a quarter interval apart: a few rounds per
+// interval, plus one per maxBatch locks, however many locks there are.
+const (
+	// maxBatch is the most locks extended by one call to one node.
+	maxBatch = 256
+	// batchKeyTime is how much longer a batch round waits for each lock in
+	// it than a round for one lock: the server runs the calls in turn.
+	batchKeyTime = 50 * time.Microsecond
+)
+
+// watchdog schedules the extensions of every lock a Client holds. Each held
+// lock also has a timer of its own that ends its held context just before its
+// validity ends, whatever the extension rounds are doing.
+type watchdog struct {
+	c *Client
+
+	mu      sync.Mutex
+	due     dueHeap               // locks waiting for their next extension, soonest first
+	held    map[*holding]struct{} // every lock watched
+	running bool                  // the scheduling goroutine has been started
+	wake    chan struct{}         // the soonest extension moved earlier
+
+	ctx    context.Context // ends when the Client closes: rounds stop waiting
+	cancel context.CancelFunc
+}
+
+func newWatchdog(c *Client) *watchdog {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &watchdog{c: c, held: make(map[*holding]struct{}), wake: make(chan struct{}, 1), ctx: ctx, cancel: cancel}
+}
+
+// watch starts extending h, unless the Client is closing, in which case the
+// lock is given up at once.
+func (w *watchdog) watch(h *holding) {
+	m := h.mutex
+	c := w.c
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if c.closed {
 		m.loseLock(h, fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
-		close(h.done)
 		return
 	}
-	c.watchdogs.Go(func() { m.watchdog(h) })
-}
-
-// extension is the result of one extension round.
-type extension struct {
-	start time.Time
-	out   outcome
-}
-
-// watchdog extends the lock every interval until Unlock, and declares it lost
-// when a quorum of nodes says it is gone or taken, or when its validity ends
-// with no quorum confirmed. The validity timer is what guarantees the held
-// context ends in time: it fires even while every extension round hangs,
-// half the drift allowance before the validity ends.
-func (m *Mutex) watchdog(h *holding) {
-	defer close(h.done)
-	c := m.client
-	interval := m.cfg.extendInterval()
-	ttl, drift, timeout := m.cfg.ttl, m.cfg.drift(), m.cfg.perNodeTimeout()
-	extend := extendCall(m.key, h.value, ttl)
-
-	// The expiry timer fires a little before the validity ends, so that
-	// timer and scheduling delays cannot push the cancellation past it.
-	guard := drift / 2
+	h.guard = m.cfg.drift() / 2
 	m.mu.Lock()
-	until := h.until
+	h.expiry = time.AfterFunc(time.Until(h.until)-h.guard, func() { w.expire(h) })
 	m.mu.Unlock()
-	expiry := time.NewTimer(time.Until(until) - guard)
-	defer expiry.Stop()
-	next := time.NewTimer(interval)
-	defer next.Stop()
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	results := make(chan extension, 1)
-	inFlight := false
-	defer func() {
-		if inFlight {
-			cancel()
-			<-results // the round returns promptly once ctx is cancelled
-		}
-	}()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.held[h] = struct{}{}
+	if !w.running {
+		w.running = true
+		c.watchdogs.Go(w.run)
+	}
+	w.schedule(h, time.Now().Add(m.cfg.extendInterval()))
+}
 
-	for {
+// schedule queues h for extension at t, if it is still watched. The caller
+// holds w.mu.
+func (w *watchdog) schedule(h *holding, t time.Time) {
+	if _, ok := w.held[h]; !ok {
+		return
+	}
+	h.extendAt = t
+	heap.Push(&w.due, h)
+	if h.heapIndex == 0 {
 		select {
-		case <-h.stop:
-			return
-		case <-c.closing:
-			m.loseLock(h, fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
-			return
-		case <-expiry.C:
-			m.loseLock(h, fmt.Errorf("%w: no quorum confirmed it before its validity ended at %v", ErrLockLost, until.Format(time.RFC3339Nano)))
-			return
-		case <-next.C:
-			inFlight = true
-			go func() {
-				start := time.Now()
-				results <- extension{start: start, out: c.fanOut(ctx, timeout, extend, nil)}
-			}()
-		case ext := <-results:
-			inFlight = false
-			switch {
-			case ext.out.won:
-				if end := validityEnd(ext.start, ttl, drift); end.After(until) {
-					until = end
-					m.mu.Lock()
-					h.until = until
-					m.mu.Unlock()
-					expiry.Reset(time.Until(until) - guard)
-				}
-				m.repair(ext.out, h, until)
-				next.Reset(interval)
-			case ext.out.refusals >= quorum(len(c.nodes)):
-				m.loseLock(h, fmt.Errorf("%w: %d of %d nodes no longer hold it", ErrLockLost, ext.out.refusals, len(c.nodes)))
-				return
-			default:
-				// Too few answers: try again sooner, while validity remains.
-				m.cfg.logger.Warn("redlock: extension failed; retrying", "lock", m.name, "error", ext.out.errs)
-				next.Reset(max(interval/4, time.Millisecond))
-			}
+		case w.wake <- struct{}{}:
+		default:
 		}
 	}
+}
+
+// forget stops watching h: Unlock, a lost lock, or Close.
+func (w *watchdog) forget(h *holding) {
+	w.mu.Lock()
+	delete(w.held, h)
+	if h.heapIndex >= 0 {
+		heap.Remove(&w.due, h.heapIndex)
+	}
+	w.mu.Unlock()
+	h.mutex.mu.Lock()
+	if h.expiry != nil {
+		h.expiry.Stop()
+	}
+	h.mutex.mu.Unlock()
+}
+
+// expire ends h's held context when its validity is about to end with no
+// quorum confirmed, unless an extension has moved the end since the timer
+// was set.
+func (w *watchdog) expire(h *holding) {
+	m := h.mutex
+	m.mu.Lock()
+	until := h.until
+	if left := time.Until(until) - h.guard; left > 0 && h.lost == nil && !h.stopped {
+		h.expiry.Reset(left)
+		m.mu.Unlock()
+		return
+	}
+	m.mu.Unlock()
+	m.loseLock(h, fmt.Errorf("%w: no quorum confirmed it before its validity ended at %v", ErrLockLost, until.Format(time.RFC3339Nano)))
+	w.forget(h)
+}
+
+// run starts the extensions as they fall due, until the Client closes.
+func (w *watchdog) run() {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		batch, next := w.takeDue(time.Now())
+		for len(batch) > 0 {
+			n := min(len(batch), w.c.batchLimit)
+			chunk := batch[:n:n]
+			batch = batch[n:]
+			w.c.watchdogs.Go(func() { w.extend(chunk) })
+		}
+		timer.Reset(time.Until(next))
+		select {
+		case <-w.wake:
+		case <-timer.C:
+		case <-w.c.closing:
+			w.close()
+			return
+		}
+	}
+}
+
+// takeDue takes out of the queue the locks due for extension by now, and
+// those due soon enough after to go with them: within a quarter of their
+// interval. It returns them and when the next one falls due.
+func (w *watchdog) takeDue(now time.Time) (batch []*holding, next time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for len(w.due) > 0 {
+		h := w.due[0]
+		if h.extendAt.Sub(now) > h.mutex.cfg.extendInterval()/4 {
+			return batch, h.extendAt
+		}
+		heap.Pop(&w.due)
+		batch = append(batch, h)
+	}
+	return batch, now.Add(time.Hour)
+}
+
+// close gives up every lock still watched, since the Client is closing.
+func (w *watchdog) close() {
+	w.cancel()
+	w.mu.Lock()
+	held := make([]*holding, 0, len(w.held))
+	for h := range w.held {
+		held = append(held, h)
+	}
+	w.mu.Unlock()
+	for _, h := range held {
+		h.mutex.loseLock(h, fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
+		w.forget(h)
+	}
+}
+
+// extend runs one extension round for the locks in batch, and acts on what
+// each lock's quorum says.
+func (w *watchdog) extend(batch []*holding) {
+	c := w.c
+	keys := make([]string, len(batch))
+	argv := make([]any, 0, 2*len(batch))
+	timeout := time.Duration(0)
+	for i, h := range batch {
+		m := h.mutex
+		keys[i] = m.key
+		argv = append(argv, h.value, m.cfg.ttl.Milliseconds())
+		timeout = max(timeout, m.cfg.perNodeTimeout())
+	}
+	timeout += time.Duration(len(batch)-1) * batchKeyTime
+	call := extendCall(extendScript.prepare(keys, argv...), len(batch))
+
+	// A lock is decided once a quorum has extended it, or once a quorum
+	// can no longer do so; the round, once every lock is.
+	oks := make([]int, len(batch))
+	fails := make([]int, len(batch))
+	undecided := len(batch)
+	start := time.Now()
+	r := c.launch(w.ctx, timeout, call, nil)
+	out := r.wait(w.ctx, func(_ int, rep reply, pendingHung int) bool {
+		undecided = 0
+		for j := range batch {
+			if rep.ok && rep.extended[j] {
+				oks[j]++
+			} else {
+				fails[j]++
+			}
+			if !decided(oks[j], fails[j], pendingHung, len(c.nodes)) {
+				undecided++
+			}
+		}
+		return undecided == 0
+	})
+	if w.ctx.Err() != nil {
+		return // the Client is closing; close gives the locks up
+	}
+
+	retried := 0
+	for j, h := range batch {
+		m := h.mutex
+		extended, refused := 0, 0
+		for i, rep := range out.replies {
+			switch {
+			case !out.answered[i] || !rep.ok:
+			case rep.extended[j]:
+				extended++
+			default:
+				refused++
+			}
+		}
+		interval := m.cfg.extendInterval()
+		switch {
+		case extended >= quorum(len(c.nodes)):
+			until := w.extended(h, validityEnd(start, m.cfg.ttl, m.cfg.drift()))
+			if refused > 0 {
+				m.repair(h, until, func(i int) bool { return out.answered[i] && out.replies[i].ok && !out.replies[i].extended[j] })
+			}
+			w.reschedule(h, start.Add(interval))
+		case refused >= quorum(len(c.nodes)):
+			m.loseLock(h, fmt.Errorf("%w: %d of %d nodes no longer hold it", ErrLockLost, refused, len(c.nodes)))
+			w.forget(h)
+		default:
+			// Too few answers: try again sooner, while validity remains.
+			retried++
+			w.reschedule(h, time.Now().Add(max(interval/4, time.Millisecond)))
+		}
+	}
+	if retried > 0 {
+		c.cfg.logger.Warn("redlock: extension failed; retrying", "locks", retried, "first", batch[0].mutex.name, "error", out.errs)
+	}
+}
+
+// extended moves h's validity on to until, if that is later, and returns
+// the validity's end.
+func (w *watchdog) extended(h *holding, until time.Time) time.Time {
+	m := h.mutex
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if until.After(h.until) {
+		h.until = until
+	}
+	return h.until
+}
+
+func (w *watchdog) reschedule(h *holding, t time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.schedule(h, t)
+}
+
+// extendCall extends, on one node, the locks a prepared extend script names;
+// count says how many.
+func extendCall(extend prepared, count int) nodeCall {
+	return func(ctx context.Context, n *node) reply {
+		res, err := extend.run(ctx, n).Int64Slice()
+		if err == nil && len(res) != count {
+			err = fmt.Errorf("extend script returned %d values; want %d", len(res), count)
+		}
+		if err != nil {
+			return reply{err: err}
+		}
+		extended := make([]bool, count)
+		for j, v := range res {
+			extended[j] = v == 1
+		}
+		return reply{ok: true, extended: extended}
+	}
+}
+
+// batchLimit is how many locks one extension call to each node may carry:
+// one script call names many keys, which a Redis Cluster refuses unless they
+// share a hash slot, so only Clients of plain servers batch.
+func batchLimit(nodes []*node) int {
+	for _, n := range nodes {
+		if _, plain := n.client.(*redis.Client); !plain {
+			return 1
+		}
+	}
+	return maxBatch
+}
+
+// dueHeap orders held locks by their next extension.
+type dueHeap []*holding
+
+func (d dueHeap) Len() int           { return len(d) }
+func (d dueHeap) Less(i, j int) bool { return d[i].extendAt.Before(d[j].extendAt) }
+func (d dueHeap) Swap(i, j int) {
+	d[i], d[j] = d[j], d[i]
+	d[i].heapIndex = i
+	d[j].heapIndex = j
+}
+
+func (d *dueHeap) Push(x any) {
+	h := x.(*holding)
+	h.heapIndex = len(*d)
+	*d = append(*d, h)
+}
+
+func (d *dueHeap) Pop() any {
+	old := *d
+	h := old[len(old)-1]
+	old[len(old)-1] = nil
+	*d = old[:len(old)-1]
+	h.heapIndex = -1
+	return h
 }
 
 // repair sets the key again, with SET NX, on the nodes that said in a won
@@ -109,7 +334,7 @@ func (m *Mutex) watchdog(h *holding) {
 // validity confirmed by that round lasts, and never over another holder's
 // key. The calls are owned by the nodes and not waited for; one that lands
 // after Unlock released the lock undoes itself.
-func (m *Mutex) repair(out outcome, h *holding, until time.Time) {
+func (m *Mutex) repair(h *holding, until time.Time, refused func(node int) bool) {
 	c := m.client
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -118,7 +343,7 @@ func (m *Mutex) repair(out outcome, h *holding, until time.Time) {
 	}
 	timeout := m.cfg.perNodeTimeout()
 	for i, n := range c.nodes {
-		if !out.answered[i] || !out.replies[i].refused() {
+		if !refused(i) {
 			continue
 		}
 		remaining := time.Until(until)
@@ -143,9 +368,14 @@ func (m *Mutex) repair(out outcome, h *holding, until time.Time) {
 	}
 }
 
-// loseLock records that h was lost and ends its held context with cause.
+// loseLock records that h was lost and ends its held context with cause,
+// unless Unlock has already stopped watching it or it was lost before.
 func (m *Mutex) loseLock(h *holding, cause error) {
 	m.mu.Lock()
+	if h.stopped || h.lost != nil {
+		m.mu.Unlock()
+		return
+	}
 	h.lost = cause
 	m.mu.Unlock()
 	h.cancel(cause)

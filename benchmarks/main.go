@@ -56,6 +56,7 @@ func main() {
 	manyLocks := flag.Int("many", 10000, "locks held at once in the many-locks scenario")
 	onlyLib := flag.String("lib", "", "run only the library of this name")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	memProfile := flag.String("memprofile", "", "write an allocation profile of the whole run to this file")
 	flag.Parse()
 	if *onlyLib != "" {
 		libraries = slices.DeleteFunc(libraries, func(l library) bool { return l.name != *onlyLib })
@@ -68,6 +69,9 @@ func main() {
 		}
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
+	}
+	if *memProfile != "" {
+		defer writeHeapProfile(*memProfile)
 	}
 	redis.SetLogger(quiet{})
 
@@ -369,12 +373,14 @@ func manyHeld(addrs []string, servers []*server, count int, hold time.Duration) 
 	counter := newCommandCounter(servers)
 	defer counter.close()
 	commandsBefore := counter.total()
+	scriptsBefore := counter.calls("evalsha", "eval")
 	cpuBefore := cpuTime()
 	start := time.Now()
 	time.Sleep(hold)
 	elapsed := time.Since(start)
 	cpu := cpuTime() - cpuBefore
 	commands := counter.since(commandsBefore)
+	scripts := counter.calls("evalsha", "eval") - scriptsBefore
 	lost := 0
 	for _, m := range mutexes {
 		if m.Until().IsZero() {
@@ -385,8 +391,8 @@ func manyHeld(addrs []string, servers []*server, count int, hold time.Duration) 
 	return result{
 		Scenario: "many-locks", Library: "redlock", Nodes: len(addrs), Workers: count,
 		Seconds: elapsed.Seconds(), Failures: failures + int64(lost),
-		Notes: fmt.Sprintf("%d locks held %.0fs, TTL 8s: CPU %.1f%% of one core, %.0f Redis commands/s, %d lost",
-			count, elapsed.Seconds(), 100*cpu.Seconds()/elapsed.Seconds(), float64(commands)/elapsed.Seconds(), lost),
+		Notes: fmt.Sprintf("%d locks held %.0fs, TTL 8s: CPU %.1f%% of one core, %.1f script calls/s, %.0f Redis commands/s counting those scripts make, %d lost",
+			count, elapsed.Seconds(), 100*cpu.Seconds()/elapsed.Seconds(), float64(scripts)/elapsed.Seconds(), float64(commands)/elapsed.Seconds(), lost),
 	}
 }
 
@@ -410,5 +416,17 @@ func printTable(results []result) {
 			r.Scenario, r.Library, r.Nodes, r.Workers, blank(r.PerSecond, "%.0f"), blank(r.LockP50us, "%.0f"), blank(r.LockP99us, "%.0f"),
 			blank(r.UnlockP99us, "%.0f"), blank(r.WaitP99ms, "%.1f"), blank(r.AllocsPerCycle, "%.0f"), blank(r.Fairness, "%.2f"),
 			blank(r.Retake, "%.2f"), blank(r.CommandsPerCS, "%.1f"), r.Failures, r.Violations, r.Notes)
+	}
+}
+
+// writeHeapProfile writes the allocations made so far to path.
+func writeHeapProfile(path string) {
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.Lookup("allocs").WriteTo(f, 0)
+		f.Close()
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchmarks:", err)
 	}
 }

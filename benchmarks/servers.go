@@ -106,6 +106,27 @@ func (c *commandCounter) total() int64 {
 	return sum
 }
 
+// calls is the number of calls of the named commands the servers have
+// processed, not counting calls made by scripts.
+func (c *commandCounter) calls(names ...string) int64 {
+	var sum int64
+	for _, rc := range c.clients {
+		info := rc.Info(context.Background(), "commandstats").Val()
+		for line := range strings.SplitSeq(info, "\r\n") {
+			for _, name := range names {
+				stats, ok := strings.CutPrefix(line, "cmdstat_"+name+":calls=")
+				if !ok {
+					continue
+				}
+				count, _, _ := strings.Cut(stats, ",")
+				n, _ := strconv.ParseInt(count, 10, 64)
+				sum += n
+			}
+		}
+	}
+	return sum
+}
+
 // since returns the commands processed since the reading before.
 func (c *commandCounter) since(before int64) int64 {
 	return c.total() - before - int64(len(c.clients))
