@@ -50,6 +50,7 @@ func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 	seenClient := make(map[redis.UniversalClient]int)
 	seenAddr := make(map[string]int)
 	nodes := make([]*node, 0, len(clients))
+	closing := make(chan struct{})
 	for i, rc := range clients {
 		if rc == nil {
 			errs = append(errs, fmt.Errorf("redlock: client %d is nil", i))
@@ -67,7 +68,7 @@ func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 			}
 			seenAddr[addr] = i
 		}
-		n := &node{index: i, addr: strings.Join(addrs, ","), client: rc}
+		n := &node{index: i, addr: strings.Join(addrs, ","), client: rc, work: make(chan task), closing: closing}
 		n.calls.SetLimit(maxCallsPerNode)
 		n.lastAnswer.Store(int64(time.Since(epoch))) // not hung before it is tried
 		nodes = append(nodes, n)
@@ -75,7 +76,7 @@ func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	c := &Client{nodes: nodes, cfg: cfg, closing: make(chan struct{})}
+	c := &Client{nodes: nodes, cfg: cfg, closing: closing}
 	c.notifier = newNotifier(c)
 	c.watchdog = newWatchdog(c)
 	c.batchLimit = batchLimit(nodes)

@@ -6,14 +6,18 @@ import (
 
 func TestOutcomeToken(t *testing.T) {
 	out := outcome{
-		replies:  []reply{{ok: true, counter: 7}, {ok: false, counter: 99}, {ok: true, counter: 41}, {ok: true, counter: 3}},
-		answered: []bool{true, true, true, false},
+		replies: []reply{
+			{answered: true, ok: true, counter: 7},
+			{answered: true, ok: false, counter: 99},
+			{answered: true, ok: true, counter: 41},
+			{answered: false, ok: true, counter: 3},
+		},
 	}
 	// Node 1 refused and node 3 has not answered: only granting nodes count.
 	if got, want := out.token(), uint64(42); got != want {
 		t.Errorf("token() = %d; want %d", got, want)
 	}
-	if got, want := (outcome{replies: []reply{{ok: true}}, answered: []bool{true}}).token(), uint64(1); got != want {
+	if got, want := (outcome{replies: []reply{{answered: true, ok: true}}}).token(), uint64(1); got != want {
 		t.Errorf("token() with no counters = %d; want %d", got, want)
 	}
 }
@@ -89,7 +93,7 @@ func TestUnreadableCountersFailTheAcquisition(t *testing.T) {
 		m.Unlock()
 		t.Fatal("TryLockContext succeeded with the counters unreadable on 2 of 3 nodes")
 	}
-	settle(m.client)
+	settle(t, m.client.nodes)
 	if got := keysOn(mrs, "redlock:{f}"); got != 0 {
 		t.Errorf("%d nodes still hold the key of the failed acquisition; want 0", got)
 	}

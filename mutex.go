@@ -23,6 +23,7 @@ type Mutex struct {
 	key    string // prefix + "{" + name + "}": the lock's keys share a hash slot
 	cfg    config
 	err    error // bad configuration, reported by every call
+	args   mutexArgs
 
 	// local is the process-local lock: a token in it means a goroutine of
 	// this process holds or is acquiring the remote lock.
@@ -39,12 +40,12 @@ type Mutex struct {
 
 // holding is one acquisition, from the grant until Unlock.
 type holding struct {
-	value  string      // random, unique to this acquisition
-	token  uint64      // fencing token, or 0 without fencing
-	waiter string      // id under which it waited in the lock's queue, or ""
-	until  time.Time   // end of validity; moved forward by the watchdog
-	lost   error       // why the lock was lost, or nil
-	round  *roundState // the acquisition round, whose late grants Unlock undoes
+	value  string    // random, unique to this acquisition
+	token  uint64    // fencing token, or 0 without fencing
+	waiter string    // id under which it waited in the lock's queue, or ""
+	until  time.Time // end of validity; moved forward by the watchdog
+	lost   error     // why the lock was lost, or nil
+	round  *round    // the acquisition round, whose late grants Unlock undoes
 	// released is set by Unlock before it releases, so that a repair
 	// landing later undoes itself.
 	released atomic.Bool
@@ -73,10 +74,12 @@ func (c *Client) NewMutex(name string, opts ...Option) *Mutex {
 	if name == "" {
 		err = errors.Join(errors.New("redlock: mutex name is empty"), err)
 	}
+	key := cfg.keyPrefix + "{" + name + "}"
 	return &Mutex{
 		client: c,
 		name:   name,
-		key:    cfg.keyPrefix + "{" + name + "}",
+		key:    key,
+		args:   newMutexArgs(key, cfg.ttl),
 		cfg:    cfg,
 		err:    err,
 		local:  make(chan struct{}, 1),
@@ -254,13 +257,13 @@ func (m *Mutex) queueTTL() time.Duration {
 // reports whether a quorum of nodes says the lock is held, in which case a
 // release will wake a waiter and there is no point trying before then.
 func (m *Mutex) queue(ctx context.Context, waiter, mode string) bool {
-	return m.client.fanOut(ctx, m.cfg.perNodeTimeout(), enqueueCall(m.key, waiter, m.queueTTL(), mode), nil).won
+	return m.client.fanOut(ctx, m.cfg.perNodeTimeout(), m.enqueueCall(waiter, mode), nil).won
 }
 
 // leaveQueue takes a waiter that gave up out of the queue. It waits for a
 // quorum at most; the other nodes finish in the background.
 func (m *Mutex) leaveQueue(waiter string) {
-	m.client.fanOut(context.Background(), m.cfg.perNodeTimeout(), enqueueCall(m.key, waiter, m.queueTTL(), dequeue), nil)
+	m.client.fanOut(context.Background(), m.cfg.perNodeTimeout(), m.enqueueCall(waiter, dequeue), nil)
 }
 
 // handoffGrace is how long a releaser that locks again waits for the waiter
@@ -334,9 +337,9 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 	value := rand.Text() // 128 bits from crypto/rand
 	ttl := m.cfg.ttl
 	timeout := m.cfg.perNodeTimeout()
-	release := releaseCall(m.key, value, "", false)
+	release := m.releaseCall(value, "", false)
 	start := time.Now()
-	out := c.fanOut(waitCtx, timeout, c.acquireCall(m.key, value, ttl, m.cfg.restartGuard, m.cfg.fencing), release)
+	out := c.fanOut(waitCtx, timeout, m.acquireCall(value), release)
 	until := validityEnd(start, ttl, m.cfg.drift())
 	var token uint64
 	var fenceErr error
@@ -345,7 +348,7 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 		// that every later holder reads a larger counter: any two quorums
 		// share a node.
 		token = out.token()
-		fenced := c.fanOut(waitCtx, timeout, fenceCall(m.key, value, token), nil)
+		fenced := c.fanOut(waitCtx, timeout, m.fenceCall(value, token), nil)
 		if !fenced.won {
 			fenceErr = fmt.Errorf("%w: fencing token %d reached %d of %d nodes: %w", ErrNotAcquired, token, fenced.oks, len(c.nodes), fenced.errs)
 		}
@@ -372,7 +375,7 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 }
 
 // hold records a granted lock and starts its watchdog.
-func (m *Mutex) hold(ctx context.Context, value string, until time.Time, token uint64, waiter string, round *roundState) context.Context {
+func (m *Mutex) hold(ctx context.Context, value string, until time.Time, token uint64, waiter string, round *round) context.Context {
 	held, cancel := context.WithCancelCause(ctx)
 	h := &holding{
 		value:     value,
@@ -420,7 +423,7 @@ func (m *Mutex) UnlockContext(ctx context.Context) error {
 	// it undone.
 	h.round.abandon()
 	h.released.Store(true)
-	out := m.client.fanOut(ctx, m.cfg.perNodeTimeout(), releaseCall(m.key, h.value, h.waiter, true), nil)
+	out := m.client.fanOut(ctx, m.cfg.perNodeTimeout(), m.releaseCall(h.value, h.waiter, true), nil)
 	m.queued.Store(out.woke())
 	switch {
 	case lost != nil:

@@ -47,12 +47,18 @@ func newClient(t *testing.T, clients []redis.UniversalClient, opts ...Option) *C
 	return c
 }
 
-// settle waits until every call the Client has in flight has finished, such
+// settle waits until every call in flight to the nodes has finished, such
 // as releases and grants that outlived the rounds that sent them.
-func settle(c *Client) {
-	for _, n := range c.nodes {
-		n.calls.Wait()
-	}
+func settle(t *testing.T, nodes []*node) {
+	t.Helper()
+	waitFor(t, "calls in flight to finish", func() bool {
+		for _, n := range nodes {
+			if n.inFlight.Load() != 0 {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 // keysOn counts the servers that have key.
@@ -570,7 +576,7 @@ func TestFailedAttemptReleasesItsGrants(t *testing.T) {
 	if _, err := c.NewMutex("split").TryLockContext(t.Context()); !errors.Is(err, ErrNotAcquired) {
 		t.Fatalf("TryLockContext = %v; want ErrNotAcquired", err)
 	}
-	c.nodes[0].calls.Wait() // the release runs in the background
+	settle(t, c.nodes[:1]) // the release runs in the background
 	if mrs[0].Exists("redlock:{split}") {
 		t.Error("node 0 still holds the key of a failed attempt")
 	}
@@ -678,7 +684,7 @@ func TestWaiterThatGivesUpLeavesTheQueue(t *testing.T) {
 	if _, err := m.LockContext(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("LockContext = %v; want DeadlineExceeded", err)
 	}
-	settle(m.client)
+	settle(t, m.client.nodes)
 	for i, mr := range mrs {
 		if q := queueOf(mr, "q"); len(q) != 0 {
 			t.Errorf("server %d queue = %v after the waiter gave up; want empty", i, q)
@@ -713,7 +719,7 @@ func TestWatchdogRepairsANodeThatLostTheKey(t *testing.T) {
 		t.Errorf("held ended: %v", context.Cause(held))
 	}
 	m.Unlock()
-	settle(m.client)
+	settle(t, m.client.nodes)
 	if mrs[0].Exists("redlock:{repair}") {
 		t.Error("node 0 still has the key after Unlock")
 	}

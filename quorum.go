@@ -46,25 +46,74 @@ type node struct {
 	// lastAnswer is when a call to the node last ended other than by timing
 	// out (an answer, or a refused connection), in nanoseconds since epoch.
 	lastAnswer atomic.Int64
+	// work hands calls to the node's idle workers.
+	work chan task
+	// closing is the Client's: workers exit when it is closed.
+	closing <-chan struct{}
 }
 
-// start runs f in a goroutine owned by the node, unless the node has too many
-// calls in flight: maxCallsToHungNode if it has not answered within timeout,
-// maxCallsPerNode at any time. It reports whether f was started.
+// A task is one call to a node: a fan-out round's call, or any other.
+type task struct {
+	round *round
+	f     func()
+}
+
+// workerIdle is how long a node's worker goroutine waits for another call
+// before it exits.
+const workerIdle = 5 * time.Second
+
+// start runs f on a goroutine owned by the node, unless the node has too
+// many calls in flight: maxCallsToHungNode if it has not answered within
+// timeout, maxCallsPerNode at any time. It reports whether f was started.
 func (n *node) start(timeout time.Duration, f func()) bool {
+	return n.submit(timeout, task{f: f})
+}
+
+// submit hands t to an idle worker of the node, or starts a new one, unless
+// the node has too many calls in flight (see start). Workers outlive their
+// calls, so a call usually costs no new goroutine, and its stack has
+// already grown.
+func (n *node) submit(timeout time.Duration, t task) bool {
 	if n.inFlight.Add(1) > maxCallsToHungNode && time.Since(epoch)-time.Duration(n.lastAnswer.Load()) > timeout {
 		n.inFlight.Add(-1)
 		return false
 	}
+	select {
+	case n.work <- t:
+		return true
+	default:
+	}
 	started := n.calls.TryGo(func() error {
-		defer n.inFlight.Add(-1)
-		f()
+		n.worker(t)
 		return nil
 	})
 	if !started {
 		n.inFlight.Add(-1)
 	}
 	return started
+}
+
+// worker runs t, then the calls handed to it, until it has been idle for
+// workerIdle or the Client closes.
+func (n *node) worker(t task) {
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		if t.round != nil {
+			t.round.call(n)
+		} else {
+			t.f()
+		}
+		n.inFlight.Add(-1)
+		idle.Reset(workerIdle)
+		select {
+		case t = <-n.work:
+		case <-idle.C:
+			return
+		case <-n.closing:
+			return
+		}
+	}
 }
 
 // answered records how a call to the node ended: hung if it timed out.
@@ -82,10 +131,11 @@ func (n *node) errorf(err error) error {
 
 // reply is one node's answer in a round.
 type reply struct {
-	ok      bool   // the node did what was asked
-	err     error  // the call failed, or its answer does not count; ok is false
-	counter uint64 // acquisition: the node's fencing counter
-	woke    bool   // release: the node woke a queued waiter
+	ok       bool   // the node did what was asked
+	err      error  // the call failed, or its answer does not count; ok is false
+	answered bool   // the node answered, or its call could not be made
+	counter  uint64 // acquisition: the node's fencing counter
+	woke     bool   // release: the node woke a queued waiter
 	// extension: extended[j] says whether the node extended the round's
 	// j-th lock; meaningful where ok.
 	extended []bool
@@ -102,21 +152,10 @@ type nodeCall func(ctx context.Context, n *node) reply
 type outcome struct {
 	won      bool
 	oks      int     // nodes that did what was asked
-	replies  []reply // replies[i] is meaningful where answered[i]
-	answered []bool
-	refusals int   // nodes that answered no
-	errs     error // joined *NodeError of nodes that failed or did not answer
-	round    *roundState
-}
-
-// roundState is shared between a round and its node goroutines, which may
-// outlive it.
-type roundState struct {
-	mu        sync.Mutex
-	replies   []reply
-	answered  []bool
-	abandoned bool // the round was lost, or its lock released: undo late grants
-	notify    chan int
+	replies  []reply // replies[i] is meaningful where answered
+	refusals int     // nodes that answered no
+	errs     error   // joined *NodeError of nodes that failed or did not answer
+	round    *round
 }
 
 // quorum is the number of nodes that make a majority of n.
@@ -145,49 +184,97 @@ func timedOut(err error) bool {
 // round is lost, undo (if not nil) runs for every late reply, so that a grant
 // that arrives after the decision is released.
 func (c *Client) fanOut(ctx context.Context, timeout time.Duration, call nodeCall, undo nodeCall) outcome {
-	r := c.launch(ctx, timeout, call, undo)
-	oks, fails := 0, 0
-	return r.wait(ctx, func(_ int, rep reply, pendingHung int) bool {
-		if rep.ok {
-			oks++
-		} else {
-			fails++
-		}
-		return decided(oks, fails, pendingHung, len(c.nodes))
-	})
+	return c.launch(ctx, timeout, call, undo).wait(ctx, nil)
 }
 
-// round is a fan-out in progress.
+// round is a fan-out in progress, shared by the wait and the node calls,
+// which may outlive it. It is also the context of its node calls: it carries
+// the caller's values but not its cancellation, since the calls outlive the
+// wait, and it ends at the round's deadline.
 type round struct {
-	state       *roundState
+	mu        sync.Mutex
+	replies   []reply
+	abandoned bool // the round was lost, or its lock released: undo late grants
+	notify    chan int
+
 	nodes       []*node
 	timeout     time.Duration
 	hungAtStart []bool // nodes that had not answered in time in an earlier round
 	pendingHung int    // of those, the ones not heard from yet
+	nodeCall    nodeCall
+	undo        nodeCall
+
+	parent   context.Context
+	deadline time.Time
+	expired  chan struct{} // closed at the deadline
+	expiry   *time.Timer
+	running  atomic.Int32 // node calls not finished; the last stops expiry
+}
+
+func (r *round) Deadline() (time.Time, bool) { return r.deadline, true }
+func (r *round) Done() <-chan struct{}       { return r.expired }
+func (r *round) Value(key any) any           { return r.parent.Value(key) }
+func (r *round) Err() error {
+	select {
+	case <-r.expired:
+		return context.DeadlineExceeded
+	default:
+		return nil
+	}
+}
+
+func (r *round) expire() { close(r.expired) }
+
+// finished records that a node call ended and its reply was delivered;
+// after the last, the deadline timer has nothing left to end: the wait gets
+// every reply.
+func (r *round) finished() {
+	if r.running.Add(-1) == 0 {
+		r.expiry.Stop()
+	}
+}
+
+// call runs the round's call on n and records the reply.
+func (r *round) call(n *node) {
+	rep := r.nodeCall(r, n)
+	n.answered(rep.err)
+	abandoned := r.record(n.index, rep)
+	r.finished()
+	if abandoned && r.undo != nil {
+		undoCtx, cancel := context.WithTimeout(context.WithoutCancel(r.parent), r.timeout)
+		r.undo(undoCtx, n)
+		cancel()
+	}
+}
+
+// record stores node i's reply, passes it to the wait, and reports whether
+// the round has been abandoned.
+func (r *round) record(i int, rep reply) (abandoned bool) {
+	rep.answered = true
+	r.mu.Lock()
+	r.replies[i] = rep
+	abandoned = r.abandoned
+	r.mu.Unlock()
+	r.notify <- i
+	return abandoned
 }
 
 // launch starts call on every node, each bounded by timeout. The calls are
 // owned by their nodes and may outlive the round.
 func (c *Client) launch(ctx context.Context, timeout time.Duration, call nodeCall, undo nodeCall) *round {
-	state := &roundState{
-		replies:  make([]reply, len(c.nodes)),
-		answered: make([]bool, len(c.nodes)),
-		notify:   make(chan int, len(c.nodes)),
+	r := &round{
+		replies: make([]reply, len(c.nodes)),
+		notify:  make(chan int, len(c.nodes)),
+		nodes:   c.nodes, timeout: timeout, nodeCall: call, undo: undo,
+		parent: ctx, deadline: time.Now().Add(timeout), expired: make(chan struct{}),
 	}
-	r := &round{state: state, nodes: c.nodes, timeout: timeout, hungAtStart: make([]bool, len(c.nodes))}
-	// One deadline bounds every call of the round. The calls outlive the
-	// wait, so the round's context is not the caller's; the last call to
-	// finish releases its timer.
-	callCtx, cancelCalls := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-	var running atomic.Int32
-	running.Store(int32(len(c.nodes)))
-	finished := func() {
-		if running.Add(-1) == 0 {
-			cancelCalls()
-		}
-	}
+	r.running.Store(int32(len(c.nodes)))
+	r.expiry = time.AfterFunc(timeout, r.expire)
 	for i, n := range c.nodes {
 		if n.hung.Load() {
+			if r.hungAtStart == nil {
+				r.hungAtStart = make([]bool, len(c.nodes))
+			}
 			r.hungAtStart[i] = true
 			r.pendingHung++
 		}
@@ -195,34 +282,15 @@ func (c *Client) launch(ctx context.Context, timeout time.Duration, call nodeCal
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	for _, n := range c.nodes {
-		started := !c.closed && n.start(timeout, func() {
-			rep := call(callCtx, n)
-			finished()
-			n.answered(rep.err)
-			state.mu.Lock()
-			state.replies[n.index] = rep
-			state.answered[n.index] = true
-			abandoned := state.abandoned
-			state.mu.Unlock()
-			state.notify <- n.index
-			if abandoned && undo != nil {
-				undoCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-				undo(undoCtx, n)
-				cancel()
-			}
-		})
-		if !started {
-			finished()
-			err := errTooBusy
-			if c.closed {
-				err = ErrClosed
-			}
-			state.mu.Lock()
-			state.replies[n.index] = reply{err: err}
-			state.answered[n.index] = true
-			state.mu.Unlock()
-			state.notify <- n.index
+		if !c.closed && n.submit(timeout, task{round: r}) {
+			continue
 		}
+		err := errTooBusy
+		if c.closed {
+			err = ErrClosed
+		}
+		r.record(n.index, reply{err: err})
+		r.finished()
 	}
 	return r
 }
@@ -230,29 +298,40 @@ func (c *Client) launch(ctx context.Context, timeout time.Duration, call nodeCal
 // wait collects the nodes' replies until done says the round is decided, the
 // timeout passes, or ctx is done, and returns what the round learned. done is
 // called with each reply as it comes, and the number of nodes hung at the
-// start that have still not answered.
+// start that have still not answered. If done is nil, the round is decided
+// when a quorum of nodes did what was asked, or can no longer do so.
 func (r *round) wait(ctx context.Context, done func(i int, rep reply, pendingHung int) bool) outcome {
-	state := r.state
-	timer := time.NewTimer(r.timeout)
-	defer timer.Stop()
+	oks, fails := 0, 0
 	var ctxErr error
 	timedOut := false
 	decidedYet := decided(0, 0, r.pendingHung, len(r.nodes))
 wait:
 	for !decidedYet {
 		select {
-		case i := <-state.notify:
-			state.mu.Lock()
-			rep := state.replies[i]
-			state.mu.Unlock()
-			if r.hungAtStart[i] {
+		case i := <-r.notify:
+			r.mu.Lock()
+			rep := r.replies[i]
+			r.mu.Unlock()
+			if r.hungAtStart != nil && r.hungAtStart[i] {
 				r.pendingHung--
 			}
-			decidedYet = done(i, rep, r.pendingHung)
-		case <-timer.C:
+			if done != nil {
+				decidedYet = done(i, rep, r.pendingHung)
+				break
+			}
+			if rep.ok {
+				oks++
+			} else {
+				fails++
+			}
+			decidedYet = decided(oks, fails, r.pendingHung, len(r.nodes))
+		case <-r.expired:
+			if len(r.notify) > 0 {
+				continue // every node answered; count the replies
+			}
 			timedOut = true
 			for i, n := range r.nodes {
-				if !state.isAnswered(i) {
+				if !r.isAnswered(i) {
 					n.hung.Store(true)
 				}
 			}
@@ -262,69 +341,65 @@ wait:
 			break wait
 		}
 	}
-	return state.settle(ctxErr, timedOut, r.hungAtStart, r.timeout, r.nodes)
+	return r.settle(ctxErr, timedOut)
 }
 
-func (s *roundState) isAnswered(i int) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.answered[i]
+func (r *round) isAnswered(i int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.replies[i].answered
 }
 
 // settle takes a snapshot of the round and marks it abandoned if it was lost,
 // so that nodes answering later undo what they did. ctxErr is the error of the
-// caller's context if it ended the wait; timedOut, whether the timeout did;
-// hung, which nodes the round did not wait for.
-func (s *roundState) settle(ctxErr error, timedOut bool, hung []bool, timeout time.Duration, nodes []*node) outcome {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := outcome{
-		replies:  append([]reply(nil), s.replies...),
-		answered: append([]bool(nil), s.answered...),
-		round:    s,
-	}
+// caller's context if it ended the wait; timedOut, whether the timeout did.
+func (r *round) settle(ctxErr error, timedOut bool) outcome {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	nodes, timeout := r.nodes, r.timeout
+	out := outcome{replies: append([]reply(nil), r.replies...), round: r}
 	var errs []error
-	for i, r := range out.replies {
+	for i, rep := range out.replies {
 		switch {
-		case !out.answered[i]:
+		case !rep.answered:
 			// A node that had not answered when the round was decided
 			// early is pending, not failed.
 			if ctxErr != nil {
 				errs = append(errs, nodes[i].errorf(fmt.Errorf("no answer before the wait ended: %w", ctxErr)))
 			} else if timedOut {
 				errs = append(errs, nodes[i].errorf(fmt.Errorf("no answer within %v: %w", timeout, context.DeadlineExceeded)))
-			} else if hung[i] {
+			} else if r.hungAtStart != nil && r.hungAtStart[i] {
 				errs = append(errs, nodes[i].errorf(fmt.Errorf("not waited for: no answer within %v in an earlier round: %w", timeout, context.DeadlineExceeded)))
 			}
-		case r.ok:
+		case rep.ok:
 			out.oks++
-		case r.err != nil:
-			errs = append(errs, nodes[i].errorf(r.err))
+		case rep.err != nil:
+			errs = append(errs, nodes[i].errorf(rep.err))
 		default:
 			out.refusals++
 		}
 	}
 	out.won = ctxErr == nil && out.oks >= quorum(len(nodes))
 	out.errs = errors.Join(errs...)
-	s.abandoned = !out.won
+	r.abandoned = !out.won
 	return out
 }
 
 // abandon marks a won round as undone: nodes that answer from now on run the
 // round's undo call. Unlock calls it so that a grant still in flight when
 // the lock is released cannot land after the release and linger for a TTL.
-func (s *roundState) abandon() {
-	s.mu.Lock()
-	s.abandoned = true
-	s.mu.Unlock()
+func (r *round) abandon() {
+	r.mu.Lock()
+	r.abandoned = true
+	r.mu.Unlock()
 }
 
 // token is the fencing token a won acquisition round earns: one more than
 // the largest counter among the nodes that granted it.
 func (o outcome) token() uint64 {
 	var largest uint64
-	for i, r := range o.replies {
-		if o.answered[i] && r.ok {
+	for _, r := range o.replies {
+		if r.answered && r.ok {
 			largest = max(largest, r.counter)
 		}
 	}
@@ -333,8 +408,8 @@ func (o outcome) token() uint64 {
 
 // woke reports whether any node woke a queued waiter.
 func (o outcome) woke() bool {
-	for i, r := range o.replies {
-		if o.answered[i] && r.woke {
+	for _, r := range o.replies {
+		if r.answered && r.woke {
 			return true
 		}
 	}
@@ -344,8 +419,8 @@ func (o outcome) woke() bool {
 // permanentFailures counts the nodes whose error retrying cannot fix.
 func (o outcome) permanentFailures() int {
 	count := 0
-	for i, r := range o.replies {
-		if o.answered[i] && r.err != nil && permanent(r.err) {
+	for _, r := range o.replies {
+		if r.answered && r.err != nil && permanent(r.err) {
 			count++
 		}
 	}
@@ -365,11 +440,12 @@ func validityEnd(start time.Time, ttl, drift time.Duration) time.Time {
 // acquireCall asks a node for the lock. With fencing it also reads the node's
 // counter; with a restart guard, a node up for less than guard does not vote:
 // its grant comes back as an error (and is released if the round fails).
-func (c *Client) acquireCall(key, value string, ttl, guard time.Duration, fencing bool) nodeCall {
+func (m *Mutex) acquireCall(value string) nodeCall {
+	c, guard, fencing := m.client, m.cfg.restartGuard, m.cfg.fencing
 	if !fencing && guard == 0 {
 		// A plain command: no script to parse and run on the server. Its
 		// arguments are shared by the node calls, which only read them.
-		args := []any{"set", key, value, "px", ttl.Milliseconds(), "nx"}
+		args := []any{"set", m.args.key, value, "px", m.args.ttlMillis, "nx"}
 		return func(ctx context.Context, n *node) reply {
 			cmd := redis.NewStatusCmd(ctx, args...)
 			err := n.client.Process(ctx, cmd)
@@ -379,7 +455,7 @@ func (c *Client) acquireCall(key, value string, ttl, guard time.Duration, fencin
 			return reply{ok: err == nil, err: err}
 		}
 	}
-	acquire := acquireScript.prepare([]string{key, key + fenceSuffix}, value, ttl.Milliseconds(), flag(fencing), flag(guard > 0))
+	acquire := acquireScript.prepare(m.args.keyAndFence, value, m.args.ttlMillis, flag(fencing), flag(guard > 0))
 	return func(ctx context.Context, n *node) reply {
 		res, err := acquire.run(ctx, n).Slice()
 		if err != nil {
@@ -409,6 +485,24 @@ func (c *Client) acquireCall(key, value string, ttl, guard time.Duration, fencin
 	}
 }
 
+// mutexArgs are a Mutex's keys and TTL as command arguments, made once so
+// that each call does not convert them again.
+type mutexArgs struct {
+	key         any   // the lock's key
+	keyAndFence []any // the lock's key and its fencing counter
+	keyAndQueue []any // the lock's key and its queue of waiters
+	ttlMillis   any   // the TTL in milliseconds
+}
+
+func newMutexArgs(key string, ttl time.Duration) mutexArgs {
+	return mutexArgs{
+		key:         key,
+		keyAndFence: []any{key, key + fenceSuffix},
+		keyAndQueue: []any{key, key + queueSuffix},
+		ttlMillis:   ttl.Milliseconds(),
+	}
+}
+
 // fenceSuffix names a lock's fencing counter after its key, in the same hash
 // slot.
 const fenceSuffix = ":fence"
@@ -433,8 +527,8 @@ func (c *Client) noticeRestart(n *node, runID string, uptime int64) {
 }
 
 // fenceCall records token on a node while value still holds the lock there.
-func fenceCall(key, value string, token uint64) nodeCall {
-	fence := fenceScript.prepare([]string{key, key + fenceSuffix}, value, token)
+func (m *Mutex) fenceCall(value string, token uint64) nodeCall {
+	fence := fenceScript.prepare(m.args.keyAndFence, value, token)
 	return func(ctx context.Context, n *node) reply {
 		res, err := fence.run(ctx, n).Int64()
 		return reply{ok: err == nil && res == 1, err: err}
@@ -445,12 +539,12 @@ func fenceCall(key, value string, token uint64) nodeCall {
 // takes the holder's own waiter id (if any) out of the lock's queue and wakes
 // the next waiter, by publishing its id on the lock's channel, which is named
 // like its key.
-func releaseCall(key, value, waiter string, wake bool) nodeCall {
+func (m *Mutex) releaseCall(value, waiter string, wake bool) nodeCall {
 	channel := ""
 	if wake {
-		channel = key
+		channel = m.key
 	}
-	release := releaseScript.prepare([]string{key, key + queueSuffix}, value, channel, waiter)
+	release := releaseScript.prepare(m.args.keyAndQueue, value, channel, waiter)
 	return func(ctx context.Context, n *node) reply {
 		res, err := release.run(ctx, n).Int64()
 		return reply{ok: err == nil && res >= 1, woke: err == nil && res == 2, err: err}
@@ -470,8 +564,9 @@ const (
 
 // enqueueCall puts waiter in the lock's queue on a node, or takes it out. The
 // reply is ok if the lock is held on the node.
-func enqueueCall(key, waiter string, queueTTL time.Duration, mode string) nodeCall {
-	enqueue := enqueueScript.prepare([]string{key + queueSuffix, key, key + queueSuffix + ":left:" + waiter}, waiter, queueTTL.Milliseconds(), mode)
+func (m *Mutex) enqueueCall(waiter, mode string) nodeCall {
+	key := m.key
+	enqueue := enqueueScript.prepare([]any{key + queueSuffix, key, key + queueSuffix + ":left:" + waiter}, waiter, m.queueTTL().Milliseconds(), mode)
 	return func(ctx context.Context, n *node) reply {
 		held, err := enqueue.run(ctx, n).Int64()
 		return reply{ok: err == nil && held == 1, err: err}
@@ -489,7 +584,7 @@ func (c *Client) releaseLate(out outcome, release nodeCall, timeout time.Duratio
 		return
 	}
 	for i, n := range c.nodes {
-		if !out.answered[i] || out.replies[i].refused() {
+		if !out.replies[i].answered || out.replies[i].refused() {
 			continue
 		}
 		// A node too busy to take the call is hung; its key expires.

@@ -355,7 +355,7 @@ func TestLateGrantIsUndoneByUnlock(t *testing.T) {
 	if err := m.UnlockContext(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	c.nodes[2].calls.Wait() // the late SET, and whatever follows it, are done
+	settle(t, c.nodes[2:3]) // the late SET, and whatever follows it, are done
 	if mrs[2].Exists("redlock:{late}") {
 		t.Error("the slow node still has the key after Unlock; its late grant was not undone")
 	}
@@ -389,9 +389,7 @@ func TestRoundsDoNotWaitForHungNodes(t *testing.T) {
 	}
 	// The failed attempts' grants on nodes 1 and 2 are released in the
 	// background; let that finish, and free node 0.
-	for _, n := range c.nodes[:3] { // not the hung ones: their calls take 30s
-		n.calls.Wait()
-	}
+	settle(t, c.nodes[:3]) // not the hung ones: their calls take 30s
 	mrs[0].Del("redlock:{h}")
 	if _, err := m.TryLockContext(t.Context()); err != nil {
 		t.Errorf("TryLockContext with nodes 0-2 free and 3-4 hung = %v; want success", err)

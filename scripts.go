@@ -48,12 +48,10 @@ type prepared struct {
 	args   []any
 }
 
-func (s *script) prepare(keys []string, argv ...any) prepared {
+func (s *script) prepare(keys []any, argv ...any) prepared {
 	args := make([]any, 0, 3+len(keys)+len(argv))
 	args = append(args, "evalsha", s.hash, len(keys))
-	for _, k := range keys {
-		args = append(args, k)
-	}
+	args = append(args, keys...)
 	return prepared{script: s, args: append(args, argv...)}
 }
 
@@ -61,7 +59,7 @@ func (s *script) prepare(keys []string, argv ...any) prepared {
 func (p prepared) run(ctx context.Context, n *node) *redis.Cmd {
 	cmd := redis.NewCmd(ctx, p.args...)
 	_ = n.client.Process(ctx, cmd)
-	if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
+	if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		args := slices.Clone(p.args)
 		args[0], args[1] = "eval", p.script.source
 		cmd = redis.NewCmd(ctx, args...)

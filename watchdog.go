@@ -60,9 +60,14 @@ func (w *watchdog) watch(h *holding) {
 		return
 	}
 	h.guard = m.cfg.drift() / 2
-	m.mu.Lock()
-	h.expiry = time.AfterFunc(time.Until(h.until)-h.guard, func() { w.expire(h) })
-	m.mu.Unlock()
+	interval := m.cfg.extendInterval()
+	first := time.Now().Add(interval)
+	// The expiry timer is needed once the lock is extended, or before,
+	// if its validity may end before the first extension. Most locks are
+	// released sooner, and never need one.
+	if h.until.Add(-h.guard).Before(first.Add(interval / 4)) {
+		w.arm(h)
+	}
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -71,7 +76,17 @@ func (w *watchdog) watch(h *holding) {
 		w.running = true
 		c.watchdogs.Go(w.run)
 	}
-	w.schedule(h, time.Now().Add(m.cfg.extendInterval()))
+	w.schedule(h, first)
+}
+
+// arm starts h's expiry timer, unless it is running or h is no longer held.
+func (w *watchdog) arm(h *holding) {
+	m := h.mutex
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if h.expiry == nil && !h.stopped && h.lost == nil {
+		h.expiry = time.AfterFunc(time.Until(h.until)-h.guard, func() { w.expire(h) })
+	}
 }
 
 // schedule queues h for extension at t, if it is still watched. The caller
@@ -157,6 +172,7 @@ func (w *watchdog) takeDue(now time.Time) (batch []*holding, next time.Time) {
 			return batch, h.extendAt
 		}
 		heap.Pop(&w.due)
+		w.arm(h)
 		batch = append(batch, h)
 	}
 	return batch, now.Add(time.Hour)
@@ -181,13 +197,13 @@ func (w *watchdog) close() {
 // each lock's quorum says.
 func (w *watchdog) extend(batch []*holding) {
 	c := w.c
-	keys := make([]string, len(batch))
+	keys := make([]any, len(batch))
 	argv := make([]any, 0, 2*len(batch))
 	timeout := time.Duration(0)
 	for i, h := range batch {
 		m := h.mutex
-		keys[i] = m.key
-		argv = append(argv, h.value, m.cfg.ttl.Milliseconds())
+		keys[i] = m.args.key
+		argv = append(argv, h.value, m.args.ttlMillis)
 		timeout = max(timeout, m.cfg.perNodeTimeout())
 	}
 	timeout += time.Duration(len(batch)-1) * batchKeyTime
@@ -222,9 +238,9 @@ func (w *watchdog) extend(batch []*holding) {
 	for j, h := range batch {
 		m := h.mutex
 		extended, refused := 0, 0
-		for i, rep := range out.replies {
+		for _, rep := range out.replies {
 			switch {
-			case !out.answered[i] || !rep.ok:
+			case !rep.answered || !rep.ok:
 			case rep.extended[j]:
 				extended++
 			default:
@@ -236,7 +252,7 @@ func (w *watchdog) extend(batch []*holding) {
 		case extended >= quorum(len(c.nodes)):
 			until := w.extended(h, validityEnd(start, m.cfg.ttl, m.cfg.drift()))
 			if refused > 0 {
-				m.repair(h, until, func(i int) bool { return out.answered[i] && out.replies[i].ok && !out.replies[i].extended[j] })
+				m.repair(h, until, func(i int) bool { return out.replies[i].answered && out.replies[i].ok && !out.replies[i].extended[j] })
 			}
 			w.reschedule(h, start.Add(interval))
 		case refused >= quorum(len(c.nodes)):
@@ -360,7 +376,7 @@ func (m *Mutex) repair(h *holding, until time.Time, refused func(node int) bool)
 				return
 			}
 			if h.released.Load() {
-				releaseCall(m.key, h.value, "", false)(ctx, n)
+				m.releaseCall(h.value, "", false)(ctx, n)
 				return
 			}
 			m.cfg.logger.Info("redlock: lock repaired on a node that had lost it", "lock", m.name, "node", n.index, "addr", n.addr)
