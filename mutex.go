@@ -200,6 +200,7 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 		// moment, then try.
 		wake = m.client.notifier.watch(m.key)
 		waiter = rand.Text()
+		wake.ready(waitCtx, m.cfg.perNodeTimeout())
 		delay := handoffGrace
 		if m.queue(waitCtx, waiter, enqueueLast) {
 			delay = m.retryDelay()
@@ -232,6 +233,7 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 		if wake == nil {
 			wake = m.client.notifier.watch(m.key)
 			waiter = rand.Text()
+			wake.ready(waitCtx, m.cfg.perNodeTimeout())
 		} else if woken {
 			mode = enqueueFirst
 		}

@@ -749,6 +749,39 @@ func TestReleaserQueuesBehindTheWaiterItWoke(t *testing.T) {
 	}
 }
 
+func TestWaiterHearsAReleaseRightAfterQueueing(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	// Nobody polls within the test: only a wake-up ends a wait.
+	opts := []Option{WithRetryDelay(time.Minute), WithRetryJitter(0)}
+	firsts := newClient(t, clients, opts...)
+	seconds := newClient(t, clients, opts...)
+	// A new lock each time, so that each wait subscribes afresh.
+	for i := range 30 {
+		name := fmt.Sprintf("fresh-%d", i)
+		first, second := firsts.NewMutex(name), seconds.NewMutex(name)
+		first.Lock()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			second.Lock() // woken by first's release
+			second.Unlock()
+		}()
+		waitFor(t, "the second to queue", func() bool { return len(queueOf(mrs[0], name)) == 1 })
+		first.Unlock()
+		// Locking again at once, first queues behind second, whose
+		// release follows within a few round trips: first must already
+		// be able to hear it.
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		_, err := first.LockContext(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("lock %d: a release went unheard: %v", i, err)
+		}
+		first.Unlock()
+		<-done
+	}
+}
+
 func TestSubscriptionOutlivesTheWait(t *testing.T) {
 	mrs, clients := servers(t, 3)
 	holder := newClient(t, clients).NewMutex("linger")

@@ -2,6 +2,7 @@ package redlock
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -23,6 +24,10 @@ type notifier struct {
 	watchers map[string]map[*watch]struct{} // by channel
 	subs     []*nodeSubscription            // nil until the first watch
 	running  sync.WaitGroup
+	// confirmed says, by channel, which nodes have confirmed the
+	// subscription; changed is closed and replaced when it changes.
+	confirmed map[string][]bool
+	changed   chan struct{}
 }
 
 // watch is one waiter's registration. C receives the ids of the waiters that
@@ -35,12 +40,18 @@ type watch struct {
 
 // nodeSubscription is the subscription to one node, run by one goroutine.
 type nodeSubscription struct {
+	index  int // of the node
 	pubsub *redis.PubSub
 	kick   chan struct{} // the wanted channels changed
 }
 
 func newNotifier(c *Client) *notifier {
-	return &notifier{client: c, watchers: make(map[string]map[*watch]struct{})}
+	return &notifier{
+		client:    c,
+		watchers:  make(map[string]map[*watch]struct{}),
+		confirmed: make(map[string][]bool),
+		changed:   make(chan struct{}),
+	}
 }
 
 // watch registers a waiter on channel. The caller must call stop.
@@ -85,7 +96,7 @@ func (w *watch) stop() {
 // start makes one subscription per node. n.mu and client.mu (read) are held.
 func (n *notifier) start() {
 	for _, nd := range n.client.nodes {
-		sub := &nodeSubscription{pubsub: nd.client.Subscribe(context.Background()), kick: make(chan struct{}, 1)}
+		sub := &nodeSubscription{index: nd.index, pubsub: nd.client.Subscribe(context.Background()), kick: make(chan struct{}, 1)}
 		n.subs = append(n.subs, sub)
 		n.running.Go(func() { n.run(sub) })
 	}
@@ -104,7 +115,7 @@ func (n *notifier) kickAll() {
 // forwards its messages, until the Client closes.
 func (n *notifier) run(sub *nodeSubscription) {
 	defer sub.pubsub.Close()
-	messages := sub.pubsub.Channel()
+	messages := sub.pubsub.ChannelWithSubscriptions()
 	// subscribed maps each channel subscribed to the time it lost its last
 	// waiter, or to the zero time while it has waiters.
 	subscribed := make(map[string]time.Time)
@@ -123,7 +134,12 @@ func (n *notifier) run(sub *nodeSubscription) {
 			if !ok {
 				return
 			}
-			n.wake(msg.Channel, msg.Payload)
+			switch msg := msg.(type) {
+			case *redis.Message:
+				n.wake(msg.Channel, msg.Payload)
+			case *redis.Subscription:
+				n.confirm(sub.index, msg.Channel, msg.Kind == "subscribe")
+			}
 		}
 	}
 }
@@ -167,6 +183,61 @@ func (n *notifier) reconcile(pubsub *redis.PubSub, subscribed map[string]time.Ti
 	}
 	if len(remove) > 0 {
 		_ = pubsub.Unsubscribe(ctx, remove...)
+	}
+}
+
+// confirm records that a node confirmed a subscription, or its end.
+func (n *notifier) confirm(node int, channel string, subscribed bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	nodes := n.confirmed[channel]
+	if nodes == nil {
+		nodes = make([]bool, len(n.client.nodes))
+		n.confirmed[channel] = nodes
+	}
+	nodes[node] = subscribed
+	if !slices.Contains(nodes, true) {
+		delete(n.confirmed, channel)
+	}
+	close(n.changed)
+	n.changed = make(chan struct{})
+}
+
+// ready waits until a quorum of nodes has confirmed the subscription to the
+// waiter's channel, so that a release after that, which publishes on a
+// quorum, reaches the waiter: a waiter must not join the queue before it can
+// hear its turn. It gives up after timeout, when ctx ends, or when the
+// Client closes; the waiter's timer then covers a wake-up it misses.
+func (w *watch) ready(ctx context.Context, timeout time.Duration) {
+	n := w.n
+	var expired <-chan time.Time
+	for {
+		n.mu.Lock()
+		count := 0
+		for _, ok := range n.confirmed[w.channel] {
+			if ok {
+				count++
+			}
+		}
+		changed := n.changed
+		n.mu.Unlock()
+		if count >= quorum(len(n.client.nodes)) {
+			return
+		}
+		if expired == nil {
+			timer := time.NewTimer(timeout)
+			defer timer.Stop()
+			expired = timer.C
+		}
+		select {
+		case <-changed:
+		case <-expired:
+			return
+		case <-ctx.Done():
+			return
+		case <-n.client.closing:
+			return
+		}
 	}
 }
 
