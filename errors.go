@@ -33,6 +33,10 @@ var (
 	// errTooBusy is reported for a node that already has the maximum number
 	// of calls in flight, as happens while it hangs.
 	errTooBusy = errors.New("too many calls in flight to this node")
+
+	// errReleaseOnAnswer is reported by Unlock for a node whose grant had
+	// not been heard of yet: it is released once the node answers.
+	errReleaseOnAnswer = errors.New("released once its grant, still in flight, is answered")
 )
 
 // NodeError is the error of one node in a round of calls.

@@ -339,7 +339,9 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 	value := rand.Text() // 128 bits from crypto/rand
 	ttl := m.cfg.ttl
 	timeout := m.cfg.perNodeTimeout()
-	release := m.releaseCall(value, "", false)
+	// What undoes this attempt's grants, made only if it is needed: most
+	// attempts either win or meet a refusal, which needs no undoing.
+	release := func(ctx context.Context, n *node) reply { return m.releaseCall(value, "", false)(ctx, n) }
 	start := time.Now()
 	out := c.fanOut(waitCtx, timeout, m.acquireCall(value), release)
 	until := validityEnd(start, ttl, m.cfg.drift())
@@ -421,11 +423,16 @@ func (m *Mutex) UnlockContext(ctx context.Context) error {
 	m.client.watchdog.forget(h)
 	h.cancel(nil) // no-op if the lock was lost: that cause stays
 
-	// A grant or repair still in flight would land after the release: have
-	// it undone.
-	h.round.abandon()
+	// A grant still in flight would land after a release sent now: the
+	// acquisition round releases those nodes itself once they answer. A
+	// repair in flight undoes itself once it sees released.
+	release := m.releaseCall(h.value, h.waiter, true)
+	var skip *skipped
+	if pending := h.round.handOver(release); pending != nil {
+		skip = &skipped{nodes: pending, why: errReleaseOnAnswer}
+	}
 	h.released.Store(true)
-	out := m.client.fanOut(ctx, m.cfg.perNodeTimeout(), m.releaseCall(h.value, h.waiter, true), nil)
+	out := m.client.launch(ctx, m.cfg.perNodeTimeout(), release, nil, skip).wait(ctx, nil)
 	m.queued.Store(out.woke())
 	switch {
 	case lost != nil:

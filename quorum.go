@@ -184,7 +184,13 @@ func timedOut(err error) bool {
 // round is lost, undo (if not nil) runs for every late reply, so that a grant
 // that arrives after the decision is released.
 func (c *Client) fanOut(ctx context.Context, timeout time.Duration, call nodeCall, undo nodeCall) outcome {
-	return c.launch(ctx, timeout, call, undo).wait(ctx, nil)
+	return c.launch(ctx, timeout, call, undo, nil).wait(ctx, nil)
+}
+
+// skipped names nodes a round does not call, and why.
+type skipped struct {
+	nodes []bool
+	why   error
 }
 
 // round is a fan-out in progress, shared by the wait and the node calls,
@@ -238,30 +244,36 @@ func (r *round) finished() {
 func (r *round) call(n *node) {
 	rep := r.nodeCall(r, n)
 	n.answered(rep.err)
-	abandoned := r.record(n.index, rep)
+	undo := r.record(n.index, rep)
 	r.finished()
-	if abandoned && r.undo != nil {
+	if undo != nil {
 		undoCtx, cancel := context.WithTimeout(context.WithoutCancel(r.parent), r.timeout)
-		r.undo(undoCtx, n)
+		undo(undoCtx, n)
 		cancel()
 	}
 }
 
-// record stores node i's reply, passes it to the wait, and reports whether
-// the round has been abandoned.
-func (r *round) record(i int, rep reply) (abandoned bool) {
+// record stores node i's reply and passes it to the wait. If the round has
+// been abandoned, it returns the call that undoes what the node did.
+func (r *round) record(i int, rep reply) (undo nodeCall) {
 	rep.answered = true
 	r.mu.Lock()
 	r.replies[i] = rep
-	abandoned = r.abandoned
+	if r.abandoned {
+		undo = r.undo
+	}
 	r.mu.Unlock()
 	r.notify <- i
-	return abandoned
+	return undo
 }
 
 // launch starts call on every node, each bounded by timeout. The calls are
 // owned by their nodes and may outlive the round.
-func (c *Client) launch(ctx context.Context, timeout time.Duration, call nodeCall, undo nodeCall) *round {
+//
+// Nodes where skip (if not nil) is true are not called: their reply is the
+// error skip names. Their calls are not made, so they say nothing of the
+// node's health.
+func (c *Client) launch(ctx context.Context, timeout time.Duration, call nodeCall, undo nodeCall, skip *skipped) *round {
 	r := &round{
 		replies: make([]reply, len(c.nodes)),
 		notify:  make(chan int, len(c.nodes)),
@@ -282,12 +294,18 @@ func (c *Client) launch(ctx context.Context, timeout time.Duration, call nodeCal
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	for _, n := range c.nodes {
-		if !c.closed && n.submit(timeout, task{round: r}) {
+		skipped := skip != nil && skip.nodes[n.index]
+		if !skipped && !c.closed && n.submit(timeout, task{round: r}) {
 			continue
 		}
-		err := errTooBusy
-		if c.closed {
+		var err error
+		switch {
+		case skipped:
+			err = skip.why
+		case c.closed:
 			err = ErrClosed
+		default:
+			err = errTooBusy
 		}
 		r.record(n.index, reply{err: err})
 		r.finished()
@@ -385,13 +403,33 @@ func (r *round) settle(ctxErr error, timedOut bool) outcome {
 	return out
 }
 
-// abandon marks a won round as undone: nodes that answer from now on run the
-// round's undo call. Unlock calls it so that a grant still in flight when
-// the lock is released cannot land after the release and linger for a TTL.
+// abandon marks a won round as undone: nodes that answer from now on run
+// the round's undo call.
 func (r *round) abandon() {
 	r.mu.Lock()
 	r.abandoned = true
 	r.mu.Unlock()
+}
+
+// handOver marks a won acquisition round as undone by release, the call
+// that releases the lock: nodes that answer from now on run it as soon as
+// they do, so that a grant still in flight cannot land after the release and
+// linger for a TTL. It returns which nodes had not answered (nil if all
+// had): their release is left to the round, and must not be sent again.
+func (r *round) handOver(release nodeCall) (pending []bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.abandoned = true
+	r.undo = release
+	for i, rep := range r.replies {
+		if !rep.answered {
+			if pending == nil {
+				pending = make([]bool, len(r.replies))
+			}
+			pending[i] = true
+		}
+	}
+	return pending
 }
 
 // token is the fencing token a won acquisition round earns: one more than

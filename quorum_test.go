@@ -344,8 +344,16 @@ func TestLateGrantIsUndoneByUnlock(t *testing.T) {
 	proxy := newDelayingProxy(t, mrs[2].Addr(), []byte("\r\nnx\r\n"), 100*time.Millisecond)
 	slow := redis.NewClient(&redis.Options{Addr: proxy.listener.Addr().String(), MaxRetries: -1})
 	t.Cleanup(func() { slow.Close() })
+	sent := &commandCounter{only: map[string]bool{"set": true, "evalsha": true, "eval": true}}
+	slow.AddHook(sent)
 	c := newClient(t, append(clients[:2], slow), WithNodeTimeout(time.Second))
 	m := c.NewMutex("late")
+	// Load the release script on the servers, and count from then on.
+	warm := c.NewMutex("warm")
+	warm.Lock()
+	warm.Unlock()
+	settle(t, c.nodes)
+	sent.count.Store(0)
 	if _, err := m.LockContext(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -358,6 +366,12 @@ func TestLateGrantIsUndoneByUnlock(t *testing.T) {
 	settle(t, c.nodes[2:3]) // the late SET, and whatever follows it, are done
 	if mrs[2].Exists("redlock:{late}") {
 		t.Error("the slow node still has the key after Unlock; its late grant was not undone")
+	}
+	// Unlock leaves the node whose grant is in flight to the acquisition
+	// round, which releases it once the grant is answered: the SET and one
+	// release, with no second release sent before the grant can land.
+	if got := sent.count.Load(); got != 2 {
+		t.Errorf("%d commands sent to the slow node; want 2, the SET and one release", got)
 	}
 }
 

@@ -215,7 +215,7 @@ func (w *watchdog) extend(batch []*holding) {
 	fails := make([]int, len(batch))
 	undecided := len(batch)
 	start := time.Now()
-	r := c.launch(w.ctx, timeout, call, nil)
+	r := c.launch(w.ctx, timeout, call, nil, nil)
 	out := r.wait(w.ctx, func(_ int, rep reply, pendingHung int) bool {
 		undecided = 0
 		for j := range batch {
