@@ -154,7 +154,7 @@ type outcome struct {
 	oks      int     // nodes that did what was asked
 	replies  []reply // replies[i] is meaningful where answered
 	refusals int     // nodes that answered no
-	errs     error   // joined *NodeError of nodes that failed or did not answer
+	errs     error   // if lost: joined *NodeError of nodes that failed or did not answer
 	round    *round
 }
 
@@ -200,7 +200,9 @@ type skipped struct {
 type round struct {
 	mu        sync.Mutex
 	replies   []reply
-	abandoned bool // the round was lost, or its lock released: undo late grants
+	abandoned bool  // the round was lost, or its lock released: undo late grants
+	ctxErr    error // the caller's context ended the wait, with this error
+	timedOut  bool  // the timeout ended the wait
 	notify    chan int
 
 	nodes       []*node
@@ -374,33 +376,47 @@ func (r *round) isAnswered(i int) bool {
 func (r *round) settle(ctxErr error, timedOut bool) outcome {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	nodes, timeout := r.nodes, r.timeout
+	r.ctxErr, r.timedOut = ctxErr, timedOut
 	out := outcome{replies: append([]reply(nil), r.replies...), round: r}
-	var errs []error
-	for i, rep := range out.replies {
+	for _, rep := range out.replies {
 		switch {
 		case !rep.answered:
-			// A node that had not answered when the round was decided
-			// early is pending, not failed.
-			if ctxErr != nil {
-				errs = append(errs, nodes[i].errorf(fmt.Errorf("no answer before the wait ended: %w", ctxErr)))
-			} else if timedOut {
-				errs = append(errs, nodes[i].errorf(fmt.Errorf("no answer within %v: %w", timeout, context.DeadlineExceeded)))
-			} else if r.hungAtStart != nil && r.hungAtStart[i] {
-				errs = append(errs, nodes[i].errorf(fmt.Errorf("not waited for: no answer within %v in an earlier round: %w", timeout, context.DeadlineExceeded)))
-			}
 		case rep.ok:
 			out.oks++
-		case rep.err != nil:
-			errs = append(errs, nodes[i].errorf(rep.err))
-		default:
+		case rep.err == nil:
 			out.refusals++
 		}
 	}
-	out.won = ctxErr == nil && out.oks >= quorum(len(nodes))
-	out.errs = errors.Join(errs...)
+	out.won = ctxErr == nil && out.oks >= quorum(len(r.nodes))
+	if !out.won {
+		// A won round's failed nodes are not reported: nobody asks.
+		out.errs = r.nodeErrors(out.replies)
+	}
 	r.abandoned = !out.won
 	return out
+}
+
+// nodeErrors joins a *NodeError for each node among replies that failed, or
+// had not answered when the round ended for a reason other than being
+// decided: a node not heard from when the round was decided early is
+// pending, not failed.
+func (r *round) nodeErrors(replies []reply) error {
+	var errs []error
+	for i, rep := range replies {
+		n := r.nodes[i]
+		switch {
+		case rep.answered && rep.err != nil:
+			errs = append(errs, n.errorf(rep.err))
+		case rep.answered:
+		case r.ctxErr != nil:
+			errs = append(errs, n.errorf(fmt.Errorf("no answer before the wait ended: %w", r.ctxErr)))
+		case r.timedOut:
+			errs = append(errs, n.errorf(fmt.Errorf("no answer within %v: %w", r.timeout, context.DeadlineExceeded)))
+		case r.hungAtStart != nil && r.hungAtStart[i]:
+			errs = append(errs, n.errorf(fmt.Errorf("not waited for: no answer within %v in an earlier round: %w", r.timeout, context.DeadlineExceeded)))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // abandon marks a won round as undone: nodes that answer from now on run

@@ -265,7 +265,7 @@ func (w *watchdog) extend(batch []*holding) {
 		}
 	}
 	if retried > 0 {
-		c.cfg.logger.Warn("redlock: extension failed; retrying", "locks", retried, "first", batch[0].mutex.name, "error", out.errs)
+		c.cfg.logger.Warn("redlock: extension failed; retrying", "locks", retried, "first", batch[0].mutex.name, "error", out.round.nodeErrors(out.replies))
 	}
 }
 

@@ -71,6 +71,7 @@ func main() {
 		defer pprof.StopCPUProfile()
 	}
 	if *memProfile != "" {
+		runtime.MemProfileRate = 1 // every allocation, for exact counts
 		defer writeHeapProfile(*memProfile)
 	}
 	redis.SetLogger(quiet{})
