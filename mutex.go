@@ -203,7 +203,7 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 		wake.ready(waitCtx, m.cfg.perNodeTimeout())
 		delay := handoffGrace
 		if m.queue(waitCtx, waiter, enqueueLast) {
-			delay = m.retryDelay()
+			delay = queuedPollFactor * m.retryDelay()
 		}
 		woken = m.waitTurn(waitCtx, wake, waiter, delay)
 	}
@@ -237,14 +237,19 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 		} else if woken {
 			mode = enqueueFirst
 		}
-		if !m.queue(waitCtx, waiter, mode) && !retried {
+		queued := m.queue(waitCtx, waiter, mode)
+		if !queued && !retried {
 			// No quorum says the lock is held: it may have been released
 			// before this waiter was queued to hear of it. Try again once
 			// at once.
 			woken, retried = false, true
 			continue
 		}
-		woken, retried = m.waitTurn(waitCtx, wake, waiter, m.retryDelay()), false
+		delay := m.retryDelay()
+		if queued {
+			delay *= queuedPollFactor
+		}
+		woken, retried = m.waitTurn(waitCtx, wake, waiter, delay), false
 	}
 }
 
@@ -267,6 +272,13 @@ func (m *Mutex) queue(ctx context.Context, waiter, mode string) bool {
 func (m *Mutex) leaveQueue(waiter string) {
 	m.client.fanOut(context.Background(), m.cfg.perNodeTimeout(), m.enqueueCall(waiter, dequeue), nil)
 }
+
+// queuedPollFactor is how many retry delays a waiter waits between attempts
+// while it is queued behind a holder: the holder's release wakes it by name,
+// so polling is only the fallback for a lost wake-up, or a holder that died
+// and whose key must expire. Each poll costs an attempt and a queue refresh
+// on every node.
+const queuedPollFactor = 10
 
 // handoffGrace is how long a releaser that locks again waits for the waiter
 // it woke to take the lock, when the lock looks free: several round trips.
