@@ -198,14 +198,14 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 		// them rather than race the one it woke. If the lock looks free,
 		// that waiter may not have tried yet, or may be gone: give it a
 		// moment, then try.
-		wake = m.client.notifier.watch(m.key)
-		waiter = rand.Text()
+		waiter = m.client.notifier.newWaiter()
+		wake = m.client.notifier.watch(waiter)
 		wake.ready(waitCtx, m.cfg.perNodeTimeout())
 		delay := handoffGrace
 		if m.queue(waitCtx, waiter, enqueueLast) {
 			delay = queuedPollFactor * m.retryDelay()
 		}
-		woken = m.waitTurn(waitCtx, wake, waiter, delay)
+		woken = m.waitTurn(waitCtx, wake, delay)
 	}
 	for {
 		if waitCtx.Err() != nil || m.client.isClosed() {
@@ -231,8 +231,8 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 		// release picked this waiter and it still lost).
 		mode := enqueueLast
 		if wake == nil {
-			wake = m.client.notifier.watch(m.key)
-			waiter = rand.Text()
+			waiter = m.client.notifier.newWaiter()
+			wake = m.client.notifier.watch(waiter)
 			wake.ready(waitCtx, m.cfg.perNodeTimeout())
 		} else if woken {
 			mode = enqueueFirst
@@ -249,7 +249,7 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 		if queued {
 			delay *= queuedPollFactor
 		}
-		woken, retried = m.waitTurn(waitCtx, wake, waiter, delay), false
+		woken, retried = m.waitTurn(waitCtx, wake, delay), false
 	}
 }
 
@@ -286,22 +286,18 @@ const handoffGrace = 5 * time.Millisecond
 
 // waitTurn waits until a release names this waiter, delay passes, waitCtx
 // ends or the Client closes. It reports whether the waiter was woken by name.
-func (m *Mutex) waitTurn(waitCtx context.Context, wake *watch, waiter string, delay time.Duration) bool {
+func (m *Mutex) waitTurn(waitCtx context.Context, wake *watch, delay time.Duration) bool {
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
-	for {
-		select {
-		case next := <-wake.C:
-			if next == waiter {
-				return true
-			}
-		case <-timer.C:
-			return false
-		case <-waitCtx.Done():
-			return false
-		case <-m.client.closing:
-			return false
-		}
+	select {
+	case <-wake.C:
+		return true
+	case <-timer.C:
+		return false
+	case <-waitCtx.Done():
+		return false
+	case <-m.client.closing:
+		return false
 	}
 }
 

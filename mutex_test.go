@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -296,7 +297,7 @@ func TestClientsExcludeEachOther(t *testing.T) {
 }
 
 func TestWaiterIsWokenByRelease(t *testing.T) {
-	_, clients := servers(t, 3)
+	mrs, clients := servers(t, 3)
 	// Polling alone would take 10s; only the release message can wake the
 	// waiter sooner.
 	c := newClient(t, clients, WithRetryDelay(10*time.Second), WithRetryJitter(0))
@@ -308,13 +309,9 @@ func TestWaiterIsWokenByRelease(t *testing.T) {
 		waiter.Lock()
 		got <- time.Now()
 	}()
-	// Wait until the waiter is subscribed, so the test is about wake-up.
-	waitFor(t, "the waiter to subscribe", func() bool {
-		c.notifier.mu.Lock()
-		defer c.notifier.mu.Unlock()
-		return len(c.notifier.watchers["redlock:{wake}"]) > 0
-	})
-	time.Sleep(50 * time.Millisecond) // let the subscription reach the servers
+	// A waiter queues once its subscription is confirmed: from then on,
+	// the test is about wake-up.
+	waitFor(t, "the waiter to queue", func() bool { return len(queueOf(mrs[0], "wake")) == 1 })
 	released := time.Now()
 	holder.Unlock()
 	select {
@@ -483,7 +480,7 @@ func TestWatchdogBatchesExtensions(t *testing.T) {
 	// Count the commands the Client sends from here on.
 	counters := make([]*commandCounter, len(clients))
 	for i, rc := range clients {
-		counters[i] = &commandCounter{}
+		counters[i] = &commandCounter{only: map[string]bool{"evalsha": true, "eval": true}}
 		rc.AddHook(counters[i])
 	}
 	waitFor(t, "two extensions of every lock", func() bool {
@@ -783,25 +780,30 @@ func TestWaiterHearsAReleaseRightAfterQueueing(t *testing.T) {
 	}
 }
 
-func TestSubscriptionOutlivesTheWait(t *testing.T) {
+func TestClientSubscribesOnceToItsOwnChannel(t *testing.T) {
 	mrs, clients := servers(t, 3)
-	holder := newClient(t, clients).NewMutex("linger")
-	holder.Lock()
+	holders := newClient(t, clients)
 	c := newClient(t, clients)
-	waiter := c.NewMutex("linger")
-	done := make(chan struct{})
-	go func() {
-		waiter.Lock()
-		waiter.Unlock()
-		close(done)
-	}()
-	waitFor(t, "the waiter to subscribe", func() bool { return len(mrs[0].PubSubChannels("redlock:{linger}")) == 1 })
-	holder.Unlock()
-	<-done
-	// Another wait soon after needs no new SUBSCRIBE: the channel stays.
-	time.Sleep(100 * time.Millisecond)
-	if got := mrs[0].PubSubChannels("redlock:{linger}"); len(got) != 1 {
-		t.Errorf("subscribed channels after the wait = %v; want the lock's channel kept for %v", got, subscriptionLinger)
+	// Two waits on two locks: each release wakes the waiter through its
+	// Client's channel, which is subscribed once for both.
+	for _, name := range []string{"one", "two"} {
+		holder := holders.NewMutex(name)
+		holder.Lock()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			waiter := c.NewMutex(name)
+			waiter.Lock()
+			waiter.Unlock()
+		}()
+		waitFor(t, "the waiter to queue", func() bool { return len(queueOf(mrs[0], name)) == 1 })
+		holder.Unlock()
+		<-done
+	}
+	for i, mr := range mrs {
+		if got, want := mr.PubSubChannels(""), []string{c.notifier.channel}; !slices.Equal(got, want) {
+			t.Errorf("node %d: subscribed channels = %v; want only the waiting Client's, %v", i, got, want)
+		}
 	}
 }
 

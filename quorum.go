@@ -596,7 +596,7 @@ func (m *Mutex) fenceCall(value string, token uint64) nodeCall {
 func (m *Mutex) releaseCall(value, waiter string, wake bool) nodeCall {
 	channel := ""
 	if wake {
-		channel = m.key
+		channel = wakeChannelPrefix
 	}
 	release := releaseScript.prepare(m.args.keyAndQueue, value, channel, waiter)
 	return func(ctx context.Context, n *node) reply {
