@@ -11,9 +11,7 @@ import (
 func benchClient(n int) *Client {
 	c := &Client{cfg: defaultConfig(), closing: make(chan struct{})}
 	for i := range n {
-		nd := &node{index: i}
-		nd.calls.SetLimit(maxCallsPerNode)
-		c.nodes = append(c.nodes, nd)
+		c.nodes = append(c.nodes, newNode(i, "", nil, c.closing))
 	}
 	c.notifier = newNotifier(c)
 	return c

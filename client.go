@@ -7,7 +7,6 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -68,10 +67,7 @@ func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 			}
 			seenAddr[addr] = i
 		}
-		n := &node{index: i, addr: strings.Join(addrs, ","), client: rc, work: make(chan task), closing: closing}
-		n.calls.SetLimit(maxCallsPerNode)
-		n.lastAnswer.Store(int64(time.Since(epoch))) // not hung before it is tried
-		nodes = append(nodes, n)
+		nodes = append(nodes, newNode(i, strings.Join(addrs, ","), rc, closing))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err

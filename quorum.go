@@ -52,6 +52,14 @@ type node struct {
 	closing <-chan struct{}
 }
 
+// newNode returns node i, at addr, of a Client that closes closing.
+func newNode(i int, addr string, rc redis.UniversalClient, closing <-chan struct{}) *node {
+	n := &node{index: i, addr: addr, client: rc, work: make(chan task), closing: closing}
+	n.calls.SetLimit(maxCallsPerNode)
+	n.lastAnswer.Store(int64(time.Since(epoch))) // not hung before it is tried
+	return n
+}
+
 // A task is one call to a node: a fan-out round's call, or any other.
 type task struct {
 	round *round
