@@ -31,13 +31,18 @@
 // even while masters hang. A lost lock is never silently re-acquired. While a
 // quorum confirms the lock, the watchdog sets the key again (SET NX, for no
 // longer than the confirmed validity) on masters that lost it, say by a
-// restart, so that one more failure does not cost the lock.
+// restart, so that one more failure does not cost the lock. One watchdog per
+// Client serves all its locks: extensions that fall due within a quarter of
+// an interval of each other go out together, early, as one script call per
+// master for up to 256 locks.
 //
 // A waiter that fails its first attempt joins the lock's queue on every
 // master. A release wakes the waiter at the head of the queue by publishing
-// its id, so one release costs one new attempt, not one per waiter; polling
-// every 50–100ms (WithRetryDelay, WithRetryJitter) is the fallback for lost
-// messages and waiters that died.
+// its id on its Client's own channel, so one release costs one new attempt
+// and reaches one process, not every waiter. Polling is the fallback for lost
+// messages and waiters that died: every 50–100ms (WithRetryDelay,
+// WithRetryJitter) while a waiter is not queued, ten times less often while
+// it is.
 //
 // # What Redlock does not promise
 //
