@@ -59,6 +59,7 @@ type holding struct {
 
 	// Guarded by the watchdog's mu:
 	extendAt  time.Time // next extension
+	retry     bool      // extendAt is a retry after a failed round: not early
 	heapIndex int       // in the watchdog's queue, or -1 if not queued
 }
 

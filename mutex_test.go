@@ -412,10 +412,17 @@ func TestLockLostByTheDeadlineWhenNodesFail(t *testing.T) {
 		t.Fatal(err)
 	}
 	until := m.Until()
+	extensions := &commandCounter{only: map[string]bool{"evalsha": true, "eval": true}}
+	clients[2].AddHook(extensions)
 	mrs[0].SetError("LOADING simulated")
 	mrs[1].SetError("LOADING simulated")
 	<-held.Done()
 	lostAt := time.Now()
+	// A failed extension is retried a quarter interval later (167ms here),
+	// not at once: about 10 rounds in the 2s of validity.
+	if got := extensions.count.Load(); got > 20 {
+		t.Errorf("%d extension rounds while the extensions failed; want a retry every 167ms, about 10", got)
+	}
 	if cause := context.Cause(held); !errors.Is(cause, ErrLockLost) {
 		t.Errorf("Cause(held) = %v; want ErrLockLost", cause)
 	}

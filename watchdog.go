@@ -76,7 +76,7 @@ func (w *watchdog) watch(h *holding) {
 		w.running = true
 		c.watchdogs.Go(w.run)
 	}
-	w.schedule(h, first)
+	w.schedule(h, first, false)
 }
 
 // arm starts h's expiry timer, unless it is running or h is no longer held.
@@ -89,13 +89,13 @@ func (w *watchdog) arm(h *holding) {
 	}
 }
 
-// schedule queues h for extension at t, if it is still watched. The caller
-// holds w.mu.
-func (w *watchdog) schedule(h *holding, t time.Time) {
+// schedule queues h for extension at t, or no earlier than t if retry, if
+// it is still watched. The caller holds w.mu.
+func (w *watchdog) schedule(h *holding, t time.Time, retry bool) {
 	if _, ok := w.held[h]; !ok {
 		return
 	}
-	h.extendAt = t
+	h.extendAt, h.retry = t, retry
 	heap.Push(&w.due, h)
 	if h.heapIndex == 0 {
 		select {
@@ -162,13 +162,18 @@ func (w *watchdog) run() {
 
 // takeDue takes out of the queue the locks due for extension by now, and
 // those due soon enough after to go with them: within a quarter of their
-// interval. It returns them and when the next one falls due.
+// interval, unless they are retrying a failed round, which would then come
+// round again at once. It returns them and when the next one falls due.
 func (w *watchdog) takeDue(now time.Time) (batch []*holding, next time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for len(w.due) > 0 {
 		h := w.due[0]
-		if h.extendAt.Sub(now) > h.mutex.cfg.extendInterval()/4 {
+		early := h.mutex.cfg.extendInterval() / 4
+		if h.retry {
+			early = 0
+		}
+		if h.extendAt.Sub(now) > early {
 			return batch, h.extendAt
 		}
 		heap.Pop(&w.due)
@@ -254,14 +259,14 @@ func (w *watchdog) extend(batch []*holding) {
 			if refused > 0 {
 				m.repair(h, until, func(i int) bool { return out.replies[i].answered && out.replies[i].ok && !out.replies[i].extended[j] })
 			}
-			w.reschedule(h, start.Add(interval))
+			w.reschedule(h, start.Add(interval), false)
 		case refused >= quorum(len(c.nodes)):
 			m.loseLock(h, fmt.Errorf("%w: %d of %d nodes no longer hold it", ErrLockLost, refused, len(c.nodes)))
 			w.forget(h)
 		default:
 			// Too few answers: try again sooner, while validity remains.
 			retried++
-			w.reschedule(h, time.Now().Add(max(interval/4, time.Millisecond)))
+			w.reschedule(h, time.Now().Add(max(interval/4, time.Millisecond)), true)
 		}
 	}
 	if retried > 0 {
@@ -281,10 +286,10 @@ func (w *watchdog) extended(h *holding, until time.Time) time.Time {
 	return h.until
 }
 
-func (w *watchdog) reschedule(h *holding, t time.Time) {
+func (w *watchdog) reschedule(h *holding, t time.Time, retry bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.schedule(h, t)
+	w.schedule(h, t, retry)
 }
 
 // extendCall extends, on one node, the locks a prepared extend script names;
