@@ -105,11 +105,12 @@ func clientAddrs(rc redis.UniversalClient) []string {
 // connections: Close closes them. With no URLs it connects to DefaultURL,
 // redis://127.0.0.1:6379/0. Dial does not contact the servers; the first lock
 // call does. Per-call deadlines are enabled on the connections it makes, so
-// calls to a hung server end with the node timeout, and a call is not retried
-// within itself (unless the URL sets max_retries), since lock rounds retry.
+// calls to a hung server end with the node timeout, and go-redis does not
+// retry a call (unless the URL sets max_retries), since lock rounds retry.
 // Nor does go-redis probe a pooled connection with an extra system call
-// before each command: a connection the server has closed fails the one call
-// that finds it, which counts as that node failing once, and is then dropped.
+// before each command: a connection the server has closed (it restarted,
+// say) fails its first command with EOF, and redlock sends that command once
+// more, on a new connection.
 func Dial(urls []string, opts ...Option) (*Client, error) {
 	if len(urls) == 0 {
 		urls = []string{DefaultURL}
@@ -189,8 +190,8 @@ func (c *Client) isClosed() bool {
 // descriptor. go-redis checks that a pooled connection is alive before every
 // command with a non-blocking read, which costs a system call and five
 // allocations per command, but only on connections that expose one. A dead
-// connection still shows itself on the next command, which the rounds of a
-// lock tolerate and retry.
+// connection still shows itself on the next command, with EOF, and the node
+// calls send that command again (see node.process).
 func unprobed(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		conn, err := dial(ctx, network, addr)

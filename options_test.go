@@ -159,6 +159,35 @@ func TestDial(t *testing.T) {
 	}
 }
 
+func TestDialedClientSurvivesServerRestarts(t *testing.T) {
+	mrs, _ := servers(t, 3)
+	var urls []string
+	for _, mr := range mrs {
+		urls = append(urls, "redis://"+mr.Addr()+"/0")
+	}
+	c, err := Dial(urls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	m := c.NewMutex("restarts")
+	m.Lock() // the pools now hold a connection to each server
+	m.Unlock()
+	settle(t, c.nodes)
+	for _, mr := range mrs {
+		mr.Close()
+		if err := mr.Restart(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Every pooled connection is dead; the first command on each fails
+	// with EOF and is sent again on a new connection.
+	if _, err := m.TryLockContext(t.Context()); err != nil {
+		t.Fatalf("TryLockContext after every server restarted = %v; want the lock", err)
+	}
+	m.Unlock()
+}
+
 // panicMessage runs f and returns what it panicked with, or "".
 func panicMessage(f func()) (msg string) {
 	defer func() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -122,6 +123,14 @@ func (n *node) worker(t task) {
 			return
 		}
 	}
+}
+
+// resend reports whether a command that failed with err should be sent once
+// more. A pooled connection that the server has closed (it restarted, say)
+// fails its first command with EOF, before the server could run it; go-redis
+// drops the connection, and the next command takes another.
+func resend(ctx context.Context, err error) bool {
+	return err != nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) && ctx.Err() == nil
 }
 
 // answered records how a call to the node ended: hung if it timed out.
@@ -511,6 +520,10 @@ func (m *Mutex) acquireCall(value string) nodeCall {
 		return func(ctx context.Context, n *node) reply {
 			cmd := redis.NewStatusCmd(ctx, args...)
 			err := n.client.Process(ctx, cmd)
+			if resend(ctx, err) {
+				cmd = redis.NewStatusCmd(ctx, args...)
+				err = n.client.Process(ctx, cmd)
+			}
 			if err == redis.Nil {
 				return reply{}
 			}
