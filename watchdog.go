@@ -60,14 +60,10 @@ func (w *watchdog) watch(h *holding) {
 		return
 	}
 	h.guard = m.cfg.drift() / 2
-	interval := m.cfg.extendInterval()
-	first := time.Now().Add(interval)
-	// The expiry timer is needed once the lock is extended, or before,
-	// if its validity may end before the first extension. Most locks are
-	// released sooner, and never need one.
-	if h.until.Add(-h.guard).Before(first.Add(interval / 4)) {
-		w.arm(h)
-	}
+	// The expiry timer runs from the start, not only once extensions are
+	// due: a process that wakes from a pause longer than the validity must
+	// see held end at once, before the work it resumes.
+	w.arm(h)
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -76,10 +72,10 @@ func (w *watchdog) watch(h *holding) {
 		w.running = true
 		c.watchdogs.Go(w.run)
 	}
-	w.schedule(h, first, false)
+	w.schedule(h, time.Now().Add(m.cfg.extendInterval()), false)
 }
 
-// arm starts h's expiry timer, unless it is running or h is no longer held.
+// arm starts h's expiry timer, unless h is no longer held.
 func (w *watchdog) arm(h *holding) {
 	m := h.mutex
 	m.mu.Lock()
@@ -177,7 +173,6 @@ func (w *watchdog) takeDue(now time.Time) (batch []*holding, next time.Time) {
 			return batch, h.extendAt
 		}
 		heap.Pop(&w.due)
-		w.arm(h)
 		batch = append(batch, h)
 	}
 	return batch, now.Add(time.Hour)
