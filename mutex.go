@@ -29,8 +29,11 @@ type Mutex struct {
 	// this process holds or is acquiring the remote lock.
 	local chan struct{}
 
-	mu   sync.Mutex // guards held and the fields of *held that change
+	mu   sync.Mutex // guards held, expiry and the fields of *held that change
 	held *holding
+	// expiry ends the held context before its validity ends, unless an
+	// extension has moved the end. One timer serves every holding.
+	expiry *time.Timer
 
 	// queued is set when this Mutex's last release woke a queued waiter:
 	// its next Lock then queues behind it instead of trying first, so that
@@ -54,8 +57,7 @@ type holding struct {
 
 	// Guarded by mutex.mu:
 	stopped bool          // Unlock has begun: the lock is no longer watched
-	expiry  *time.Timer   // ends the held context before the validity ends
-	guard   time.Duration // how long before the validity ends it does so
+	guard   time.Duration // how long before the validity ends expiry fires
 
 	// Guarded by the watchdog's mu:
 	extendAt  time.Time // next extension

@@ -75,13 +75,19 @@ func (w *watchdog) watch(h *holding) {
 	w.schedule(h, time.Now().Add(m.cfg.extendInterval()), false)
 }
 
-// arm starts h's expiry timer, unless h is no longer held.
+// arm sets the Mutex's expiry timer for h, unless h is no longer held.
 func (w *watchdog) arm(h *holding) {
 	m := h.mutex
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if h.expiry == nil && !h.stopped && h.lost == nil {
-		h.expiry = time.AfterFunc(time.Until(h.until)-h.guard, func() { w.expire(h) })
+	if h.stopped || h.lost != nil {
+		return
+	}
+	d := time.Until(h.until) - h.guard
+	if m.expiry == nil {
+		m.expiry = time.AfterFunc(d, m.expire)
+	} else {
+		m.expiry.Reset(d)
 	}
 }
 
@@ -109,28 +115,35 @@ func (w *watchdog) forget(h *holding) {
 		heap.Remove(&w.due, h.heapIndex)
 	}
 	w.mu.Unlock()
-	h.mutex.mu.Lock()
-	if h.expiry != nil {
-		h.expiry.Stop()
-	}
-	h.mutex.mu.Unlock()
-}
-
-// expire ends h's held context when its validity is about to end with no
-// quorum confirmed, unless an extension has moved the end since the timer
-// was set.
-func (w *watchdog) expire(h *holding) {
 	m := h.mutex
 	m.mu.Lock()
+	// The timer is the Mutex's: leave it alone if it is already set for
+	// a later holding.
+	if m.expiry != nil && (m.held == h || m.held == nil) {
+		m.expiry.Stop()
+	}
+	m.mu.Unlock()
+}
+
+// expire ends the held context of the Mutex's holding when its validity is
+// about to end with no quorum confirmed, unless an extension has moved the
+// end since the timer was set.
+func (m *Mutex) expire() {
+	m.mu.Lock()
+	h := m.held
+	if h == nil || h.lost != nil || h.stopped {
+		m.mu.Unlock()
+		return
+	}
 	until := h.until
-	if left := time.Until(until) - h.guard; left > 0 && h.lost == nil && !h.stopped {
-		h.expiry.Reset(left)
+	if left := time.Until(until) - h.guard; left > 0 {
+		m.expiry.Reset(left)
 		m.mu.Unlock()
 		return
 	}
 	m.mu.Unlock()
 	m.loseLock(h, fmt.Errorf("%w: no quorum confirmed it before its validity ended at %v", ErrLockLost, until.Format(time.RFC3339Nano)))
-	w.forget(h)
+	m.client.watchdog.forget(h)
 }
 
 // run starts the extensions as they fall due, until the Client closes.
