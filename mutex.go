@@ -53,6 +53,7 @@ type holding struct {
 	// landing later undoes itself.
 	released atomic.Bool
 	cancel   context.CancelCauseFunc
+	held     heldContext // what LockContext returned
 	mutex    *Mutex
 
 	// Guarded by mutex.mu:
@@ -125,7 +126,10 @@ func (m *Mutex) Token() uint64 {
 // that retrying cannot fix on enough nodes to rule out a quorum (an ACL denial,
 // a closed client) is returned at once. With WithWaitTimeout the wait also
 // ends after that long, while held stays bounded by ctx alone. When ctx ends
-// after the lock is acquired, the lock stays held until Unlock.
+// after the lock is acquired, the lock stays held until Unlock. held.Err()
+// is not nil once the lock's validity has ended, even where its timer is
+// late (a process that has just woken from a long pause): check it before
+// each step of work that must not outlive the lock.
 func (m *Mutex) LockContext(ctx context.Context) (held context.Context, err error) {
 	waitCtx := ctx
 	if m.cfg.waitTimeout > 0 {
@@ -391,7 +395,7 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 
 // hold records a granted lock and starts its watchdog.
 func (m *Mutex) hold(ctx context.Context, value string, until time.Time, token uint64, waiter string, round *round) context.Context {
-	held, cancel := context.WithCancelCause(ctx)
+	inner, cancel := context.WithCancelCause(ctx)
 	h := &holding{
 		value:     value,
 		token:     token,
@@ -402,11 +406,38 @@ func (m *Mutex) hold(ctx context.Context, value string, until time.Time, token u
 		mutex:     m,
 		heapIndex: -1,
 	}
+	h.held = heldContext{Context: inner, h: h}
 	m.mu.Lock()
 	m.held = h
 	m.mu.Unlock()
 	m.client.watchdog.watch(h)
-	return held
+	return &h.held
+}
+
+// heldContext is the context LockContext returns. Its Err also looks at the
+// lock's validity: once the validity has ended, Err is not nil even if the
+// expiry timer has not fired yet, as happens to a process that wakes from a
+// pause longer than the validity. Done still waits for the timer.
+type heldContext struct {
+	context.Context
+	h *holding
+}
+
+func (c *heldContext) Err() error {
+	if err := c.Context.Err(); err != nil || !c.h.overdue() {
+		return err
+	}
+	c.h.mutex.expire()
+	return c.Context.Err()
+}
+
+// overdue reports whether h is still held though its validity has ended, or
+// is about to: its expiry timer should have fired.
+func (h *holding) overdue() bool {
+	m := h.mutex
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return !h.stopped && h.lost == nil && !time.Now().Before(h.until.Add(-h.guard))
 }
 
 // UnlockContext releases the lock: it stops the watchdog, ends the held

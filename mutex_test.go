@@ -442,6 +442,40 @@ func TestLockLostByTheDeadlineWhenNodesFail(t *testing.T) {
 	m.Unlock()
 }
 
+func TestHeldErrSeesTheValidityEndWhenTheTimerIsLate(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	m := newClient(t, clients, WithTTL(time.Second)).NewMutex("late timer")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := held.Err(); err != nil {
+		t.Fatalf("held.Err() right after Lock = %v; want nil", err)
+	}
+	// The expiry timer does not fire, as in a process that has just woken
+	// from a pause, and no extension succeeds.
+	m.mu.Lock()
+	m.expiry.Stop()
+	m.mu.Unlock()
+	mrs[0].SetError("LOADING simulated")
+	mrs[1].SetError("LOADING simulated")
+	defer mrs[0].SetError("")
+	defer mrs[1].SetError("")
+	time.Sleep(time.Until(m.Until()) + 10*time.Millisecond)
+	if err := held.Err(); !errors.Is(err, context.Canceled) {
+		t.Fatalf("held.Err() after the validity ended = %v; want Canceled", err)
+	}
+	if cause := context.Cause(held); !errors.Is(cause, ErrLockLost) {
+		t.Errorf("Cause(held) = %v; want ErrLockLost", cause)
+	}
+	select {
+	case <-held.Done():
+	default:
+		t.Error("held.Done() not closed once Err reported the loss")
+	}
+	m.Unlock()
+}
+
 func TestWatchdogKeepsTheLock(t *testing.T) {
 	mrs, clients := servers(t, 3)
 	m := newClient(t, clients, WithTTL(300*time.Millisecond)).NewMutex("kept")
