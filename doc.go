@@ -28,7 +28,8 @@
 // confirms the lock before its validity ends, or a quorum answers that the key
 // is gone or owned by another, the watchdog cancels held with a cause wrapping
 // ErrLockLost. A timer drives this, so it happens by the end of the validity
-// even while masters hang. A lost lock is never silently re-acquired. While a
+// even while masters hang; held.Err() also checks the validity itself, for a
+// process that wakes from a pause before that timer has fired. A lost lock is never silently re-acquired. While a
 // quorum confirms the lock, the watchdog sets the key again (SET NX, for no
 // longer than the confirmed validity) on masters that lost it, say by a
 // restart, so that one more failure does not cost the lock. One watchdog per
