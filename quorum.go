@@ -612,14 +612,14 @@ func (m *Mutex) fenceCall(value string, token uint64) nodeCall {
 
 // releaseCall deletes the key if value still holds it. With wake it also
 // takes the holder's own waiter id (if any) out of the lock's queue and wakes
-// the next waiter, by publishing its id on the lock's channel, which is named
-// like its key.
+// the next waiter, by publishing its id on the channel of the waiter's
+// Client, which the script finds from the id.
 func (m *Mutex) releaseCall(value, waiter string, wake bool) nodeCall {
-	channel := ""
+	channelPrefix := ""
 	if wake {
-		channel = wakeChannelPrefix
+		channelPrefix = wakeChannelPrefix
 	}
-	release := releaseScript.prepare(m.args.keyAndQueue, value, channel, waiter)
+	release := releaseScript.prepare(m.args.keyAndQueue, value, channelPrefix, waiter)
 	return func(ctx context.Context, n *node) reply {
 		res, err := release.run(ctx, n).Int64()
 		return reply{ok: err == nil && res >= 1, woke: err == nil && res == 2, err: err}
