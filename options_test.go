@@ -3,6 +3,7 @@ package redlock
 import (
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -170,18 +171,27 @@ func TestDialedClientSurvivesServerRestarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	m := c.NewMutex("restarts")
-	m.Lock() // the pools now hold a connection to each server
-	m.Unlock()
+	// Fill the pools with several connections to each server: locks taken
+	// at the same time use one each.
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			m := c.NewMutex(fmt.Sprintf("fill-%d", i))
+			m.Lock()
+			m.Unlock()
+		})
+	}
+	wg.Wait()
 	settle(t, c.nodes)
+	m := c.NewMutex("restarts")
 	for _, mr := range mrs {
 		mr.Close()
 		if err := mr.Restart(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// Every pooled connection is dead; the first command on each fails
-	// with EOF and is sent again on a new connection.
+	// Every pooled connection is dead; a command on one fails with EOF and
+	// is sent again, until it finds a new connection.
 	if _, err := m.TryLockContext(t.Context()); err != nil {
 		t.Fatalf("TryLockContext after every server restarted = %v; want the lock", err)
 	}

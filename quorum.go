@@ -125,13 +125,26 @@ func (n *node) worker(t task) {
 	}
 }
 
-// resend reports whether a command that failed with err should be sent once
-// more. A pooled connection that the server has closed (it restarted, say)
-// fails its first command with EOF, before the server could run it; go-redis
-// drops the connection, and the next command takes another.
-func resend(ctx context.Context, err error) bool {
-	return err != nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) && ctx.Err() == nil
+// send sends the command newCmd makes of args to the node, and sends it again
+// while it fails with EOF: a pooled connection that the server has closed (it
+// restarted, say) fails its first command so, before the server could run
+// it, and go-redis drops it; the next try takes another connection. A pool
+// can hold many such connections, so up to maxResends are tried.
+func send[C redis.Cmder](ctx context.Context, n *node, newCmd func(context.Context, ...any) C, args []any) C {
+	cmd := newCmd(ctx, args...)
+	err := n.client.Process(ctx, cmd)
+	for range maxResends {
+		if err == nil || !(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) || ctx.Err() != nil {
+			break
+		}
+		cmd = newCmd(ctx, args...)
+		err = n.client.Process(ctx, cmd)
+	}
+	return cmd
 }
+
+// maxResends bounds the dead connections one call goes through.
+const maxResends = 32
 
 // answered records how a call to the node ended: hung if it timed out.
 func (n *node) answered(err error) {
@@ -518,12 +531,7 @@ func (m *Mutex) acquireCall(value string) nodeCall {
 		// arguments are shared by the node calls, which only read them.
 		args := []any{"set", m.args.key, value, "px", m.args.ttlMillis, "nx"}
 		return func(ctx context.Context, n *node) reply {
-			cmd := redis.NewStatusCmd(ctx, args...)
-			err := n.client.Process(ctx, cmd)
-			if resend(ctx, err) {
-				cmd = redis.NewStatusCmd(ctx, args...)
-				err = n.client.Process(ctx, cmd)
-			}
+			err := send(ctx, n, redis.NewStatusCmd, args).Err()
 			if err == redis.Nil {
 				return reply{}
 			}

@@ -57,16 +57,11 @@ func (s *script) prepare(keys []any, argv ...any) prepared {
 
 // run runs the script on n.
 func (p prepared) run(ctx context.Context, n *node) *redis.Cmd {
-	cmd := redis.NewCmd(ctx, p.args...)
-	if err := n.client.Process(ctx, cmd); resend(ctx, err) {
-		cmd = redis.NewCmd(ctx, p.args...)
-		_ = n.client.Process(ctx, cmd)
-	}
+	cmd := send(ctx, n, redis.NewCmd, p.args)
 	if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		args := slices.Clone(p.args)
 		args[0], args[1] = "eval", p.script.source
-		cmd = redis.NewCmd(ctx, args...)
-		_ = n.client.Process(ctx, cmd)
+		cmd = send(ctx, n, redis.NewCmd, args)
 	}
 	return cmd
 }
