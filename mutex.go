@@ -56,9 +56,10 @@ type holding struct {
 	held     heldContext // what LockContext returned
 	mutex    *Mutex
 
+	guard time.Duration // how long before the validity ends expiry fires
+
 	// Guarded by mutex.mu:
-	stopped bool          // Unlock has begun: the lock is no longer watched
-	guard   time.Duration // how long before the validity ends expiry fires
+	stopped bool // Unlock has begun: the lock is no longer watched
 
 	// Guarded by the watchdog's mu:
 	extendAt  time.Time // next extension
@@ -404,6 +405,7 @@ func (m *Mutex) hold(ctx context.Context, value string, until time.Time, token u
 		round:     round,
 		cancel:    cancel,
 		mutex:     m,
+		guard:     m.cfg.drift() / 2,
 		heapIndex: -1,
 	}
 	h.held = heldContext{Context: inner, h: h}

@@ -226,7 +226,8 @@ type skipped struct {
 // round is a fan-out in progress, shared by the wait and the node calls,
 // which may outlive it. It is also the context of its node calls: it carries
 // the caller's values but not its cancellation, since the calls outlive the
-// wait, and it ends at the round's deadline.
+// wait, and it ends at the round's deadline, unless every call has finished
+// before then, after which nothing uses it.
 type round struct {
 	mu        sync.Mutex
 	replies   []reply

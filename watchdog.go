@@ -59,7 +59,6 @@ func (w *watchdog) watch(h *holding) {
 		m.loseLock(h, fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
 		return
 	}
-	h.guard = m.cfg.drift() / 2
 	// The expiry timer runs from the start, not only once extensions are
 	// due: a process that wakes from a pause longer than the validity must
 	// see held end at once, before the work it resumes.
