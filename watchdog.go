@@ -28,8 +28,9 @@ const (
 )
 
 // watchdog schedules the extensions of every lock a Client holds. Each held
-// lock also has a timer of its own that ends its held context just before its
-// validity ends, whatever the extension rounds are doing.
+// lock also has an expiry timer (its Mutex's, which serves one holding at a
+// time) that ends its held context just before its validity ends, whatever
+// the extension rounds are doing.
 type watchdog struct {
 	c *Client
 
