@@ -9,10 +9,11 @@ import (
 // benchClient is a Client over n nodes whose calls answer at once, without
 // Redis, so that benchmarks measure the fan-out machinery alone.
 func benchClient(n int) *Client {
-	c := &Client{cfg: defaultConfig(), closing: make(chan struct{})}
+	c := &Client{cfg: defaultConfig(), closingCh: make(chan struct{})}
 	for i := range n {
-		c.nodes = append(c.nodes, newNode(i, "", nil, c.closing))
+		c.nodes = append(c.nodes, newNode(i, "", nil, c.closingCh))
 	}
+	c.watchdog = newWatchdog(c)
 	c.notifier = newNotifier(c)
 	return c
 }
@@ -29,7 +30,7 @@ func BenchmarkFanOut(b *testing.B) {
 			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {
-				if out := c.fanOut(ctx, time.Second, instantOK, nil); !out.won {
+				if out := c.fanOut(ctx, time.Second, instantOK); !out.won {
 					b.Fatal("round lost")
 				}
 			}

@@ -4,15 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
 )
-
-// DefaultURL is the node Dial connects to when given no URLs.
-const DefaultURL = "redis://127.0.0.1:6379/0"
 
 // Client makes mutexes over a fixed set of independent Redis masters. Make
 // one per set of masters and share it: it is safe for concurrent use, and
@@ -23,14 +20,19 @@ type Client struct {
 	cfg   config
 	owned []redis.UniversalClient // made by Dial; closed by Close
 
-	mu      sync.RWMutex // guards closed against new calls during Close
-	closed  bool
-	closing chan struct{} // closed by Close: watchdogs and waiters stop
+	mu        sync.RWMutex // orders Close against the calls that start work
+	closed    bool         // the nodes take no more calls
+	closing   atomic.Bool  // Close has begun: no new lock calls
+	closingCh chan struct{}
+	active    sync.WaitGroup // lock calls in progress, which Close waits for
 
 	watchdog   *watchdog
 	batchLimit int // locks one extension call may carry; see batchLimit
-	watchdogs  sync.WaitGroup
 	notifier   *notifier
+	background sync.WaitGroup // releases of lost locks
+	identity   identity
+
+	unheardLogged atomic.Bool // wake-ups were found to be denied, and logged
 }
 
 // New returns a Client over the given masters, one client per independent
@@ -38,7 +40,10 @@ type Client struct {
 // The options are the defaults of every Mutex the Client makes. New reports
 // an error naming the problem if there are no clients, a nil client, the same
 // client or address twice (which would let one server count twice toward a
-// quorum), or an invalid option. The Client does not close the given clients.
+// quorum), or an invalid option. Where a client does not tell its server's
+// address (a failover client), the first lock call checks that no two nodes
+// reach the same server, and fails for good if two do. The Client does not
+// close the given clients.
 func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 	cfg := defaultConfig()
 	cfg.apply(opts)
@@ -50,6 +55,7 @@ func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 	seenAddr := make(map[string]int)
 	nodes := make([]*node, 0, len(clients))
 	closing := make(chan struct{})
+	unaddressed := false
 	for i, rc := range clients {
 		if rc == nil {
 			errs = append(errs, fmt.Errorf("redlock: client %d is nil", i))
@@ -67,15 +73,17 @@ func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 			}
 			seenAddr[addr] = i
 		}
+		unaddressed = unaddressed || len(addrs) == 0
 		nodes = append(nodes, newNode(i, strings.Join(addrs, ","), rc, closing))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	c := &Client{nodes: nodes, cfg: cfg, closing: closing}
+	c := &Client{nodes: nodes, cfg: cfg, closingCh: closing}
 	c.notifier = newNotifier(c)
 	c.watchdog = newWatchdog(c)
 	c.batchLimit = batchLimit(nodes)
+	c.identity.pending.Store(unaddressed)
 	return c, nil
 }
 
@@ -100,75 +108,36 @@ func clientAddrs(rc redis.UniversalClient) []string {
 	return nil
 }
 
-// Dial connects to the masters at the given URLs (redis://, rediss:// or
-// unix://, as redis.ParseURL reads them) and returns a Client that owns those
-// connections: Close closes them. With no URLs it connects to DefaultURL,
-// redis://127.0.0.1:6379/0. Dial does not contact the servers; the first lock
-// call does. Per-call deadlines are enabled on the connections it makes, so
-// calls to a hung server end with the node timeout, and go-redis does not
-// retry a call (unless the URL sets max_retries), since lock rounds retry.
-// Nor does go-redis probe a pooled connection with an extra system call
-// before each command: a connection the server has closed (it restarted,
-// say) fails its first command with EOF, and redlock sends that command once
-// more, on a new connection.
-func Dial(urls []string, opts ...Option) (*Client, error) {
-	if len(urls) == 0 {
-		urls = []string{DefaultURL}
-	}
-	clients := make([]redis.UniversalClient, 0, len(urls))
-	closeAll := func() {
-		for _, rc := range clients {
-			rc.Close()
-		}
-	}
-	for i, url := range urls {
-		options, err := redis.ParseURL(url)
-		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("redlock: URL %d (%q): %w", i, url, err)
-		}
-		options.ContextTimeoutEnabled = true
-		// One try per call unless the URL says otherwise: lock rounds have
-		// their own timeout and retries, and go-redis's default retries
-		// (five dials 100ms apart, three commands with backoff) would keep a
-		// round waiting on a server that is down.
-		if options.DialerRetries == 0 {
-			options.DialerRetries = 1
-		}
-		if options.MaxRetries == 0 {
-			options.MaxRetries = -1
-		}
-		options.Dialer = unprobed(redis.NewDialer(options))
-		clients = append(clients, redis.NewClient(options))
-	}
-	c, err := New(clients, opts...)
-	if err != nil {
-		closeAll()
-		return nil, err
-	}
-	c.owned = clients
-	return c, nil
-}
-
-// Close stops the Client. Locks still held are no longer extended: their
-// held contexts end with a cause wrapping ErrLockLost and ErrClosed, and
-// their keys expire on the servers after the TTL. Close waits for every
+// Close stops the Client. It waits for lock calls in progress, which end
+// with ErrClosed; locks still held are released, and their held contexts end
+// with a cause wrapping ErrLockLost and ErrClosed. Close waits for every
 // background call and goroutine of the Client to finish (a call to a hung
 // server ends with the node timeout on clients from Dial, and with the read
-// timeout on clients given to New), then closes the clients that Dial made. Calls after Close fail
-// with ErrClosed. Close is safe to call more than once; later calls return nil.
+// timeout on clients given to New), then closes the clients that Dial made.
+// Calls after Close fail with ErrClosed. Close is safe to call more than
+// once; later calls return nil.
 func (c *Client) Close() error {
 	c.mu.Lock()
-	if c.closed {
+	if c.closing.Load() {
 		c.mu.Unlock()
 		return nil
 	}
-	c.closed = true
-	close(c.closing)
+	c.closing.Store(true)
+	close(c.closingCh)
 	c.mu.Unlock()
 
-	c.watchdogs.Wait()
-	c.notifier.wait()
+	c.active.Wait()
+	c.watchdog.stop()
+	c.background.Wait()
+	c.notifier.stop()
+	var sweeps sync.WaitGroup
+	for _, n := range c.nodes {
+		sweeps.Go(func() { n.sweep(c.cfg.perNodeTimeout()) })
+	}
+	sweeps.Wait()
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
 	for _, n := range c.nodes {
 		n.calls.Wait()
 	}
@@ -179,29 +148,78 @@ func (c *Client) Close() error {
 	return errors.Join(errs...)
 }
 
-// isClosed reports whether Close has begun.
-func (c *Client) isClosed() bool {
+// enter records a lock call in progress, unless Close has begun; the caller
+// calls leave when it is done.
+func (c *Client) enter() bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return c.closed
-}
-
-// unprobed wraps dial so that the connections it makes hide their file
-// descriptor. go-redis checks that a pooled connection is alive before every
-// command with a non-blocking read, which costs a system call and five
-// allocations per command, but only on connections that expose one. A dead
-// connection still shows itself on the next command, with EOF, and the node
-// calls send that command again (see node.process).
-func unprobed(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		conn, err := dial(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		return opaqueConn{conn}, nil
+	if c.closing.Load() {
+		return false
 	}
+	c.active.Add(1)
+	return true
 }
 
-// opaqueConn is a net.Conn with nothing more: it does not implement
-// syscall.Conn.
-type opaqueConn struct{ net.Conn }
+func (c *Client) leave() { c.active.Done() }
+
+// isClosing reports whether Close has begun.
+func (c *Client) isClosing() bool { return c.closing.Load() }
+
+// wakeUnheard logs, once per Client, that a node refused to pass on a
+// wake-up: waiters then poll at their retry delay.
+func (c *Client) wakeUnheard(n *node, command string) {
+	if c.unheardLogged.Swap(true) {
+		return
+	}
+	c.cfg.logger.Warn("redlock: a node refuses wake-ups, so waiters poll for the lock instead; an ACL user needs permission on the channels "+wakeChannelPrefix+"*",
+		"node", n.index, "addr", n.addr, "command", command)
+}
+
+// identity is the check, at first use, that no two nodes reach one server,
+// for Clients where New could not tell from the clients' addresses.
+type identity struct {
+	pending atomic.Bool // a check is still to be made
+
+	mu    sync.Mutex
+	known []bool // nodes whose server has been checked
+	err   error  // nodes found to share a server
+}
+
+// identify makes the identity check, if one is pending: every node writes
+// its index under the Client's mark on its server, unless another node got
+// there first. Nodes that do not answer are checked again, with all the
+// others, at the next call. It returns an error if two nodes share a server.
+func (c *Client) identify(ctx context.Context) error {
+	id := &c.identity
+	if !id.pending.Load() {
+		return nil
+	}
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if !id.pending.Load() {
+		return id.err
+	}
+	if id.known == nil {
+		id.known = make([]bool, len(c.nodes))
+	}
+	r := c.launch(ctx, roundSpec{call: c.identifyCall(), timeout: c.cfg.perNodeTimeout()})
+	heard := 0
+	out := r.wait(ctx, func(_ int, _ reply, pendingHung int) bool {
+		heard++
+		return heard+pendingHung >= len(c.nodes)
+	})
+	all := true
+	for i, rep := range out.replies {
+		switch {
+		case rep.answered && rep.ok && int(rep.counter) != i:
+			id.err = errors.Join(id.err, fmt.Errorf("redlock: nodes %d and %d reach the same server; each must be an independent master", rep.counter, i))
+		case rep.answered && rep.ok:
+			id.known[i] = true
+		}
+		all = all && id.known[i]
+	}
+	if id.err != nil || all {
+		id.pending.Store(false)
+	}
+	return id.err
+}

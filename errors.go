@@ -37,7 +37,25 @@ var (
 	// errReleaseOnAnswer is reported by Unlock for a node whose grant had
 	// not been heard of yet: it is released once the node answers.
 	errReleaseOnAnswer = errors.New("released once its grant, still in flight, is answered")
+
+	// errNotRepaired is the reply of a node a repair round does not call:
+	// it still had the key.
+	errNotRepaired = errors.New("not repaired: it has the key")
+
+	// errTooLate is the reply of a repair that would have been sent too
+	// late to leave any validity.
+	errTooLate = errors.New("not repaired: too little validity left")
 )
+
+// notSent reports whether a call that failed with err was never sent.
+func notSent(err error) bool {
+	for _, never := range []error{errTooBusy, errReleaseOnAnswer, errNotRepaired, errTooLate, ErrClosed, redis.ErrClosed} {
+		if errors.Is(err, never) {
+			return true
+		}
+	}
+	return false
+}
 
 // NodeError is the error of one node in a round of calls.
 type NodeError struct {

@@ -454,9 +454,7 @@ func TestHeldErrSeesTheValidityEndWhenTheTimerIsLate(t *testing.T) {
 	}
 	// The expiry timer does not fire, as in a process that has just woken
 	// from a pause, and no extension succeeds.
-	m.mu.Lock()
-	m.expiry.Stop()
-	m.mu.Unlock()
+	stopExpiryTimer(m)
 	mrs[0].SetError("LOADING simulated")
 	mrs[1].SetError("LOADING simulated")
 	defer mrs[0].SetError("")

@@ -3,6 +3,7 @@ package redlock
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"strings"
 	"sync"
 	"time"
@@ -14,42 +15,70 @@ import (
 // with its Client's id; the release script pops the id at the head of the
 // lock's queue and publishes it on that Client's own channel, so that each
 // wake-up reaches the one Client concerned, however many wait. The notifier
-// keeps one subscription connection per node, subscribed to the Client's
-// channel from the first wait until Close, and passes each message to the
-// waiter it names. Messages can be lost (a node down, a reconnect, a woken
-// waiter that has died), so waiters also retry on a timer.
+// keeps one subscription per node, from the first wait until Close, and
+// passes each message to the listener of the waiter it names. Messages can
+// be lost (a node down, a reconnect, a woken waiter that has died), so
+// waiters also retry on a timer.
 type notifier struct {
 	client  *Client
 	id      string // the Client's id, which starts its waiters' ids
 	channel string // the Client's channel
 
-	mu       sync.Mutex
-	watchers map[string]*watch // by waiter id
-	subs     []*nodeSubscription
-	running  sync.WaitGroup
-	// confirmed says which nodes have confirmed the subscription; changed
-	// is closed and replaced when that changes.
-	confirmed []bool
-	changed   chan struct{}
+	mu        sync.Mutex
+	listeners map[string]*listener // by waiter id
+	subs      []*subscription      // by node; nil until the first wait
+	running   sync.WaitGroup
+	// changed is closed and replaced when a subscription's state changes.
+	changed chan struct{}
 }
 
-// watch is one waiter's registration. C receives a value when a release
+// subscription is the notifier's subscription on one node, run by one
+// goroutine. Its flags are guarded by the notifier's mu.
+type subscription struct {
+	node   *node
+	pubsub *redis.PubSub
+	// confirmed: the server confirmed the subscription on the connection
+	// in use, and no error has been seen on it since.
+	confirmed bool
+	// silent: nothing, not even a PING's answer, came for a health
+	// interval; a release may not reach the Client through this node.
+	silent bool
+	// denied: the server refused the subscription (an ACL without channel
+	// permissions); wake-ups cannot come through this node.
+	denied bool
+}
+
+// listening reports whether wake-ups published on the node reach the
+// Client.
+func (s *subscription) listening() bool { return s.confirmed && !s.silent }
+
+// listener is one waiter's registration. C receives a value when a release
 // names the waiter; it holds one pending wake-up.
-type watch struct {
+type listener struct {
 	C      chan struct{}
 	waiter string
 	n      *notifier
 }
 
-// nodeSubscription is the subscription to one node, run by one goroutine.
-type nodeSubscription struct {
-	index  int // of the node
-	pubsub *redis.PubSub
-}
-
 // waiterSeparator ends a Client's id in its waiters' ids; the release script
 // finds the channel to publish on by it.
 const waiterSeparator = "."
+
+// wakeChannelPrefix starts the name of every Client's channel.
+const wakeChannelPrefix = "redlock:wake:"
+
+// healthInterval is how long a subscription may be silent before it is
+// sent a PING, and, if that is not answered within as long again, counted
+// out until something comes.
+const healthInterval = 3 * time.Second
+
+// Back-off between attempts to subscribe again after an error, and while the
+// server denies the subscription.
+const (
+	minResubscribe    = 50 * time.Millisecond
+	maxResubscribe    = time.Second
+	deniedResubscribe = 30 * time.Second
+)
 
 func newNotifier(c *Client) *notifier {
 	id := rand.Text()
@@ -57,44 +86,41 @@ func newNotifier(c *Client) *notifier {
 		client:    c,
 		id:        id,
 		channel:   wakeChannelPrefix + id,
-		watchers:  make(map[string]*watch),
-		confirmed: make([]bool, len(c.nodes)),
+		listeners: make(map[string]*listener),
 		changed:   make(chan struct{}),
 	}
 }
-
-// wakeChannelPrefix starts the name of every Client's channel.
-const wakeChannelPrefix = "redlock:wake:"
 
 // newWaiter returns a new waiter id of this Client.
 func (n *notifier) newWaiter() string {
 	return n.id + waiterSeparator + rand.Text()
 }
 
-// watch registers waiter. The caller must call stop.
-func (n *notifier) watch(waiter string) *watch {
-	w := &watch{C: make(chan struct{}, 1), waiter: waiter, n: n}
+// listen registers waiter, subscribing on every node at the Client's first
+// wait. The caller must call stop.
+func (n *notifier) listen(waiter string) *listener {
+	l := &listener{C: make(chan struct{}, 1), waiter: waiter, n: n}
 	n.client.mu.RLock()
 	defer n.client.mu.RUnlock()
-	if n.client.closed {
-		return w // never woken by a message; the waiter's timer still runs
+	if n.client.closing.Load() {
+		return l // never woken by a message; the waiter's timer still runs
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.subs == nil {
 		n.start()
 	}
-	n.watchers[waiter] = w
-	return w
+	n.listeners[waiter] = l
+	return l
 }
 
 // stop unregisters the waiter.
-func (w *watch) stop() {
-	n := w.n
+func (l *listener) stop() {
+	n := l.n
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.watchers[w.waiter] == w {
-		delete(n.watchers, w.waiter)
+	if n.listeners[l.waiter] == l {
+		delete(n.listeners, l.waiter)
 	}
 }
 
@@ -102,69 +128,148 @@ func (w *watch) stop() {
 // client.mu (read) are held.
 func (n *notifier) start() {
 	for _, nd := range n.client.nodes {
-		sub := &nodeSubscription{index: nd.index, pubsub: nd.client.Subscribe(context.Background())}
+		sub := &subscription{node: nd, pubsub: nd.client.Subscribe(context.Background())}
 		n.subs = append(n.subs, sub)
 		n.running.Go(func() { n.run(sub) })
 	}
 }
 
-// run subscribes to the Client's channel on one node and forwards its
-// messages until the Client closes. go-redis remembers the channel even if
-// this first SUBSCRIBE fails, subscribes again after a reconnect, and says
-// so.
-func (n *notifier) run(sub *nodeSubscription) {
-	defer sub.pubsub.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), n.client.cfg.perNodeTimeout())
-	_ = sub.pubsub.Subscribe(ctx, n.channel)
-	cancel()
-	messages := sub.pubsub.ChannelWithSubscriptions()
+// run keeps one node's subscription and forwards its messages until the
+// Client closes. It reads the connection itself, rather than through
+// go-redis's channel, to see what go-redis does not report there: a
+// dropped connection (until the server confirms the subscription again),
+// silence, and a denied subscription.
+func (n *notifier) run(sub *subscription) {
+	ctx := context.Background()
+	resubscribe := func() {
+		subCtx, cancel := context.WithTimeout(ctx, n.client.cfg.perNodeTimeout())
+		_ = sub.pubsub.Subscribe(subCtx, n.channel)
+		cancel()
+	}
+	resubscribe()
+	backoff := minResubscribe
+	pinged := false
 	for {
-		select {
-		case <-n.client.closing:
+		msg, err := sub.pubsub.ReceiveTimeout(ctx, healthInterval)
+		if n.closing() {
 			return
-		case msg, ok := <-messages:
-			if !ok {
+		}
+		switch {
+		case err != nil && timedOut(err):
+			// Nothing for an interval: ask, and count the node out if
+			// the question goes unanswered too.
+			if pinged {
+				n.update(sub, func(s *subscription) { s.silent = true })
+			}
+			pingCtx, cancel := context.WithTimeout(ctx, n.client.cfg.perNodeTimeout())
+			_ = sub.pubsub.Ping(pingCtx)
+			cancel()
+			pinged = true
+		case err != nil:
+			denied := isDenied(err)
+			n.update(sub, func(s *subscription) { s.confirmed, s.denied = false, denied })
+			wait := backoff
+			if denied {
+				n.client.wakeUnheard(sub.node, "SUBSCRIBE")
+				wait = deniedResubscribe
+			}
+			if !n.sleep(wait) {
 				return
 			}
-			switch msg := msg.(type) {
-			case *redis.Message:
-				n.wake(msg.Payload)
-			case *redis.Subscription:
-				n.confirm(sub.index, msg.Kind == "subscribe")
+			backoff = min(2*backoff, maxResubscribe)
+			if denied {
+				resubscribe()
 			}
+		default:
+			backoff, pinged = minResubscribe, false
+			n.heard(sub, msg)
 		}
 	}
 }
 
-// confirm records that a node confirmed the subscription, or its end.
-func (n *notifier) confirm(node int, subscribed bool) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	n.confirmed[node] = subscribed
-	close(n.changed)
-	n.changed = make(chan struct{})
+// heard acts on a message from a subscription.
+func (n *notifier) heard(sub *subscription, msg any) {
+	switch msg := msg.(type) {
+	case *redis.Subscription:
+		subscribed := msg.Kind == "subscribe"
+		n.update(sub, func(s *subscription) { s.confirmed, s.silent, s.denied = subscribed, false, false })
+	case *redis.Message:
+		n.update(sub, func(s *subscription) { s.silent = false })
+		n.wake(msg.Payload)
+	default: // a PING's answer
+		n.update(sub, func(s *subscription) { s.silent = false })
+	}
 }
 
-// ready waits until a quorum of nodes has confirmed the subscription, so
-// that a release after that, which publishes on a quorum, reaches the
-// waiter: a waiter must not join the queue before it can hear its turn. It
-// gives up after timeout, when ctx ends, or when the Client closes; the
-// waiter's timer then covers a wake-up it misses.
-func (w *watch) ready(ctx context.Context, timeout time.Duration) {
-	n := w.n
+// isDenied reports an error the server gives a user it does not let
+// subscribe.
+func isDenied(err error) bool {
+	var redisErr redis.Error
+	return errors.As(err, &redisErr) && strings.HasPrefix(redisErr.Error(), "NOPERM")
+}
+
+// update changes a subscription's flags, and tells the waiters waiting for
+// a quorum of subscriptions if anything changed.
+func (n *notifier) update(sub *subscription, change func(*subscription)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	before := *sub
+	change(sub)
+	if before.confirmed != sub.confirmed || before.silent != sub.silent || before.denied != sub.denied {
+		close(n.changed)
+		n.changed = make(chan struct{})
+	}
+}
+
+// sleep waits d or until the Client closes; it reports false if it closed.
+func (n *notifier) sleep(d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-n.client.closingCh:
+		return false
+	}
+}
+
+func (n *notifier) closing() bool {
+	select {
+	case <-n.client.closingCh:
+		return true
+	default:
+		return false
+	}
+}
+
+// ready waits until a quorum of nodes listens for wake-ups, so that a
+// release after that, which publishes on a quorum, reaches the waiter: a
+// waiter must not count on a wake-up before it can hear its turn. It
+// reports whether a quorum listens; it gives up at once if too many nodes
+// deny the subscription, and otherwise after timeout, when ctx ends, or
+// when the Client closes. A waiter that is not ready polls instead.
+func (l *listener) ready(ctx context.Context, timeout time.Duration) bool {
+	n := l.n
 	var expired <-chan time.Time
 	for {
 		n.mu.Lock()
-		count := 0
-		for _, ok := range n.confirmed {
-			if ok {
-				count++
+		listening, denied := 0, 0
+		for _, s := range n.subs {
+			if s.listening() {
+				listening++
+			}
+			if s.denied {
+				denied++
 			}
 		}
 		changed := n.changed
+		nodes := len(n.client.nodes)
 		n.mu.Unlock()
-		if count >= quorum(len(n.confirmed)) {
-			return
+		switch {
+		case listening >= quorum(nodes):
+			return true
+		case n.subs == nil || nodes-denied < quorum(nodes):
+			return false
 		}
 		if expired == nil {
 			timer := time.NewTimer(timeout)
@@ -174,29 +279,38 @@ func (w *watch) ready(ctx context.Context, timeout time.Duration) {
 		select {
 		case <-changed:
 		case <-expired:
-			return
+			return false
 		case <-ctx.Done():
-			return
-		case <-n.client.closing:
-			return
+			return false
+		case <-n.client.closingCh:
+			return false
 		}
 	}
 }
 
-// wake passes a wake-up to the waiter it names.
+// wake passes a wake-up to the listener of the waiter it names.
 func (n *notifier) wake(waiter string) {
 	if !strings.HasPrefix(waiter, n.id+waiterSeparator) {
 		return
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if w := n.watchers[waiter]; w != nil {
+	if l := n.listeners[waiter]; l != nil {
 		select {
-		case w.C <- struct{}{}:
+		case l.C <- struct{}{}:
 		default: // a wake-up is already pending
 		}
 	}
 }
 
-// wait waits for the subscription goroutines after the Client began closing.
-func (n *notifier) wait() { n.running.Wait() }
+// stop ends the subscriptions and waits for their goroutines, after the
+// Client began closing.
+func (n *notifier) stop() {
+	n.mu.Lock()
+	subs := n.subs
+	n.mu.Unlock()
+	for _, sub := range subs {
+		sub.pubsub.Close()
+	}
+	n.running.Wait()
+}

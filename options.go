@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 )
 
@@ -166,9 +167,16 @@ func WithWaitTimeout(d time.Duration) Option {
 
 // WithKeyPrefix sets the prefix of every lock's Redis key. A Mutex named n
 // uses the key prefix+"{"+n+"}", so that the keys of one lock share a cluster
-// hash slot. Default "redlock:"; it may be empty.
+// hash slot. Default "redlock:"; it may be empty, and must not contain a
+// brace, which would break that hash tag.
 func WithKeyPrefix(prefix string) Option {
-	return func(c *config) { c.keyPrefix = prefix }
+	return func(c *config) {
+		if strings.ContainsAny(prefix, "{}") {
+			c.fail("key prefix %q has a brace, which would break the hash tag of the lock's keys", prefix)
+			return
+		}
+		c.keyPrefix = prefix
+	}
 }
 
 // WithFencing makes every acquisition earn a fencing token, Mutex.Token: a

@@ -4,170 +4,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/redis/go-redis/v9"
-	"golang.org/x/sync/errgroup"
 )
-
-// Calls to a hung node outlive the rounds that started them. Once a node has
-// not answered for longer than the node timeout, at most maxCallsToHungNode
-// calls to it are in flight; past that it is counted as failed at once
-// instead of piling up goroutines. maxCallsPerNode is a hard bound for a node
-// that answers but is busy, say with thousands of locks extended at once.
-const (
-	maxCallsToHungNode = 256
-	maxCallsPerNode    = 16384
-)
-
-// epoch is the reference for the nodes' lastAnswer times: a monotonic clock.
-var epoch = time.Now()
-
-// node is one independent Redis master.
-type node struct {
-	index  int
-	addr   string
-	client redis.UniversalClient
-	// runID is the server's run_id last seen, for noticing restarts.
-	runID atomic.Pointer[string]
-	// hung is set when a call to the node got no answer in time, and
-	// cleared by any answer. Rounds do not wait for hung nodes to decide
-	// that they are lost.
-	hung atomic.Bool
-	// calls owns every goroutine talking to this node; Client.Close waits
-	// for it. Its limit is maxCallsPerNode.
-	calls errgroup.Group
-	// inFlight counts the calls running in calls.
-	inFlight atomic.Int32
-	// lastAnswer is when a call to the node last ended other than by timing
-	// out (an answer, or a refused connection), in nanoseconds since epoch.
-	lastAnswer atomic.Int64
-	// work hands calls to the node's idle workers.
-	work chan task
-	// closing is the Client's: workers exit when it is closed.
-	closing <-chan struct{}
-}
-
-// newNode returns node i, at addr, of a Client that closes closing.
-func newNode(i int, addr string, rc redis.UniversalClient, closing <-chan struct{}) *node {
-	n := &node{index: i, addr: addr, client: rc, work: make(chan task), closing: closing}
-	n.calls.SetLimit(maxCallsPerNode)
-	n.lastAnswer.Store(int64(time.Since(epoch))) // not hung before it is tried
-	return n
-}
-
-// A task is one call to a node: a fan-out round's call, or any other.
-type task struct {
-	round *round
-	f     func()
-}
-
-// workerIdle is how long a node's worker goroutine waits for another call
-// before it exits.
-const workerIdle = 5 * time.Second
-
-// start runs f on a goroutine owned by the node, unless the node has too
-// many calls in flight: maxCallsToHungNode if it has not answered within
-// timeout, maxCallsPerNode at any time. It reports whether f was started.
-func (n *node) start(timeout time.Duration, f func()) bool {
-	return n.submit(timeout, task{f: f})
-}
-
-// submit hands t to an idle worker of the node, or starts a new one, unless
-// the node has too many calls in flight (see start). Workers outlive their
-// calls, so a call usually costs no new goroutine, and its stack has
-// already grown.
-func (n *node) submit(timeout time.Duration, t task) bool {
-	if n.inFlight.Add(1) > maxCallsToHungNode && time.Since(epoch)-time.Duration(n.lastAnswer.Load()) > timeout {
-		n.inFlight.Add(-1)
-		return false
-	}
-	select {
-	case n.work <- t:
-		return true
-	default:
-	}
-	started := n.calls.TryGo(func() error {
-		n.worker(t)
-		return nil
-	})
-	if !started {
-		n.inFlight.Add(-1)
-	}
-	return started
-}
-
-// worker runs t, then the calls handed to it, until it has been idle for
-// workerIdle or the Client closes.
-func (n *node) worker(t task) {
-	idle := time.NewTimer(workerIdle)
-	defer idle.Stop()
-	for {
-		if t.round != nil {
-			t.round.call(n)
-		} else {
-			t.f()
-		}
-		n.inFlight.Add(-1)
-		idle.Reset(workerIdle)
-		select {
-		case t = <-n.work:
-		case <-idle.C:
-			return
-		case <-n.closing:
-			return
-		}
-	}
-}
-
-// send sends the command newCmd makes of args to the node, and sends it again
-// while it fails with EOF: a pooled connection that the server has closed (it
-// restarted, say) fails its first command so, before the server could run
-// it, and go-redis drops it; the next try takes another connection. A pool
-// can hold many such connections, so up to maxResends are tried.
-func send[C redis.Cmder](ctx context.Context, n *node, newCmd func(context.Context, ...any) C, args []any) C {
-	cmd := newCmd(ctx, args...)
-	err := n.client.Process(ctx, cmd)
-	for range maxResends {
-		if err == nil || !(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) || ctx.Err() != nil {
-			break
-		}
-		cmd = newCmd(ctx, args...)
-		err = n.client.Process(ctx, cmd)
-	}
-	return cmd
-}
-
-// maxResends bounds the dead connections one call goes through.
-const maxResends = 32
-
-// answered records how a call to the node ended: hung if it timed out.
-func (n *node) answered(err error) {
-	hung := timedOut(err)
-	n.hung.Store(hung)
-	if !hung {
-		n.lastAnswer.Store(int64(time.Since(epoch)))
-	}
-}
-
-func (n *node) errorf(err error) error {
-	return &NodeError{Node: n.index, Addr: n.addr, Err: err}
-}
 
 // reply is one node's answer in a round.
 type reply struct {
 	ok       bool   // the node did what was asked
 	err      error  // the call failed, or its answer does not count; ok is false
 	answered bool   // the node answered, or its call could not be made
-	counter  uint64 // acquisition: the node's fencing counter
+	late     bool   // it came after the round was abandoned
+	counter  uint64 // acquire: the node's fencing counter; identify: the node index the server saw first
 	woke     bool   // release: the node woke a queued waiter
-	// extension: extended[j] says whether the node extended the round's
-	// j-th lock; meaningful where ok.
+	unheard  bool   // release: the node could not publish the wake-up
+	holder   string // enqueue: the value that holds the lock on the node, or ""
+	// extend: extended[j] says whether the node extended the round's j-th
+	// lock; meaningful where ok.
 	extended []bool
 }
 
@@ -198,29 +51,33 @@ func decided(oks, fails, hung, nodes int) bool {
 	return oks >= quorum(nodes) || fails+hung > nodes-quorum(nodes)
 }
 
-// timedOut reports whether err means the node did not answer in time, as
-// opposed to answering, or refusing the connection.
-func timedOut(err error) bool {
-	if err == nil {
-		return false
-	}
-	var netErr net.Error
-	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout())
+// validityEnd is the end of a lock's validity when the round that acquired or
+// extended it started at start: the spec's validity ttl − elapsed − drift,
+// measured from the end of the round, ends at start + ttl − drift. start
+// carries a monotonic clock reading, so wall-clock jumps do not move it.
+func validityEnd(start time.Time, ttl, drift time.Duration) time.Time {
+	return start.Add(ttl - drift)
 }
 
-// fanOut runs call on every node at once, each bounded by timeout, and returns
-// as soon as the round is decided, the timeout passes, or ctx is done. Calls
-// still in flight then finish in the background, owned by their node. If the
-// round is lost, undo (if not nil) runs for every late reply, so that a grant
-// that arrives after the decision is released.
-func (c *Client) fanOut(ctx context.Context, timeout time.Duration, call nodeCall, undo nodeCall) outcome {
-	return c.launch(ctx, timeout, call, undo, nil).wait(ctx, nil)
-}
+// roundKind says who hears of a round's replies once it no longer waits.
+type roundKind uint8
 
-// skipped names nodes a round does not call, and why.
-type skipped struct {
-	nodes []bool
-	why   error
+const (
+	plainRound   roundKind = iota
+	acquireRound           // the holding releases grants that come after it was abandoned
+	releaseRound           // the holding remembers releases that got no answer
+	repairRound            // the holding releases repairs that land after its end
+)
+
+// roundSpec describes a round to launch.
+type roundSpec struct {
+	call    nodeCall
+	timeout time.Duration
+	skip    []bool // nodes not called, if not nil
+	skipWhy error  // their reply's error
+	kind    roundKind
+	holding *holding  // the holding of an acquire, release or repair round
+	start   time.Time // when the round was decided on, if not at launch
 }
 
 // round is a fan-out in progress, shared by the wait and the node calls,
@@ -231,17 +88,16 @@ type skipped struct {
 type round struct {
 	mu        sync.Mutex
 	replies   []reply
-	abandoned bool  // the round was lost, or its lock released: undo late grants
+	abandoned bool  // replies from now on are late: the holding undoes them
 	ctxErr    error // the caller's context ended the wait, with this error
 	timedOut  bool  // the timeout ended the wait
 	notify    chan int
 
 	nodes       []*node
-	timeout     time.Duration
+	spec        roundSpec
+	start       time.Time
 	hungAtStart []bool // nodes that had not answered in time in an earlier round
 	pendingHung int    // of those, the ones not heard from yet
-	nodeCall    nodeCall
-	undo        nodeCall
 
 	parent   context.Context
 	deadline time.Time
@@ -264,57 +120,32 @@ func (r *round) Err() error {
 
 func (r *round) expire() { close(r.expired) }
 
-// finished records that a node call ended and its reply was delivered;
-// after the last, the deadline timer has nothing left to end: the wait gets
-// every reply.
-func (r *round) finished() {
-	if r.running.Add(-1) == 0 {
-		r.expiry.Stop()
-	}
+// fanOut runs call on every node at once, each bounded by timeout, and returns
+// as soon as a quorum of nodes did what was asked or no longer can, the
+// timeout passes, or ctx is done. Calls still in flight then finish in the
+// background, owned by their node.
+func (c *Client) fanOut(ctx context.Context, timeout time.Duration, call nodeCall) outcome {
+	return c.launch(ctx, roundSpec{call: call, timeout: timeout}).wait(ctx, nil)
 }
 
-// call runs the round's call on n and records the reply.
-func (r *round) call(n *node) {
-	rep := r.nodeCall(r, n)
-	n.answered(rep.err)
-	undo := r.record(n.index, rep)
-	r.finished()
-	if undo != nil {
-		undoCtx, cancel := context.WithTimeout(context.WithoutCancel(r.parent), r.timeout)
-		undo(undoCtx, n)
-		cancel()
-	}
-}
-
-// record stores node i's reply and passes it to the wait. If the round has
-// been abandoned, it returns the call that undoes what the node did.
-func (r *round) record(i int, rep reply) (undo nodeCall) {
-	rep.answered = true
-	r.mu.Lock()
-	r.replies[i] = rep
-	if r.abandoned {
-		undo = r.undo
-	}
-	r.mu.Unlock()
-	r.notify <- i
-	return undo
-}
-
-// launch starts call on every node, each bounded by timeout. The calls are
-// owned by their nodes and may outlive the round.
-//
-// Nodes where skip (if not nil) is true are not called: their reply is the
-// error skip names. Their calls are not made, so they say nothing of the
+// launch starts the round spec describes on every node. The calls are owned
+// by their nodes and may outlive the round. Nodes that spec skips are not
+// called: their reply is the error spec names, and says nothing of the
 // node's health.
-func (c *Client) launch(ctx context.Context, timeout time.Duration, call nodeCall, undo nodeCall, skip *skipped) *round {
+func (c *Client) launch(ctx context.Context, spec roundSpec) *round {
+	now := time.Now()
+	start := spec.start
+	if start.IsZero() {
+		start = now
+	}
 	r := &round{
 		replies: make([]reply, len(c.nodes)),
 		notify:  make(chan int, len(c.nodes)),
-		nodes:   c.nodes, timeout: timeout, nodeCall: call, undo: undo,
-		parent: ctx, deadline: time.Now().Add(timeout), expired: make(chan struct{}),
+		nodes:   c.nodes, spec: spec, start: start,
+		parent: ctx, deadline: now.Add(spec.timeout), expired: make(chan struct{}),
 	}
 	r.running.Store(int32(len(c.nodes)))
-	r.expiry = time.AfterFunc(timeout, r.expire)
+	r.expiry = time.AfterFunc(spec.timeout, r.expire)
 	for i, n := range c.nodes {
 		if n.hung.Load() {
 			if r.hungAtStart == nil {
@@ -327,14 +158,14 @@ func (c *Client) launch(ctx context.Context, timeout time.Duration, call nodeCal
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	for _, n := range c.nodes {
-		skipped := skip != nil && skip.nodes[n.index]
-		if !skipped && !c.closed && n.submit(timeout, task{round: r}) {
+		skipped := spec.skip != nil && spec.skip[n.index]
+		if !skipped && !c.closed && n.submit(spec.timeout, task{round: r}) {
 			continue
 		}
 		var err error
 		switch {
 		case skipped:
-			err = skip.why
+			err = spec.skipWhy
 		case c.closed:
 			err = ErrClosed
 		default:
@@ -342,8 +173,49 @@ func (c *Client) launch(ctx context.Context, timeout time.Duration, call nodeCal
 		}
 		r.record(n.index, reply{err: err})
 		r.finished()
+		if !skipped && spec.kind == releaseRound {
+			spec.holding.releaseReplied(n, reply{err: err})
+		}
 	}
 	return r
+}
+
+// call runs the round's call on n, records the reply, and passes it to the
+// round's holding.
+func (r *round) call(n *node) {
+	rep := r.spec.call(r, n)
+	n.answered(rep.err)
+	late := r.record(n.index, rep)
+	r.finished()
+	switch r.spec.kind {
+	case acquireRound:
+		r.spec.holding.acquireReplied(n, rep, late)
+	case releaseRound:
+		r.spec.holding.releaseReplied(n, rep)
+	case repairRound:
+		r.spec.holding.repairReplied(n, rep)
+	}
+}
+
+// record stores node i's reply and passes it to the wait. It reports whether
+// the round had been abandoned.
+func (r *round) record(i int, rep reply) (late bool) {
+	rep.answered = true
+	r.mu.Lock()
+	rep.late = r.abandoned
+	r.replies[i] = rep
+	r.mu.Unlock()
+	r.notify <- i
+	return rep.late
+}
+
+// finished records that a node call ended and its reply was delivered;
+// after the last, the deadline timer has nothing left to end: the wait gets
+// every reply.
+func (r *round) finished() {
+	if r.running.Add(-1) == 0 {
+		r.expiry.Stop()
+	}
 }
 
 // wait collects the nodes' replies until done says the round is decided, the
@@ -381,11 +253,7 @@ wait:
 				continue // every node answered; count the replies
 			}
 			timedOut = true
-			for i, n := range r.nodes {
-				if !r.isAnswered(i) {
-					n.hung.Store(true)
-				}
-			}
+			r.markHung()
 			break wait
 		case <-ctx.Done():
 			ctxErr = ctx.Err()
@@ -395,15 +263,21 @@ wait:
 	return r.settle(ctxErr, timedOut)
 }
 
-func (r *round) isAnswered(i int) bool {
+// markHung marks the nodes that have not answered by the deadline as hung.
+func (r *round) markHung() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.replies[i].answered
+	for i, n := range r.nodes {
+		if !r.replies[i].answered {
+			n.hung.Store(true)
+		}
+	}
 }
 
-// settle takes a snapshot of the round and marks it abandoned if it was lost,
-// so that nodes answering later undo what they did. ctxErr is the error of the
-// caller's context if it ended the wait; timedOut, whether the timeout did.
+// settle takes a snapshot of the round and abandons it if it was lost, so
+// that nodes answering later are undone by its holding. ctxErr is the error
+// of the caller's context if it ended the wait; timedOut, whether the
+// timeout did.
 func (r *round) settle(ctxErr error, timedOut bool) outcome {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -422,8 +296,8 @@ func (r *round) settle(ctxErr error, timedOut bool) outcome {
 	if !out.won {
 		// A won round's failed nodes are not reported: nobody asks.
 		out.errs = r.nodeErrors(out.replies)
+		r.abandoned = true
 	}
-	r.abandoned = !out.won
 	return out
 }
 
@@ -442,41 +316,55 @@ func (r *round) nodeErrors(replies []reply) error {
 		case r.ctxErr != nil:
 			errs = append(errs, n.errorf(fmt.Errorf("no answer before the wait ended: %w", r.ctxErr)))
 		case r.timedOut:
-			errs = append(errs, n.errorf(fmt.Errorf("no answer within %v: %w", r.timeout, context.DeadlineExceeded)))
+			errs = append(errs, n.errorf(fmt.Errorf("no answer within %v: %w", r.spec.timeout, context.DeadlineExceeded)))
 		case r.hungAtStart != nil && r.hungAtStart[i]:
-			errs = append(errs, n.errorf(fmt.Errorf("not waited for: no answer within %v in an earlier round: %w", r.timeout, context.DeadlineExceeded)))
+			errs = append(errs, n.errorf(fmt.Errorf("not waited for: no answer within %v in an earlier round: %w", r.spec.timeout, context.DeadlineExceeded)))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// abandon marks a won round as undone: nodes that answer from now on run
-// the round's undo call.
-func (r *round) abandon() {
-	r.mu.Lock()
-	r.abandoned = true
-	r.mu.Unlock()
-}
-
-// handOver marks a won acquisition round as undone by release, the call
-// that releases the lock: nodes that answer from now on run it as soon as
-// they do, so that a grant still in flight cannot land after the release and
-// linger for a TTL. It returns which nodes had not answered (nil if all
-// had): their release is left to the round, and must not be sent again.
-func (r *round) handOver(release nodeCall) (pending []bool) {
+// abandon marks the round as undone: replies from now on are late, and its
+// holding undoes them as they come. It says which nodes had answered in a
+// way that may have left the holding's key (anything but a refusal: a
+// script can fail after it wrote), which must be released now, and of
+// those, which failed so that the command may yet land. Nodes not yet heard
+// from are left to their late replies.
+func (r *round) abandon() (release, unsure []bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.abandoned = true
-	r.undo = release
 	for i, rep := range r.replies {
-		if !rep.answered {
-			if pending == nil {
-				pending = make([]bool, len(r.replies))
-			}
-			pending[i] = true
+		if !rep.answered || rep.late {
+			continue
+		}
+		if !rep.refused() {
+			release = setBit(release, i, len(r.replies))
+		}
+		if maybeRan(rep.err) {
+			unsure = setBit(unsure, i, len(r.replies))
 		}
 	}
-	return pending
+	return release, unsure
+}
+
+// handOver abandons a won round at the end of its holding. It says which
+// nodes have not answered yet (their late replies release them, so the
+// holding's release must skip them) and which answered with an error that
+// leaves their grant in doubt.
+func (r *round) handOver() (pending, unsure []bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.abandoned = true
+	for i, rep := range r.replies {
+		switch {
+		case !rep.answered:
+			pending = setBit(pending, i, len(r.replies))
+		case !rep.late && maybeRan(rep.err):
+			unsure = setBit(unsure, i, len(r.replies))
+		}
+	}
+	return pending, unsure
 }
 
 // token is the fencing token a won acquisition round earns: one more than
@@ -510,172 +398,4 @@ func (o outcome) permanentFailures() int {
 		}
 	}
 	return count
-}
-
-// validityEnd is the end of a lock's validity when the round that acquired or
-// extended it started at start: the spec's validity ttl − elapsed − drift,
-// measured from the end of the round, ends at start + ttl − drift. start
-// carries a monotonic clock reading, so wall-clock jumps do not move it.
-func validityEnd(start time.Time, ttl, drift time.Duration) time.Time {
-	return start.Add(ttl - drift)
-}
-
-// The node calls of the three rounds.
-
-// acquireCall asks a node for the lock. With fencing it also reads the node's
-// counter; with a restart guard, a node up for less than guard does not vote:
-// its grant comes back as an error (and is released if the round fails).
-func (m *Mutex) acquireCall(value string) nodeCall {
-	c, guard, fencing := m.client, m.cfg.restartGuard, m.cfg.fencing
-	if !fencing && guard == 0 {
-		// A plain command: no script to parse and run on the server. Its
-		// arguments are shared by the node calls, which only read them.
-		args := []any{"set", m.args.key, value, "px", m.args.ttlMillis, "nx"}
-		return func(ctx context.Context, n *node) reply {
-			err := send(ctx, n, redis.NewStatusCmd, args).Err()
-			if err == redis.Nil {
-				return reply{}
-			}
-			return reply{ok: err == nil, err: err}
-		}
-	}
-	acquire := acquireScript.prepare(m.args.keyAndFence, value, m.args.ttlMillis, flag(fencing), flag(guard > 0))
-	return func(ctx context.Context, n *node) reply {
-		res, err := acquire.run(ctx, n).Slice()
-		if err != nil {
-			return reply{err: err}
-		}
-		if len(res) != 4 {
-			return reply{err: fmt.Errorf("acquire script returned %d values; want 4", len(res))}
-		}
-		granted, _ := res[0].(int64)
-		counterText, _ := res[1].(string)
-		runID, _ := res[2].(string)
-		uptime, _ := res[3].(int64)
-		if guard > 0 {
-			c.noticeRestart(n, runID, uptime)
-			if up := time.Duration(uptime) * time.Second; up < guard {
-				return reply{err: fmt.Errorf("%w: up for %v, less than the restart guard %v", errRecentlyRestarted, up, guard)}
-			}
-		}
-		if granted != 1 {
-			return reply{}
-		}
-		counter, err := strconv.ParseUint(counterText, 10, 64)
-		if err != nil {
-			return reply{err: fmt.Errorf("fencing counter %q: %w", counterText, err)}
-		}
-		return reply{ok: true, counter: counter}
-	}
-}
-
-// mutexArgs are a Mutex's keys and TTL as command arguments, made once so
-// that each call does not convert them again.
-type mutexArgs struct {
-	key         any   // the lock's key
-	keyAndFence []any // the lock's key and its fencing counter
-	keyAndQueue []any // the lock's key and its queue of waiters
-	ttlMillis   any   // the TTL in milliseconds
-}
-
-func newMutexArgs(key string, ttl time.Duration) mutexArgs {
-	return mutexArgs{
-		key:         key,
-		keyAndFence: []any{key, key + fenceSuffix},
-		keyAndQueue: []any{key, key + queueSuffix},
-		ttlMillis:   ttl.Milliseconds(),
-	}
-}
-
-// fenceSuffix names a lock's fencing counter after its key, in the same hash
-// slot.
-const fenceSuffix = ":fence"
-
-func flag(on bool) string {
-	if on {
-		return "1"
-	}
-	return "0"
-}
-
-// noticeRestart logs when a node's run_id changes, which means it restarted.
-func (c *Client) noticeRestart(n *node, runID string, uptime int64) {
-	if runID == "" {
-		return
-	}
-	previous := n.runID.Swap(&runID)
-	if previous != nil && *previous != runID {
-		c.cfg.logger.Warn("redlock: node restarted; its grants do not count until the restart guard has passed",
-			"node", n.index, "addr", n.addr, "run_id", runID, "uptime_seconds", uptime)
-	}
-}
-
-// fenceCall records token on a node while value still holds the lock there.
-func (m *Mutex) fenceCall(value string, token uint64) nodeCall {
-	fence := fenceScript.prepare(m.args.keyAndFence, value, token)
-	return func(ctx context.Context, n *node) reply {
-		res, err := fence.run(ctx, n).Int64()
-		return reply{ok: err == nil && res == 1, err: err}
-	}
-}
-
-// releaseCall deletes the key if value still holds it. With wake it also
-// takes the holder's own waiter id (if any) out of the lock's queue and wakes
-// the next waiter, by publishing its id on the channel of the waiter's
-// Client, which the script finds from the id.
-func (m *Mutex) releaseCall(value, waiter string, wake bool) nodeCall {
-	channelPrefix := ""
-	if wake {
-		channelPrefix = wakeChannelPrefix
-	}
-	release := releaseScript.prepare(m.args.keyAndQueue, value, channelPrefix, waiter)
-	return func(ctx context.Context, n *node) reply {
-		res, err := release.run(ctx, n).Int64()
-		return reply{ok: err == nil && res >= 1, woke: err == nil && res == 2, err: err}
-	}
-}
-
-// queueSuffix names a lock's queue of waiters after its key, in the same hash
-// slot.
-const queueSuffix = ":waiters"
-
-// Modes of enqueueCall.
-const (
-	enqueueLast  = "0"
-	enqueueFirst = "1"
-	dequeue      = "-"
-)
-
-// enqueueCall puts waiter in the lock's queue on a node, or takes it out. The
-// reply is ok if the lock is held on the node.
-func (m *Mutex) enqueueCall(waiter, mode string) nodeCall {
-	key := m.key
-	enqueue := enqueueScript.prepare([]any{key + queueSuffix, key, key + queueSuffix + ":left:" + waiter}, waiter, m.queueTTL().Milliseconds(), mode)
-	return func(ctx context.Context, n *node) reply {
-		held, err := enqueue.run(ctx, n).Int64()
-		return reply{ok: err == nil && held == 1, err: err}
-	}
-}
-
-// releaseLate releases, in the background, the nodes of a lost acquisition
-// round that granted the lock or whose answer is unknown. Nodes that answered
-// no hold no key of ours; nodes that have not answered yet undo their own
-// grant when they do (see fanOut).
-func (c *Client) releaseLate(out outcome, release nodeCall, timeout time.Duration) {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if c.closed {
-		return
-	}
-	for i, n := range c.nodes {
-		if !out.replies[i].answered || out.replies[i].refused() {
-			continue
-		}
-		// A node too busy to take the call is hung; its key expires.
-		n.start(timeout, func() {
-			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			defer cancel()
-			release(ctx, n)
-		})
-	}
 }

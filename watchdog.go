@@ -3,9 +3,7 @@ package redlock
 import (
 	"container/heap"
 	"context"
-	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"time"
 
@@ -16,8 +14,8 @@ import (
 // that fall due within a quarter of an interval of each other go out
 // together, early rather than late, as one round with one script call per
 // node for up to maxBatch locks. Each lock is next due one interval after
-// the round that extended it, so the locks of a round stay in step, and
-// batches fall due at least a quarter interval apart: a few rounds per
+// the round that extended it started, so the locks of a round stay in step,
+// and batches fall due at least a quarter interval apart: a few rounds per
 // interval, plus one per maxBatch locks, however many locks there are.
 const (
 	// maxBatch is the most locks extended by one call to one node.
@@ -27,79 +25,61 @@ const (
 	batchKeyTime = 50 * time.Microsecond
 )
 
-// watchdog schedules the extensions of every lock a Client holds. Each held
-// lock also has an expiry timer (its Mutex's, which serves one holding at a
-// time) that ends its held context just before its validity ends, whatever
-// the extension rounds are doing.
+// watchdog schedules the extensions of the locks a Client holds. It owns
+// its queue entries; the holdings own their state, and it asks them before
+// it extends (admit) and tells them what it learned (extended, lose).
 type watchdog struct {
 	c *Client
 
 	mu      sync.Mutex
-	due     dueHeap               // locks waiting for their next extension, soonest first
-	held    map[*holding]struct{} // every lock watched
-	running bool                  // the scheduling goroutine has been started
-	wake    chan struct{}         // the soonest extension moved earlier
+	due     dueHeap                // entries waiting for their turn, soonest first
+	entries map[*holding]*dueEntry // every holding watched, waiting or in a round
+	running bool                   // the scheduling goroutine has been started
+	stopped bool                   // the Client is closing: nothing more is watched
+	wake    chan struct{}          // the soonest extension moved earlier
 
-	ctx    context.Context // ends when the Client closes: rounds stop waiting
-	cancel context.CancelFunc
+	ctx        context.Context // ends when the Client closes: rounds stop waiting
+	cancel     context.CancelFunc
+	goroutines sync.WaitGroup // the scheduler and its rounds
+}
+
+// dueEntry is one holding's place in the watchdog's queue.
+type dueEntry struct {
+	h     *holding
+	at    time.Time // next extension
+	retry bool      // at is a retry after a failed round: not early
+	index int       // in due, or -1 while its round runs
 }
 
 func newWatchdog(c *Client) *watchdog {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &watchdog{c: c, held: make(map[*holding]struct{}), wake: make(chan struct{}, 1), ctx: ctx, cancel: cancel}
+	return &watchdog{c: c, entries: make(map[*holding]*dueEntry), wake: make(chan struct{}, 1), ctx: ctx, cancel: cancel}
 }
 
-// watch starts extending h, unless the Client is closing, in which case the
-// lock is given up at once.
-func (w *watchdog) watch(h *holding) {
-	m := h.mutex
-	c := w.c
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if c.closed {
-		m.loseLock(h, fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
-		return
-	}
-	// The expiry timer runs from the start, not only once extensions are
-	// due: a process that wakes from a pause longer than the validity must
-	// see held end at once, before the work it resumes.
-	w.arm(h)
-
+// add starts watching h, first due at at. It reports false if the Client is
+// closing. The holding calls it while it holds its own lock, so the watchdog
+// never takes a holding's lock while it holds its own.
+func (w *watchdog) add(h *holding, at time.Time) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.held[h] = struct{}{}
+	if w.stopped {
+		return false
+	}
+	e := &dueEntry{h: h, at: at, index: -1}
+	w.entries[h] = e
+	w.push(e)
 	if !w.running {
 		w.running = true
-		c.watchdogs.Go(w.run)
+		w.goroutines.Go(w.run)
 	}
-	w.schedule(h, time.Now().Add(m.cfg.extendInterval()), false)
+	return true
 }
 
-// arm sets the Mutex's expiry timer for h, unless h is no longer held.
-func (w *watchdog) arm(h *holding) {
-	m := h.mutex
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if h.stopped || h.lost != nil {
-		return
-	}
-	d := time.Until(h.until) - h.guard
-	if m.expiry == nil {
-		m.expiry = time.AfterFunc(d, m.expire)
-	} else {
-		m.expiry.Reset(d)
-	}
-}
-
-// schedule queues h for extension at t, or no earlier than t if retry, if
-// it is still watched. The caller holds w.mu.
-func (w *watchdog) schedule(h *holding, t time.Time, retry bool) {
-	if _, ok := w.held[h]; !ok {
-		return
-	}
-	h.extendAt, h.retry = t, retry
-	heap.Push(&w.due, h)
-	if h.heapIndex == 0 {
+// push queues e and wakes the scheduler if e is now the soonest. w.mu is
+// held.
+func (w *watchdog) push(e *dueEntry) {
+	heap.Push(&w.due, e)
+	if e.index == 0 {
 		select {
 		case w.wake <- struct{}{}:
 		default:
@@ -107,43 +87,30 @@ func (w *watchdog) schedule(h *holding, t time.Time, retry bool) {
 	}
 }
 
-// forget stops watching h: Unlock, a lost lock, or Close.
-func (w *watchdog) forget(h *holding) {
+// remove stops watching h. A round in flight for h finishes, but h does not
+// come due again.
+func (w *watchdog) remove(h *holding) {
 	w.mu.Lock()
-	delete(w.held, h)
-	if h.heapIndex >= 0 {
-		heap.Remove(&w.due, h.heapIndex)
+	defer w.mu.Unlock()
+	e := w.entries[h]
+	if e == nil {
+		return
 	}
-	w.mu.Unlock()
-	m := h.mutex
-	m.mu.Lock()
-	// The timer is the Mutex's: leave it alone if it is already set for
-	// a later holding.
-	if m.expiry != nil && (m.held == h || m.held == nil) {
-		m.expiry.Stop()
+	delete(w.entries, h)
+	if e.index >= 0 {
+		heap.Remove(&w.due, e.index)
 	}
-	m.mu.Unlock()
 }
 
-// expire ends the held context of the Mutex's holding when its validity is
-// about to end with no quorum confirmed, unless an extension has moved the
-// end since the timer was set.
-func (m *Mutex) expire() {
-	m.mu.Lock()
-	h := m.held
-	if h == nil || h.lost != nil || h.stopped {
-		m.mu.Unlock()
+// reschedule queues e again for at, if its holding is still watched.
+func (w *watchdog) reschedule(e *dueEntry, at time.Time, retry bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.entries[e.h] != e {
 		return
 	}
-	until := h.until
-	if left := time.Until(until) - h.guard; left > 0 {
-		m.expiry.Reset(left)
-		m.mu.Unlock()
-		return
-	}
-	m.mu.Unlock()
-	m.loseLock(h, fmt.Errorf("%w: no quorum confirmed it before its validity ended at %v", ErrLockLost, until.Format(time.RFC3339Nano)))
-	m.client.watchdog.forget(h)
+	e.at, e.retry = at, retry
+	w.push(e)
 }
 
 // run starts the extensions as they fall due, until the Client closes.
@@ -156,166 +123,196 @@ func (w *watchdog) run() {
 			n := min(len(batch), w.c.batchLimit)
 			chunk := batch[:n:n]
 			batch = batch[n:]
-			w.c.watchdogs.Go(func() { w.extend(chunk) })
+			w.goroutines.Go(func() { w.extend(chunk) })
 		}
 		timer.Reset(time.Until(next))
 		select {
 		case <-w.wake:
 		case <-timer.C:
-		case <-w.c.closing:
-			w.close()
+		case <-w.ctx.Done():
 			return
 		}
 	}
 }
 
-// takeDue takes out of the queue the locks due for extension by now, and
+// takeDue takes out of the queue the entries due for extension by now, and
 // those due soon enough after to go with them: within a quarter of their
 // interval, unless they are retrying a failed round, which would then come
 // round again at once. It returns them and when the next one falls due.
-func (w *watchdog) takeDue(now time.Time) (batch []*holding, next time.Time) {
+func (w *watchdog) takeDue(now time.Time) (batch []*dueEntry, next time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for len(w.due) > 0 {
-		h := w.due[0]
-		early := h.mutex.cfg.extendInterval() / 4
-		if h.retry {
+		e := w.due[0]
+		early := e.h.m.cfg.extendInterval() / 4
+		if e.retry {
 			early = 0
 		}
-		if h.extendAt.Sub(now) > early {
-			return batch, h.extendAt
+		if e.at.Sub(now) > early {
+			return batch, e.at
 		}
 		heap.Pop(&w.due)
-		batch = append(batch, h)
+		batch = append(batch, e)
 	}
 	return batch, now.Add(time.Hour)
 }
 
-// close gives up every lock still watched, since the Client is closing.
-func (w *watchdog) close() {
-	w.cancel()
+// stop ends the watchdog, since the Client is closing: rounds in flight
+// stop waiting and are waited for, and every holding still watched is lost.
+func (w *watchdog) stop() {
 	w.mu.Lock()
-	held := make([]*holding, 0, len(w.held))
-	for h := range w.held {
-		held = append(held, h)
+	w.stopped = true
+	w.mu.Unlock()
+	w.cancel()
+	w.goroutines.Wait()
+	w.mu.Lock()
+	watched := make([]*holding, 0, len(w.entries))
+	for h := range w.entries {
+		watched = append(watched, h)
 	}
 	w.mu.Unlock()
-	for _, h := range held {
-		h.mutex.loseLock(h, fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
-		w.forget(h)
+	for _, h := range watched {
+		h.lose(fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
 	}
 }
 
-// extend runs one extension round for the locks in batch, and acts on what
-// each lock's quorum says.
-func (w *watchdog) extend(batch []*holding) {
+// tally is what one extension round learned of one lock, counted once, as
+// the replies come.
+type tally struct {
+	extended, refused, failed int
+	refusedBy                 []bool // nodes that answered that the key is gone or not ours
+}
+
+// extend runs one extension round for the holdings in batch that are still
+// held, and acts on what each lock's quorum says.
+func (w *watchdog) extend(batch []*dueEntry) {
+	// The round counts from before any holding is admitted to it.
+	start := time.Now()
+	admitted := batch[:0]
+	for _, e := range batch {
+		if e.h.admit() {
+			admitted = append(admitted, e)
+		}
+	}
+	if len(admitted) == 0 {
+		return
+	}
+	tallies, out := w.extendRound(admitted, start)
+	if w.ctx.Err() != nil {
+		// The Client is closing: stop loses the locks.
+		for _, e := range admitted {
+			e.h.leave()
+		}
+		return
+	}
+	retried := 0
+	for j, e := range admitted {
+		if !w.settle(e, tallies[j], start) {
+			retried++
+		}
+	}
+	if retried > 0 {
+		w.c.cfg.logger.Warn("redlock: extension failed; retrying", "locks", retried, "first", admitted[0].h.m.name, "error", out.round.nodeErrors(out.replies))
+	}
+}
+
+// extendRound sends one extension call per node for the entries, and counts
+// each node's answer for each lock as it comes, until every lock is decided:
+// extended by a quorum, or no longer able to be.
+func (w *watchdog) extendRound(batch []*dueEntry, start time.Time) ([]tally, outcome) {
 	c := w.c
 	keys := make([]any, len(batch))
 	argv := make([]any, 0, 2*len(batch))
 	timeout := time.Duration(0)
-	for i, h := range batch {
-		m := h.mutex
+	for i, e := range batch {
+		m := e.h.m
 		keys[i] = m.args.key
-		argv = append(argv, h.value, m.args.ttlMillis)
+		argv = append(argv, e.h.value, m.args.ttlMillis)
 		timeout = max(timeout, m.cfg.perNodeTimeout())
 	}
 	timeout += time.Duration(len(batch)-1) * batchKeyTime
-	call := extendCall(extendScript.prepare(keys, argv...), len(batch))
-
-	// A lock is decided once a quorum has extended it, or once a quorum
-	// can no longer do so; the round, once every lock is.
-	oks := make([]int, len(batch))
-	fails := make([]int, len(batch))
-	undecided := len(batch)
-	start := time.Now()
-	r := c.launch(w.ctx, timeout, call, nil, nil)
-	out := r.wait(w.ctx, func(_ int, rep reply, pendingHung int) bool {
-		undecided = 0
-		for j := range batch {
-			if rep.ok && rep.extended[j] {
-				oks[j]++
-			} else {
-				fails[j]++
+	call := extendCall(prepare(extendScript, extendSource, keys, argv...), len(batch))
+	tallies := make([]tally, len(batch))
+	r := c.launch(w.ctx, roundSpec{call: call, timeout: timeout, start: start})
+	out := r.wait(w.ctx, func(i int, rep reply, pendingHung int) bool {
+		undecided := 0
+		for j := range tallies {
+			t := &tallies[j]
+			switch {
+			case rep.ok && rep.extended[j]:
+				t.extended++
+			case rep.ok:
+				t.refused++
+				t.refusedBy = setBit(t.refusedBy, i, len(c.nodes))
+			default:
+				t.failed++
 			}
-			if !decided(oks[j], fails[j], pendingHung, len(c.nodes)) {
+			if !decided(t.extended, t.refused+t.failed, pendingHung, len(c.nodes)) {
 				undecided++
 			}
 		}
 		return undecided == 0
 	})
-	if w.ctx.Err() != nil {
-		return // the Client is closing; close gives the locks up
-	}
-
-	retried := 0
-	for j, h := range batch {
-		m := h.mutex
-		extended, refused := 0, 0
-		for _, rep := range out.replies {
-			switch {
-			case !rep.answered || !rep.ok:
-			case rep.extended[j]:
-				extended++
-			default:
-				refused++
-			}
-		}
-		interval := m.cfg.extendInterval()
-		switch {
-		case extended >= quorum(len(c.nodes)):
-			until := w.extended(h, validityEnd(start, m.cfg.ttl, m.cfg.drift()))
-			if refused > 0 {
-				m.repair(h, until, func(i int) bool { return out.replies[i].answered && out.replies[i].ok && !out.replies[i].extended[j] })
-			}
-			w.reschedule(h, start.Add(interval), false)
-		case refused >= quorum(len(c.nodes)):
-			m.loseLock(h, fmt.Errorf("%w: %d of %d nodes no longer hold it", ErrLockLost, refused, len(c.nodes)))
-			w.forget(h)
-		default:
-			// Too few answers: try again sooner, while validity remains.
-			retried++
-			w.reschedule(h, time.Now().Add(max(interval/4, time.Millisecond)), true)
-		}
-	}
-	if retried > 0 {
-		c.cfg.logger.Warn("redlock: extension failed; retrying", "locks", retried, "first", batch[0].mutex.name, "error", out.round.nodeErrors(out.replies))
-	}
+	return tallies, out
 }
 
-// extended moves h's validity on to until, if that is later, and returns
-// the validity's end.
-func (w *watchdog) extended(h *holding, until time.Time) time.Time {
-	m := h.mutex
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if until.After(h.until) {
-		h.until = until
+// settle acts on what an extension round that started at start learned of
+// one lock: it moves the validity on and repairs the nodes that lost the
+// key, or gives the lock up, or schedules a retry. It reports false for a
+// retry. The holding decides whether any of it still applies.
+func (w *watchdog) settle(e *dueEntry, t tally, start time.Time) bool {
+	h := e.h
+	defer h.leave()
+	m := h.m
+	nodes := len(w.c.nodes)
+	interval := m.cfg.extendInterval()
+	switch {
+	case t.extended >= quorum(nodes):
+		until, stillHeld := h.extended(validityEnd(start, m.cfg.ttl, m.cfg.drift()))
+		if !stillHeld {
+			return true
+		}
+		if t.refusedBy != nil {
+			w.repair(h, until, t.refusedBy)
+		}
+		w.reschedule(e, start.Add(interval), false)
+	case t.refused >= quorum(nodes):
+		h.lose(fmt.Errorf("%w: %d of %d nodes no longer hold it", ErrLockLost, t.refused, nodes))
+	default:
+		// Too few answers: try again sooner, while validity remains.
+		w.reschedule(e, time.Now().Add(max(interval/4, time.Millisecond)), true)
+		return false
 	}
-	return h.until
+	return true
 }
 
-func (w *watchdog) reschedule(h *holding, t time.Time, retry bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.schedule(h, t, retry)
-}
-
-// extendCall extends, on one node, the locks a prepared extend script names;
-// count says how many.
-func extendCall(extend prepared, count int) nodeCall {
-	return func(ctx context.Context, n *node) reply {
-		res, err := extend.run(ctx, n).Int64Slice()
-		if err == nil && len(res) != count {
-			err = fmt.Errorf("extend script returned %d values; want %d", len(res), count)
+// repair sets the key again, with SET NX, on the nodes that said in a won
+// extension round that they no longer have it (one restarted, say), so that
+// one more node failure does not lose the lock. The key lives no longer
+// than the validity the quorum confirmed, and never replaces another
+// holder's key. The round is waited for, so that Unlock, which waits for
+// this, finds no repair in flight.
+func (w *watchdog) repair(h *holding, until time.Time, lostKey []bool) {
+	skip := make([]bool, len(lostKey))
+	for i, lost := range lostKey {
+		skip[i] = !lost
+	}
+	m := h.m
+	timeout := m.cfg.perNodeTimeout()
+	start := time.Now()
+	if !h.isHeld() {
+		return
+	}
+	r := w.c.launch(w.ctx, roundSpec{call: m.repairCall(h.value, until), timeout: timeout, skip: skip, skipWhy: errNotRepaired, kind: repairRound, holding: h, start: start})
+	heard := 0
+	out := r.wait(w.ctx, func(int, reply, int) bool {
+		heard++
+		return heard == len(lostKey)
+	})
+	for i, rep := range out.replies {
+		if lostKey[i] && rep.ok {
+			m.cfg.logger.Info("redlock: lock repaired on a node that had lost it", "lock", m.name, "node", i, "addr", w.c.nodes[i].addr)
 		}
-		if err != nil {
-			return reply{err: err}
-		}
-		extended := make([]bool, count)
-		for j, v := range res {
-			extended[j] = v == 1
-		}
-		return reply{ok: true, extended: extended}
 	}
 }
 
@@ -331,86 +328,28 @@ func batchLimit(nodes []*node) int {
 	return maxBatch
 }
 
-// dueHeap orders held locks by their next extension.
-type dueHeap []*holding
+// dueHeap orders entries by their next extension.
+type dueHeap []*dueEntry
 
 func (d dueHeap) Len() int           { return len(d) }
-func (d dueHeap) Less(i, j int) bool { return d[i].extendAt.Before(d[j].extendAt) }
+func (d dueHeap) Less(i, j int) bool { return d[i].at.Before(d[j].at) }
 func (d dueHeap) Swap(i, j int) {
 	d[i], d[j] = d[j], d[i]
-	d[i].heapIndex = i
-	d[j].heapIndex = j
+	d[i].index = i
+	d[j].index = j
 }
 
 func (d *dueHeap) Push(x any) {
-	h := x.(*holding)
-	h.heapIndex = len(*d)
-	*d = append(*d, h)
+	e := x.(*dueEntry)
+	e.index = len(*d)
+	*d = append(*d, e)
 }
 
 func (d *dueHeap) Pop() any {
 	old := *d
-	h := old[len(old)-1]
+	e := old[len(old)-1]
 	old[len(old)-1] = nil
 	*d = old[:len(old)-1]
-	h.heapIndex = -1
-	return h
-}
-
-// repair sets the key again, with SET NX, on the nodes that said in a won
-// extension round that they no longer have it (one restarted, say), so that
-// one more node failure does not lose the lock. It does so only while the
-// validity confirmed by that round lasts, and never over another holder's
-// key. The calls are owned by the nodes and not waited for; one that lands
-// after Unlock released the lock undoes itself.
-func (m *Mutex) repair(h *holding, until time.Time, refused func(node int) bool) {
-	c := m.client
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	if c.closed {
-		return
-	}
-	timeout := m.cfg.perNodeTimeout()
-	for i, n := range c.nodes {
-		if !refused(i) {
-			continue
-		}
-		remaining := time.Until(until)
-		if remaining <= timeout {
-			return // too little validity left to be worth it
-		}
-		n.start(timeout, func() {
-			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			defer cancel()
-			// The key lives no longer than the validity confirmed by
-			// the quorum; the next extension pushes it on.
-			ok, err := n.client.SetNX(ctx, m.key, h.value, remaining.Truncate(time.Millisecond)).Result()
-			if !ok || err != nil {
-				return
-			}
-			if h.released.Load() {
-				m.releaseCall(h.value, "", false)(ctx, n)
-				return
-			}
-			m.cfg.logger.Info("redlock: lock repaired on a node that had lost it", "lock", m.name, "node", n.index, "addr", n.addr)
-		})
-	}
-}
-
-// loseLock records that h was lost and ends its held context with cause,
-// unless Unlock has already stopped watching it or it was lost before.
-func (m *Mutex) loseLock(h *holding, cause error) {
-	m.mu.Lock()
-	if h.stopped || h.lost != nil {
-		m.mu.Unlock()
-		return
-	}
-	h.lost = cause
-	m.mu.Unlock()
-	h.cancel(cause)
-	level := slog.LevelWarn
-	if errors.Is(cause, ErrClosed) {
-		level = slog.LevelInfo
-	}
-	m.cfg.logger.Log(context.Background(), level, "redlock: lock lost", "lock", m.name, "cause", cause)
+	e.index = -1
+	return e
 }

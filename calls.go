@@ -1,0 +1,268 @@
+package redlock
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The calls a round makes on each node, and the scripts they run.
+
+var (
+	//go:embed scripts/acquire.lua
+	acquireSource string
+	//go:embed scripts/fence.lua
+	fenceSource string
+	//go:embed scripts/enqueue.lua
+	enqueueSource string
+	//go:embed scripts/extend.lua
+	extendSource string
+	//go:embed scripts/release.lua
+	releaseSource string
+	//go:embed scripts/identify.lua
+	identifySource string
+
+	acquireScript  = redis.NewScript(acquireSource)
+	fenceScript    = redis.NewScript(fenceSource)
+	enqueueScript  = redis.NewScript(enqueueSource)
+	extendScript   = redis.NewScript(extendSource)
+	releaseScript  = redis.NewScript(releaseSource)
+	identifyScript = redis.NewScript(identifySource)
+)
+
+// prepared is a script with its keys and arguments, as the arguments of one
+// EVALSHA command. A round builds it once and every node call shares it: the
+// calls only read it. redis.Script.Run would box the keys and arguments
+// again for every node, and it does not send a command again after a dead
+// pooled connection fails it (see send).
+type prepared struct {
+	script *redis.Script
+	source string
+	args   []any
+}
+
+func prepare(script *redis.Script, source string, keys []any, argv ...any) prepared {
+	args := make([]any, 0, 3+len(keys)+len(argv))
+	args = append(args, "evalsha", script.Hash(), len(keys))
+	args = append(args, keys...)
+	return prepared{script: script, source: source, args: append(args, argv...)}
+}
+
+// run runs the script on n, with EVAL if the server does not have it yet.
+func (p prepared) run(ctx context.Context, n *node) *redis.Cmd {
+	cmd, _ := send(ctx, n, redis.NewCmd, p.args)
+	if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		args := slices.Clone(p.args)
+		args[0], args[1] = "eval", p.source
+		cmd, _ = send(ctx, n, redis.NewCmd, args)
+	}
+	return cmd
+}
+
+// mutexArgs are a Mutex's keys and TTL as command arguments, made once so
+// that each call does not convert them again.
+type mutexArgs struct {
+	key         any   // the lock's key
+	keyAndFence []any // the lock's key and its fencing counter
+	releaseKeys []any // the lock's key, its queue and its queue's deadlines
+	ttlMillis   any   // the TTL in milliseconds
+}
+
+// The lock's other keys are named after its key, in the same hash slot.
+const (
+	fenceSuffix     = ":fence"           // the fencing counter
+	queueSuffix     = ":waiters"         // the queue of waiters
+	deadlinesSuffix = ":waiters:alive"   // until when each queued waiter counts as alive
+	leftSuffix      = ":waiters:left:"   // + waiter id: the waiter has left
+	identitySuffix  = "identity:client:" // after the key prefix, + Client id: see identifyCall
+)
+
+func newMutexArgs(key string, ttl time.Duration) mutexArgs {
+	return mutexArgs{
+		key:         key,
+		keyAndFence: []any{key, key + fenceSuffix},
+		releaseKeys: []any{key, key + queueSuffix, key + deadlinesSuffix},
+		ttlMillis:   ttl.Milliseconds(),
+	}
+}
+
+// acquireCall asks a node for the lock. With fencing it also reads the node's
+// counter; with a restart guard, a node up for less than guard does not vote:
+// its grant comes back as an error (and is released if the round fails).
+func (m *Mutex) acquireCall(value string) nodeCall {
+	c, guard, fencing := m.client, m.cfg.restartGuard, m.cfg.fencing
+	if !fencing && guard == 0 {
+		// A plain command: no script to parse and run on the server. Its
+		// arguments are shared by the node calls, which only read them.
+		args := []any{"set", m.args.key, value, "px", m.args.ttlMillis, "nx"}
+		return func(ctx context.Context, n *node) reply { return setNX(ctx, n, args) }
+	}
+	acquire := prepare(acquireScript, acquireSource, m.args.keyAndFence, value, m.args.ttlMillis, flag(fencing), flag(guard > 0))
+	return func(ctx context.Context, n *node) reply {
+		res, err := acquire.run(ctx, n).Slice()
+		if err != nil {
+			return reply{err: err}
+		}
+		if len(res) != 4 {
+			return reply{err: fmt.Errorf("acquire script returned %d values; want 4", len(res))}
+		}
+		granted, _ := res[0].(int64)
+		counterText, _ := res[1].(string)
+		runID, _ := res[2].(string)
+		uptime, _ := res[3].(int64)
+		if guard > 0 {
+			c.noticeRestart(n, runID, uptime)
+			if up := time.Duration(uptime) * time.Second; up < guard {
+				return reply{err: fmt.Errorf("%w: up for %v, less than the restart guard %v", errRecentlyRestarted, up, guard)}
+			}
+		}
+		if granted != 1 {
+			return reply{}
+		}
+		counter, err := strconv.ParseUint(counterText, 10, 64)
+		if err != nil {
+			return reply{err: fmt.Errorf("fencing counter %q: %w", counterText, err)}
+		}
+		return reply{ok: true, counter: counter}
+	}
+}
+
+// setNX sends args, a SET ... NX, and reads the reply. If the command had to
+// be sent again and the server refused it, the refusal may be the key that
+// the lost first copy set: the key is read to tell.
+func setNX(ctx context.Context, n *node, args []any) reply {
+	cmd, resent := send(ctx, n, redis.NewStatusCmd, args)
+	err := cmd.Err()
+	if err == redis.Nil && resent {
+		value, getErr := n.client.Get(ctx, args[1].(string)).Result()
+		if getErr != nil && getErr != redis.Nil {
+			return reply{err: getErr}
+		}
+		return reply{ok: value == args[2]}
+	}
+	if err == redis.Nil {
+		return reply{}
+	}
+	return reply{ok: err == nil, err: err}
+}
+
+func flag(on bool) string {
+	if on {
+		return "1"
+	}
+	return "0"
+}
+
+// noticeRestart logs when a node's run_id changes, which means it restarted.
+func (c *Client) noticeRestart(n *node, runID string, uptime int64) {
+	if runID == "" {
+		return
+	}
+	previous := n.runID.Swap(&runID)
+	if previous != nil && *previous != runID {
+		c.cfg.logger.Warn("redlock: node restarted; its grants do not count until the restart guard has passed",
+			"node", n.index, "addr", n.addr, "run_id", runID, "uptime_seconds", uptime)
+	}
+}
+
+// fenceCall records token on a node while value still holds the lock there.
+func (m *Mutex) fenceCall(value string, token uint64) nodeCall {
+	fence := prepare(fenceScript, fenceSource, m.args.keyAndFence, value, token)
+	return func(ctx context.Context, n *node) reply {
+		res, err := fence.run(ctx, n).Int64()
+		return reply{ok: err == nil && res == 1, err: err}
+	}
+}
+
+// releaseCall deletes the key if value still holds it. With wake it also
+// takes the holder's own waiter id (if any) out of the lock's queue and wakes
+// the next live waiter, by publishing its id on the channel of the waiter's
+// Client, which the script finds from the id.
+func (m *Mutex) releaseCall(value, waiter string, wake bool) nodeCall {
+	channelPrefix := ""
+	if wake {
+		channelPrefix = wakeChannelPrefix
+	}
+	release := prepare(releaseScript, releaseSource, m.args.releaseKeys, value, channelPrefix, waiter)
+	return func(ctx context.Context, n *node) reply {
+		res, err := release.run(ctx, n).Int64()
+		return reply{ok: err == nil && res >= 1, woke: err == nil && res == 2, unheard: err == nil && res == 3, err: err}
+	}
+}
+
+// Modes of enqueueCall.
+const (
+	enqueueLast  = "0"
+	enqueueFirst = "1"
+	dequeue      = "-"
+)
+
+// enqueueCall puts waiter in the lock's queue on a node, or takes it out.
+// The reply names the value that holds the lock on the node.
+func (m *Mutex) enqueueCall(waiter, mode string) nodeCall {
+	key := m.key
+	keys := []any{key + queueSuffix, key, key + deadlinesSuffix, key + leftSuffix + waiter}
+	enqueue := prepare(enqueueScript, enqueueSource, keys, waiter, mode, m.aliveTTL().Milliseconds(), m.queueTTL().Milliseconds())
+	return func(ctx context.Context, n *node) reply {
+		holder, err := enqueue.run(ctx, n).Text()
+		if err == redis.Nil {
+			return reply{ok: true}
+		}
+		return reply{ok: err == nil, holder: holder, err: err}
+	}
+}
+
+// extendCall extends, on one node, the locks a prepared extend script names;
+// count says how many.
+func extendCall(extend prepared, count int) nodeCall {
+	return func(ctx context.Context, n *node) reply {
+		res, err := extend.run(ctx, n).Int64Slice()
+		if err == nil && len(res) != count {
+			err = fmt.Errorf("extend script returned %d values; want %d", len(res), count)
+		}
+		if err != nil {
+			return reply{err: err}
+		}
+		extended := make([]bool, count)
+		for j, v := range res {
+			extended[j] = v == 1
+		}
+		return reply{ok: true, extended: extended}
+	}
+}
+
+// repairCall puts the key back, with SET NX, on a node that lost it. The
+// key lives until until at the latest: its PX is what is left of the
+// validity at the round's deadline, after which go-redis does not send the
+// command (a pooled connection is waited for no longer than the context
+// allows).
+func (m *Mutex) repairCall(value string, until time.Time) nodeCall {
+	return func(ctx context.Context, n *node) reply {
+		deadline, _ := ctx.Deadline()
+		px := until.Sub(deadline).Milliseconds()
+		if px < 1 {
+			return reply{err: errTooLate}
+		}
+		return setNX(ctx, n, []any{"set", m.args.key, value, "px", px, "nx"})
+	}
+}
+
+// identifyCall writes the node's index under the Client's mark, unless
+// another node of the Client reached the same server first; the reply's
+// counter is the index of the node that wrote the mark.
+func (c *Client) identifyCall() nodeCall {
+	mark := c.cfg.keyPrefix + identitySuffix + c.notifier.id
+	return func(ctx context.Context, n *node) reply {
+		identify := prepare(identifyScript, identifySource, []any{mark}, n.index, identityTTL.Milliseconds())
+		first, err := identify.run(ctx, n).Int64()
+		return reply{ok: err == nil, counter: uint64(first), err: err}
+	}
+}
+
+// identityTTL is how long a Client's mark lasts on a server.
+const identityTTL = time.Minute

@@ -1,0 +1,384 @@
+package redlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// holdingState is where a holding is in its one-way life:
+// acquiring → held → lost or released, and lost → released at Unlock.
+type holdingState uint8
+
+const (
+	acquiring holdingState = iota // its round is running
+	held                          // a quorum granted it within its validity
+	lost                          // no quorum confirmed it in time, or a quorum said it is gone
+	released                      // Unlock began, or the attempt failed
+)
+
+// holding is one acquisition, from its round until Unlock. It owns all of
+// its state: the watchdog and the rounds ask it before they act and tell it
+// what they learned, and it decides. Once it is no longer held, nothing
+// extends or writes its key again; it releases the key on every node that
+// may hold it, after any extension or repair still in flight.
+type holding struct {
+	m      *Mutex
+	value  string    // random, unique to this acquisition
+	waiter string    // the id under which it waited in the lock's queue, or ""
+	start  time.Time // start of the acquisition round: the validity counts from here
+	lead   time.Duration
+	round  *round // the acquisition round, whose late grants it undoes
+
+	mu      sync.Mutex // guards the fields below
+	state   holdingState
+	until   time.Time // end of validity
+	token   uint64
+	cause   error     // why it was lost
+	endedAt time.Time // when it stopped being held
+	timer   *time.Timer
+	cancel  context.CancelCauseFunc
+	unsure  []bool // nodes where a repair may have landed unseen
+	ending  *ending
+
+	// expires is when held should end, in nanoseconds since epoch: lead
+	// before until while held, never otherwise. heldContext reads it
+	// without the lock.
+	expires atomic.Int64
+	// busy counts the extension and repair rounds in flight, which the
+	// final release waits for. Only a held holding is admitted.
+	busy sync.WaitGroup
+	ctx  heldContext
+}
+
+// ending is the final release of a holding, run once, by Unlock or after a
+// loss, whichever comes first; the other waits for it.
+type ending struct {
+	done chan struct{}
+	out  outcome
+}
+
+// newHolding starts an acquisition for m.
+func (m *Mutex) newHolding(waiter string) *holding {
+	h := &holding{m: m, value: newValue(), waiter: waiter, lead: m.cfg.drift() / 2}
+	h.expires.Store(math.MaxInt64)
+	return h
+}
+
+// acquire runs the acquisition round, waiting no longer than ctx allows.
+func (h *holding) acquire(ctx context.Context) outcome {
+	m := h.m
+	h.start = time.Now()
+	h.round = m.client.launch(ctx, roundSpec{call: m.acquireCall(h.value), timeout: m.cfg.perNodeTimeout(), kind: acquireRound, holding: h})
+	return h.round.wait(ctx, nil)
+}
+
+// acquireReplied hears a node's reply to the acquisition round. A reply
+// that comes once the attempt failed or the holding ended is undone: any
+// answer but a refusal is released at once, and a call whose fate is
+// unknown is also remembered, in case the command itself lands later.
+func (h *holding) acquireReplied(n *node, rep reply, late bool) {
+	if !late || rep.refused() {
+		return
+	}
+	h.releaseNow(n)
+	if maybeRan(rep.err) {
+		n.remember(h.undo(), h.m.cfg.perNodeTimeout())
+	}
+}
+
+// releaseNow releases the holding's key on n, from n's goroutine.
+func (h *holding) releaseNow(n *node) {
+	ctx, cancel := context.WithTimeout(context.Background(), h.m.cfg.perNodeTimeout())
+	defer cancel()
+	h.undo()(ctx, n)
+}
+
+// undo is the call that deletes the holding's key where it is still there,
+// without waking a waiter: the lock was not released by its holder, and a
+// waiter queued behind a real holder must not be woken by it.
+func (h *holding) undo() nodeCall { return h.m.releaseCall(h.value, "", false) }
+
+// abandon gives up an attempt that failed: it releases, in the background,
+// the nodes that granted it or whose answer is unknown; nodes that answer
+// later release themselves (see acquireReplied).
+func (h *holding) abandon() {
+	h.mu.Lock()
+	h.state = released
+	h.mu.Unlock()
+	release, unsure := h.round.abandon()
+	if release == nil {
+		return
+	}
+	c := h.m.client
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return
+	}
+	for i, n := range c.nodes {
+		if !release[i] {
+			continue
+		}
+		// A node too busy to take the call is hung; its key expires.
+		doubt := unsure != nil && unsure[i]
+		n.start(h.m.cfg.perNodeTimeout(), func() {
+			h.releaseNow(n)
+			if doubt {
+				n.remember(h.undo(), h.m.cfg.perNodeTimeout())
+			}
+		})
+	}
+}
+
+// hold makes the holding held, with the validity that ends at until, and
+// returns its held context, derived from ctx. The expiry timer and the
+// watchdog start under the holding's lock, so that neither can act on it
+// before both know of it. If the validity has already ended (the process
+// paused, say), the holding is lost at once.
+func (h *holding) hold(ctx context.Context, until time.Time, token uint64) context.Context {
+	inner, cancel := context.WithCancelCause(ctx)
+	h.ctx = heldContext{Context: inner, h: h}
+	h.mu.Lock()
+	h.state, h.until, h.token, h.cancel = held, until, token, cancel
+	h.expires.Store(int64(until.Add(-h.lead).Sub(epoch)))
+	h.timer = time.AfterFunc(time.Until(until)-h.lead, h.expire)
+	watched := h.m.client.watchdog.add(h, h.start.Add(h.m.cfg.extendInterval()))
+	h.mu.Unlock()
+	if !watched {
+		h.lose(fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
+	}
+	return &h.ctx
+}
+
+// expire ends the holding if its validity is about to end with no quorum
+// confirmed, unless an extension has moved the end since the timer was set.
+func (h *holding) expire() {
+	h.mu.Lock()
+	if h.state != held {
+		h.mu.Unlock()
+		return
+	}
+	until := h.until
+	if left := time.Until(until) - h.lead; left > 0 {
+		h.timer.Reset(left)
+		h.mu.Unlock()
+		return
+	}
+	h.mu.Unlock()
+	h.lose(fmt.Errorf("%w: no quorum confirmed it before its validity ended at %v", ErrLockLost, until.Format(time.RFC3339Nano)))
+}
+
+// lose ends a held holding with cause: the held context ends at once, and
+// the key is released on every node in the background, once the rounds in
+// flight for it are done.
+func (h *holding) lose(cause error) {
+	h.mu.Lock()
+	if h.state != held {
+		h.mu.Unlock()
+		return
+	}
+	h.state, h.cause = lost, cause
+	h.stop()
+	h.mu.Unlock()
+	h.m.client.watchdog.remove(h)
+	h.cancel(cause)
+	level := slog.LevelWarn
+	if errors.Is(cause, ErrClosed) {
+		level = slog.LevelInfo
+	}
+	h.m.cfg.logger.Log(context.Background(), level, "redlock: lock lost", "lock", h.m.name, "cause", cause)
+	h.m.client.background.Go(func() { h.end(context.Background()) })
+}
+
+// stop records the end of being held: no expiry, no held context reading
+// the validity. h.mu is held.
+func (h *holding) stop() {
+	h.endedAt = time.Now()
+	h.expires.Store(math.MaxInt64)
+	h.timer.Stop()
+}
+
+// unlock ends the holding for Unlock: it stops the watchdog for it, ends
+// the held context, and releases the key on every node, after the rounds in
+// flight for it are done. It returns what the release learned, and the
+// cause if the holding had been lost.
+func (h *holding) unlock(ctx context.Context) (outcome, error) {
+	h.mu.Lock()
+	was, cause := h.state, h.cause
+	if was == held {
+		h.state = released
+		h.stop()
+	}
+	h.mu.Unlock()
+	if was == held {
+		h.m.client.watchdog.remove(h)
+		h.cancel(nil)
+	}
+	return h.end(ctx), cause
+}
+
+// end releases the holding's key on every node, once: the second caller
+// waits for the first, or until ctx is done. It waits for the extension
+// and repair rounds in flight (each bounded by the node timeout), leaves
+// the nodes whose grant is still in flight to the acquisition round, and
+// remembers the nodes where a command of the holding may still land.
+func (h *holding) end(ctx context.Context) outcome {
+	h.mu.Lock()
+	e := h.ending
+	first := e == nil
+	if first {
+		e = &ending{done: make(chan struct{})}
+		h.ending = e
+	}
+	h.mu.Unlock()
+	if !first {
+		select {
+		case <-e.done:
+			return e.out
+		case <-ctx.Done():
+			return outcome{errs: fmt.Errorf("redlock: release still in flight: %w", ctx.Err())}
+		}
+	}
+	defer close(e.done)
+	m := h.m
+	h.busy.Wait()
+	pending, unsure := h.round.handOver()
+	h.mu.Lock()
+	for i, u := range h.unsure {
+		if u {
+			unsure = setBit(unsure, i, len(m.client.nodes))
+		}
+	}
+	h.mu.Unlock()
+	timeout := m.cfg.perNodeTimeout()
+	for i, u := range unsure {
+		if u {
+			m.client.nodes[i].remember(h.undo(), timeout)
+		}
+	}
+	release := m.releaseCall(h.value, h.waiter, true)
+	r := m.client.launch(ctx, roundSpec{call: release, timeout: timeout, skip: pending, skipWhy: errReleaseOnAnswer, kind: releaseRound, holding: h})
+	e.out = r.wait(ctx, nil)
+	return e.out
+}
+
+// setBit sets bits[i], making bits n long if it is nil.
+func setBit(bits []bool, i, n int) []bool {
+	if bits == nil {
+		bits = make([]bool, n)
+	}
+	bits[i] = true
+	return bits
+}
+
+// releaseReplied hears a node's reply to the final release: a key that the
+// release may not have deleted is remembered, to be released again.
+func (h *holding) releaseReplied(n *node, rep reply) {
+	if rep.err != nil {
+		n.remember(h.undo(), h.m.cfg.perNodeTimeout())
+	}
+	if rep.unheard {
+		h.m.client.wakeUnheard(n, "PUBLISH")
+	}
+}
+
+// admit lets an extension or repair round start for the holding, if it is
+// still held; the caller calls leave when the round is done.
+func (h *holding) admit() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.state != held {
+		return false
+	}
+	h.busy.Add(1)
+	return true
+}
+
+func (h *holding) leave() { h.busy.Done() }
+
+// extended moves the validity on to until, if the holding is still held
+// and until is later. It returns the validity's end, and whether the
+// holding is still held.
+func (h *holding) extended(until time.Time) (time.Time, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.state != held {
+		return time.Time{}, false
+	}
+	if until.After(h.until) {
+		h.until = until
+		h.expires.Store(int64(until.Add(-h.lead).Sub(epoch)))
+	}
+	return h.until, true
+}
+
+// isHeld reports whether the holding is still held.
+func (h *holding) isHeld() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.state == held
+}
+
+// repairReplied hears a node's reply to a repair. A repair that lands once
+// the holding is no longer held is released at once; one whose fate is
+// unknown is remembered, now if the holding has ended, or at its end.
+func (h *holding) repairReplied(n *node, rep reply) {
+	unsure := maybeRan(rep.err)
+	h.mu.Lock()
+	ended := h.state != held
+	if unsure && !ended {
+		h.unsure = setBit(h.unsure, n.index, len(h.m.client.nodes))
+	}
+	h.mu.Unlock()
+	switch {
+	case ended && rep.ok:
+		h.releaseNow(n)
+	case ended && unsure:
+		n.remember(h.undo(), h.m.cfg.perNodeTimeout())
+	}
+}
+
+// validity returns the end of the validity and the token while the holding
+// is held, and zeros otherwise.
+func (h *holding) validity() (time.Time, uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.state != held {
+		return time.Time{}, 0
+	}
+	return h.until, h.token
+}
+
+// heldContext is the context LockContext returns. Its Err and Done also
+// look at the lock's validity: once the validity has ended, Err is not nil
+// and Done is closed even if the expiry timer has not fired yet, as happens
+// to a process that wakes from a pause longer than the validity. Contexts
+// derived from it after that are born done.
+type heldContext struct {
+	context.Context
+	h *holding
+}
+
+func (c *heldContext) Err() error {
+	c.h.overdue()
+	return c.Context.Err()
+}
+
+func (c *heldContext) Done() <-chan struct{} {
+	c.h.overdue()
+	return c.Context.Done()
+}
+
+// overdue ends the holding if its validity has ended and its timer has not
+// fired yet.
+func (h *holding) overdue() {
+	if int64(time.Since(epoch)) >= h.expires.Load() {
+		h.expire()
+	}
+}

@@ -1,0 +1,334 @@
+package redlock
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+)
+
+// Calls to a hung node outlive the rounds that started them. Once a node has
+// not answered for longer than the node timeout, at most maxCallsToHungNode
+// calls to it are in flight; past that it is counted as failed at once
+// instead of piling up goroutines. maxCallsPerNode is a hard bound for a node
+// that answers but is busy, say with thousands of locks extended at once.
+const (
+	maxCallsToHungNode = 256
+	maxCallsPerNode    = 16384
+)
+
+// epoch is the reference for the nodes' lastAnswer times: a monotonic clock.
+var epoch = time.Now()
+
+// node is one independent Redis master. It owns every goroutine that talks
+// to it; Client.Close waits for them.
+type node struct {
+	index  int
+	addr   string // "" when New could not tell it from the client
+	client redis.UniversalClient
+	// runID is the server's run_id last seen, for noticing restarts.
+	runID atomic.Pointer[string]
+	// hung is set when a call to the node got no answer in time, and
+	// cleared by any answer. Rounds do not wait for hung nodes to decide
+	// that they are lost.
+	hung atomic.Bool
+	// calls owns the node's goroutines; its limit is maxCallsPerNode.
+	calls errgroup.Group
+	// inFlight counts the calls running in calls.
+	inFlight atomic.Int32
+	// lastAnswer is when a call to the node last ended other than by timing
+	// out (an answer, or a refused connection), in nanoseconds since epoch.
+	lastAnswer atomic.Int64
+	// work hands calls to the node's idle workers.
+	work chan task
+	// closing is the Client's: workers exit when it is closed.
+	closing <-chan struct{}
+	// leftovers are keys of ours that may still be on the server.
+	leftovers leftovers
+}
+
+// newNode returns node i, at addr, of a Client that closes closing.
+func newNode(i int, addr string, rc redis.UniversalClient, closing <-chan struct{}) *node {
+	n := &node{index: i, addr: addr, client: rc, work: make(chan task), closing: closing}
+	n.calls.SetLimit(maxCallsPerNode)
+	n.lastAnswer.Store(int64(time.Since(epoch))) // not hung before it is tried
+	return n
+}
+
+// A task is one call to a node: a round's call, or any other.
+type task struct {
+	round *round
+	f     func()
+}
+
+// workerIdle is how long a node's worker goroutine waits for another call
+// before it exits.
+const workerIdle = 5 * time.Second
+
+// start runs f on a goroutine owned by the node, unless the node has too
+// many calls in flight (see submit). It reports whether f was started.
+func (n *node) start(timeout time.Duration, f func()) bool {
+	return n.submit(timeout, task{f: f})
+}
+
+// submit hands t to an idle worker of the node, or starts a new one, unless
+// the node has too many calls in flight: maxCallsToHungNode if it has not
+// answered within timeout, maxCallsPerNode at any time. Workers outlive
+// their calls, so a call usually costs no new goroutine, and its stack has
+// already grown.
+func (n *node) submit(timeout time.Duration, t task) bool {
+	if n.inFlight.Add(1) > maxCallsToHungNode && time.Since(epoch)-time.Duration(n.lastAnswer.Load()) > timeout {
+		n.inFlight.Add(-1)
+		return false
+	}
+	select {
+	case n.work <- t:
+		return true
+	default:
+	}
+	started := n.calls.TryGo(func() error {
+		n.worker(t)
+		return nil
+	})
+	if !started {
+		n.inFlight.Add(-1)
+	}
+	return started
+}
+
+// worker runs t, then the calls handed to it, until it has been idle for
+// workerIdle or the Client closes.
+func (n *node) worker(t task) {
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		if t.round != nil {
+			t.round.call(n)
+		} else {
+			t.f()
+		}
+		n.inFlight.Add(-1)
+		idle.Reset(workerIdle)
+		select {
+		case t = <-n.work:
+		case <-idle.C:
+			return
+		case <-n.closing:
+			return
+		}
+	}
+}
+
+// send sends the command newCmd makes of args to the node, and sends it again
+// while it fails with EOF: a pooled connection that the server has closed (it
+// restarted, say) fails its first command so, before the server could run
+// it, and go-redis drops it; the next try takes another connection. A pool
+// can hold many such connections, so up to maxResends are tried. resent
+// reports whether the command was sent more than once: the server may then
+// have run an earlier copy whose reply was lost.
+//
+// redlock does this itself rather than through go-redis's MaxRetries, which
+// also retries dials in goroutines that outlive the client, and backs off
+// between tries while a round's timeout runs.
+func send[C redis.Cmder](ctx context.Context, n *node, newCmd func(context.Context, ...any) C, args []any) (cmd C, resent bool) {
+	cmd = newCmd(ctx, args...)
+	err := n.client.Process(ctx, cmd)
+	for range maxResends {
+		if err == nil || !(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) || ctx.Err() != nil {
+			break
+		}
+		cmd, resent = newCmd(ctx, args...), true
+		err = n.client.Process(ctx, cmd)
+	}
+	return cmd, resent
+}
+
+// maxResends bounds the dead connections one call goes through.
+const maxResends = 32
+
+// answered records how a call to the node ended: hung if it timed out.
+// Any answer also shows that the server has run what it had been sent
+// before, which lets leftovers be released for good.
+func (n *node) answered(err error) {
+	hung := timedOut(err)
+	n.hung.Store(hung)
+	if hung {
+		return
+	}
+	n.lastAnswer.Store(int64(time.Since(epoch)))
+	if n.leftovers.count.Load() > 0 && fromServer(err) {
+		n.leftovers.proven(n)
+	}
+}
+
+// fromServer reports whether a call that ended with err got a reply from
+// the server.
+func fromServer(err error) bool {
+	var redisErr redis.Error
+	return err == nil || errors.As(err, &redisErr)
+}
+
+func (n *node) errorf(err error) error {
+	return &NodeError{Node: n.index, Addr: n.addr, Err: err}
+}
+
+// timedOut reports whether err means the node did not answer in time, as
+// opposed to answering, or refusing the connection.
+func timedOut(err error) bool {
+	if err == nil {
+		return false
+	}
+	var netErr net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout())
+}
+
+// maybeRan reports whether a call that failed with err may still have run
+// on the server, or may yet run: its reply was lost, or is late. A reply
+// from the server, a refused connection and a call never sent rule that out.
+func maybeRan(err error) bool {
+	if fromServer(err) || notSent(err) {
+		return false
+	}
+	var opErr *net.OpError
+	return !(errors.As(err, &opErr) && opErr.Op == "dial")
+}
+
+// leftovers are keys of ours that may still be on a node although nothing
+// holds them: a grant or a repair whose reply never came back, or a release
+// that got no answer. Such a command may sit unread in a paused server while
+// a release sent after it runs first. Once the node answers anything
+// afterwards, it has run whatever it had been sent before; a release sent
+// from then on, and answered, is the last word.
+type leftovers struct {
+	count atomic.Int32 // len(list), read on every answer
+
+	mu       sync.Mutex
+	list     []*leftover
+	flushing bool
+}
+
+// leftover is one key that may still be on a node.
+type leftover struct {
+	release nodeCall // deletes the key if it still holds the value
+	timeout time.Duration
+	since   time.Time // when it was remembered
+	proof   time.Time // when the node first answered after since; zero until then
+}
+
+// maxLeftovers bounds the keys remembered per node, for a node that never
+// answers again; the oldest are forgotten first, and expire with their TTL.
+const maxLeftovers = 1024
+
+// remember notes a key of ours that may still be on n.
+func (n *node) remember(release nodeCall, timeout time.Duration) {
+	l := &n.leftovers
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.list) == maxLeftovers {
+		l.list = l.list[1:]
+	}
+	l.list = append(l.list, &leftover{release: release, timeout: timeout, since: time.Now()})
+	l.count.Store(int32(len(l.list)))
+}
+
+// proven records that n answered, and releases, in the background, the
+// leftovers that an answer has proven due.
+func (l *leftovers) proven(n *node) {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	due := false
+	for _, o := range l.list {
+		if o.proof.IsZero() && now.After(o.since) {
+			o.proof = now
+		}
+		due = due || !o.proof.IsZero()
+	}
+	if !due || l.flushing {
+		return
+	}
+	l.flushing = true
+	if !n.start(l.list[0].timeout, func() { l.flush(n) }) {
+		l.flushing = false
+	}
+}
+
+// flush sends a release for every leftover whose proof has come, and
+// forgets those that the node answered.
+func (l *leftovers) flush(n *node) {
+	l.mu.Lock()
+	var due []*leftover
+	for _, o := range l.list {
+		if !o.proof.IsZero() {
+			due = append(due, o)
+		}
+	}
+	l.mu.Unlock()
+	var done []*leftover
+	for _, o := range due {
+		ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
+		rep := o.release(ctx, n)
+		cancel()
+		if rep.err == nil {
+			done = append(done, o)
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.list = deleteAll(l.list, done)
+	l.count.Store(int32(len(l.list)))
+	l.flushing = false
+}
+
+// deleteAll returns list without the elements of gone.
+func deleteAll[T comparable](list, gone []T) []T {
+	out := list[:0]
+	for _, x := range list {
+		keep := true
+		for _, g := range gone {
+			if x == g {
+				keep = false
+				break
+			}
+		}
+		if keep {
+			out = append(out, x)
+		}
+	}
+	clear(list[len(out):])
+	return out
+}
+
+// sweep makes a last attempt, at Close, to release n's leftovers: an answer
+// to PING is the proof, then each gets a release. It waits at most timeout
+// for each call, and then forgets them all.
+func (n *node) sweep(timeout time.Duration) {
+	if n.leftovers.count.Load() == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	err := n.client.Ping(ctx).Err()
+	cancel()
+	l := &n.leftovers
+	if fromServer(err) {
+		now := time.Now()
+		l.mu.Lock()
+		for _, o := range l.list {
+			if o.proof.IsZero() {
+				o.proof = now
+			}
+		}
+		l.mu.Unlock()
+		l.flush(n)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.list = nil
+	l.count.Store(0)
+}
