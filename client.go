@@ -130,17 +130,18 @@ func (c *Client) Close() error {
 	c.watchdog.stop()
 	c.background.Wait()
 	c.notifier.stop()
-	var sweeps sync.WaitGroup
-	for _, n := range c.nodes {
-		sweeps.Go(func() { n.sweep(c.cfg.perNodeTimeout()) })
-	}
-	sweeps.Wait()
 	c.mu.Lock()
 	c.closed = true
 	c.mu.Unlock()
 	for _, n := range c.nodes {
 		n.calls.Wait()
 	}
+	// Nothing is in flight now; a last try for the keys that may be left.
+	var sweeps sync.WaitGroup
+	for _, n := range c.nodes {
+		sweeps.Go(func() { n.sweep(c.cfg.perNodeTimeout()) })
+	}
+	sweeps.Wait()
 	var errs []error
 	for _, rc := range c.owned {
 		errs = append(errs, rc.Close())

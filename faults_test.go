@@ -30,6 +30,7 @@ type call struct {
 	values []string  // the holders' values it names
 	px     int64     // SET: the PX argument, or 0
 	round  *round    // the round it belongs to, if it was sent as part of one
+	result string    // what the caller got back, once it did
 }
 
 // fault is what happens to the commands it matches.
@@ -54,6 +55,7 @@ type faultHook struct {
 	paused  bool
 	held    []*heldCommand // commands sent while paused, run when it resumes
 	serial  sync.Mutex     // runs delayed commands one at a time, in order
+	queued  int            // commands waiting for serial: later ones queue behind them
 	calls   []call
 	onRun   func(c call, at time.Time) // called when the server runs a command
 	running sync.WaitGroup             // commands run after their caller stopped waiting
@@ -74,6 +76,18 @@ func (h *faultHook) add(f *fault) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.faults = append(h.faults, f)
+}
+
+// remove takes f away.
+func (h *faultHook) remove(f *fault) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, g := range h.faults {
+		if g == f {
+			h.faults = append(h.faults[:i:i], h.faults[i+1:]...)
+			return
+		}
+	}
 }
 
 // clear removes every fault.
@@ -152,25 +166,38 @@ func (h *faultHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 func (h *faultHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		c := classify(h.node, ctx, cmd)
+		switch c.name {
+		case "hello", "client", "auth", "select":
+			return next(ctx, cmd) // setting up a connection: left alone
+		}
 		h.mu.Lock()
+		index := len(h.calls)
 		h.calls = append(h.calls, c)
 		f := h.pick(c)
-		paused := h.paused
+		paused := h.paused || h.queued > 0
 		h.mu.Unlock()
-		switch {
-		case f != nil && f.fail != nil:
-			h.sleep(ctx, f.before)
-			return f.fail
-		case f != nil && f.eof:
-			if err := h.run(ctx, next, cmd, c); err != nil {
-				return err
-			}
-			return io.EOF
-		case f == nil && !paused:
-			return h.run(ctx, next, cmd, c)
-		}
-		return h.late(ctx, next, cmd, c, f)
+		err := h.process(ctx, next, cmd, c, f, paused)
+		h.mu.Lock()
+		h.calls[index].result = replyText(cmd, err)
+		h.mu.Unlock()
+		return err
 	}
+}
+
+func (h *faultHook) process(ctx context.Context, next redis.ProcessHook, cmd redis.Cmder, c call, f *fault, paused bool) error {
+	switch {
+	case f != nil && f.fail != nil:
+		h.sleep(ctx, f.before)
+		return f.fail
+	case f != nil && f.eof:
+		if err := h.run(ctx, next, cmd, c); err != nil {
+			return err
+		}
+		return io.EOF
+	case f == nil && !paused:
+		return h.run(ctx, next, cmd, c)
+	}
+	return h.late(ctx, next, cmd, c, f)
 }
 
 // pick returns the first fault that matches c, and counts it. h.mu is held.
@@ -247,11 +274,16 @@ func (h *faultHook) late(ctx context.Context, next redis.ProcessHook, cmd redis.
 			h.mu.Unlock()
 			<-held.done
 		} else {
+			h.queued++
 			h.mu.Unlock()
-			// Delayed commands run one at a time, in the order sent.
+			// Delayed commands run one at a time, in the order sent, and
+			// the commands sent after them wait their turn.
 			h.serial.Lock()
 			execute()
 			h.serial.Unlock()
+			h.mu.Lock()
+			h.queued--
+			h.mu.Unlock()
 		}
 		if f.drop {
 			return
@@ -386,4 +418,18 @@ func scriptKind(shaOrSource string) string {
 		}
 	}
 	return "script"
+}
+
+// replyText shows what a command got back.
+func replyText(cmd redis.Cmder, err error) string {
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	switch cmd := cmd.(type) {
+	case *redis.Cmd:
+		return fmt.Sprint(cmd.Val())
+	case *redis.StatusCmd:
+		return cmd.Val()
+	}
+	return "ok"
 }

@@ -88,15 +88,21 @@ func (h *holding) acquireReplied(n *node, rep reply, late bool) {
 	}
 	h.releaseNow(n)
 	if maybeRan(rep.err) {
+		// The grant itself may land later.
 		n.remember(h.undo(), h.m.cfg.perNodeTimeout())
 	}
 }
 
-// releaseNow releases the holding's key on n, from n's goroutine.
+// releaseNow releases the holding's key on n, from n's goroutine. If the
+// release gets no answer, or an error, the key is remembered, to be
+// released again once n answers.
 func (h *holding) releaseNow(n *node) {
-	ctx, cancel := context.WithTimeout(context.Background(), h.m.cfg.perNodeTimeout())
+	timeout := h.m.cfg.perNodeTimeout()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	h.undo()(ctx, n)
+	if rep := h.undo()(ctx, n); rep.err != nil {
+		n.remember(h.undo(), timeout)
+	}
 }
 
 // undo is the call that deletes the holding's key where it is still there,

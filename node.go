@@ -305,9 +305,10 @@ func deleteAll[T comparable](list, gone []T) []T {
 	return out
 }
 
-// sweep makes a last attempt, at Close, to release n's leftovers: an answer
-// to PING is the proof, then each gets a release. It waits at most timeout
-// for each call, and then forgets them all.
+// sweep makes a last attempt, at Close, once no call to n is in flight, to
+// release n's leftovers: an answer to PING is the proof, then each gets a
+// release. It waits at most timeout for each call, and then forgets them
+// all: a key on a node that does not answer expires with its TTL.
 func (n *node) sweep(timeout time.Duration) {
 	if n.leftovers.count.Load() == 0 {
 		return

@@ -272,7 +272,7 @@ func (w *watchdog) settle(e *dueEntry, t tally, start time.Time) bool {
 		if !stillHeld {
 			return true
 		}
-		if t.refusedBy != nil {
+		if t.refusedBy != nil && !m.cfg.noRepair {
 			w.repair(h, until, t.refusedBy)
 		}
 		w.reschedule(e, start.Add(interval), false)

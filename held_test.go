@@ -1,0 +1,313 @@
+package redlock
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+func TestParentEndingDoesNotRelease(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	m := newClient(t, clients).NewMutex("p")
+	ctx, cancel := context.WithCancel(t.Context())
+	held, err := m.LockContext(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	<-held.Done()
+	if m.Until().IsZero() {
+		t.Error("Until() is zero after the parent ended; want the lock still held")
+	}
+	if got := keysOn(mrs, "redlock:{p}"); got < 2 {
+		t.Errorf("%d nodes have the key after the parent ended; want at least 2", got)
+	}
+	if err := m.UnlockContext(t.Context()); err != nil {
+		t.Errorf("UnlockContext: %v", err)
+	}
+}
+
+func TestLockLostWhenAQuorumSaysTheKeyIsGone(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	m := newClient(t, clients, WithTTL(time.Second)).NewMutex("gone")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	until := m.Until()
+	// Lock returns at quorum; wait for the third grant, or it could land
+	// after the changes below and keep the lock alive.
+	waitFor(t, "all grants", func() bool { return keysOn(mrs, "redlock:{gone}") == 3 })
+	mrs[0].Del("redlock:{gone}")
+	mrs[1].Set("redlock:{gone}", "someone else")
+	select {
+	case <-held.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("held not cancelled within 5s after a quorum lost the key")
+	}
+	lostAt := time.Now()
+	if cause := context.Cause(held); !errors.Is(cause, ErrLockLost) {
+		t.Errorf("Cause(held) = %v; want ErrLockLost", cause)
+	}
+	if !lostAt.Before(until) {
+		t.Errorf("held cancelled at %v; want before the validity deadline %v", lostAt, until)
+	}
+	if !m.Until().IsZero() {
+		t.Errorf("Until() after loss = %v; want zero", m.Until())
+	}
+	if err := m.UnlockContext(t.Context()); !errors.Is(err, ErrLockLost) {
+		t.Errorf("UnlockContext after loss = %v; want ErrLockLost", err)
+	}
+	// A lost lock is not misuse: Unlock must not panic.
+	if _, err := m.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "all grants", func() bool { return keysOn(mrs, "redlock:{gone}") == 3 })
+	mrs[0].Del("redlock:{gone}")
+	mrs[1].Del("redlock:{gone}")
+	mrs[2].Del("redlock:{gone}")
+	waitFor(t, "loss", func() bool { return m.Until().IsZero() })
+	if msg := panicMessage(m.Unlock); msg != "" {
+		t.Errorf("Unlock of a lost lock panicked: %s", msg)
+	}
+}
+
+func TestLockLostByTheDeadlineWhenNodesFail(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	ttl := 2 * time.Second
+	m := newClient(t, clients, WithTTL(ttl)).NewMutex("failing")
+	start := time.Now()
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	until := m.Until()
+	extensions := &commandCounter{only: map[string]bool{"evalsha": true, "eval": true}}
+	clients[2].AddHook(extensions)
+	mrs[0].SetError("LOADING simulated")
+	mrs[1].SetError("LOADING simulated")
+	<-held.Done()
+	lostAt := time.Now()
+	// A failed extension is retried a quarter interval later (167ms here),
+	// not at once: about 10 rounds in the 2s of validity.
+	if got := extensions.count.Load(); got > 20 {
+		t.Errorf("%d extension rounds while the extensions failed; want a retry every 167ms, about 10", got)
+	}
+	if cause := context.Cause(held); !errors.Is(cause, ErrLockLost) {
+		t.Errorf("Cause(held) = %v; want ErrLockLost", cause)
+	}
+	// Keys expire on the nodes at the earliest ttl after the request went
+	// out; held must end before then.
+	t.Logf("held cancelled %v before the validity deadline, %v before the earliest expiry", until.Sub(lostAt), start.Add(ttl).Sub(lostAt))
+	if !lostAt.Before(until) {
+		t.Errorf("held cancelled %v after the validity deadline; want by it", lostAt.Sub(until))
+	}
+	// The watchdog fires half the drift (here 11ms) early; more would cut
+	// the validity short.
+	if lostAt.Before(until.Add(-22 * time.Millisecond)) {
+		t.Errorf("held cancelled %v before the validity deadline; the lock was still valid", until.Sub(lostAt))
+	}
+	mrs[0].SetError("")
+	mrs[1].SetError("")
+	m.Unlock()
+}
+
+func TestHeldErrSeesTheValidityEndWhenTheTimerIsLate(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	m := newClient(t, clients, WithTTL(time.Second)).NewMutex("late timer")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := held.Err(); err != nil {
+		t.Fatalf("held.Err() right after Lock = %v; want nil", err)
+	}
+	// The expiry timer does not fire, as in a process that has just woken
+	// from a pause, and no extension succeeds.
+	stopExpiryTimer(m)
+	mrs[0].SetError("LOADING simulated")
+	mrs[1].SetError("LOADING simulated")
+	defer mrs[0].SetError("")
+	defer mrs[1].SetError("")
+	time.Sleep(time.Until(m.Until()) + 10*time.Millisecond)
+	if err := held.Err(); !errors.Is(err, context.Canceled) {
+		t.Fatalf("held.Err() after the validity ended = %v; want Canceled", err)
+	}
+	if cause := context.Cause(held); !errors.Is(cause, ErrLockLost) {
+		t.Errorf("Cause(held) = %v; want ErrLockLost", cause)
+	}
+	select {
+	case <-held.Done():
+	default:
+		t.Error("held.Done() not closed once Err reported the loss")
+	}
+	m.Unlock()
+}
+
+func TestLateGrantIsUndoneByUnlock(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	// Node 2's SET arrives 100ms late, after the release that Unlock sends
+	// on another connection; without care it would hold the key for a TTL.
+	// Without fencing or a restart guard, acquisition is a plain SET ... NX,
+	// which go-redis writes with a lower-case "nx" argument.
+	proxy := newDelayingProxy(t, mrs[2].Addr(), []byte("\r\nnx\r\n"), 100*time.Millisecond)
+	slow := redis.NewClient(&redis.Options{Addr: proxy.listener.Addr().String(), MaxRetries: -1})
+	t.Cleanup(func() { slow.Close() })
+	sent := &commandCounter{only: map[string]bool{"set": true, "evalsha": true, "eval": true}}
+	slow.AddHook(sent)
+	c := newClient(t, append(clients[:2], slow), WithNodeTimeout(time.Second))
+	m := c.NewMutex("late")
+	// Load the release script on the servers, and count from then on.
+	warm := c.NewMutex("warm")
+	warm.Lock()
+	warm.Unlock()
+	settle(t, c.nodes)
+	sent.count.Store(0)
+	if _, err := m.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if mrs[2].Exists("redlock:{late}") {
+		t.Fatal("the slow node granted before Lock returned; the proxy did not delay it")
+	}
+	if err := m.UnlockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, c.nodes[2:3]) // the late SET, and whatever follows it, are done
+	if mrs[2].Exists("redlock:{late}") {
+		t.Error("the slow node still has the key after Unlock; its late grant was not undone")
+	}
+	// Unlock leaves the node whose grant is in flight to the acquisition
+	// round, which releases it once the grant is answered: the SET and one
+	// release, with no second release sent before the grant can land.
+	if got := sent.count.Load(); got != 2 {
+		t.Errorf("%d commands sent to the slow node; want 2, the SET and one release", got)
+	}
+}
+
+// replies to an extension that land after the lock was lost neither
+// keep the lock alive nor repair it.
+func TestLostLockIsNotExtendedOrRepaired(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 2)
+	c := newClient(t, clients, WithTTL(time.Second), WithNodeTimeout(400*time.Millisecond))
+	other := newClient(t, clients, WithTTL(time.Second))
+	warm(t, c)
+	m := c.NewMutex("late")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := valueOf(m, held)
+	waitFor(t, "all grants", func() bool { return keysOn(mrs, m.key) == 3 })
+	// Node 0 lost the key, so a won extension would repair it. Nodes 1 and
+	// 2 run every extension just after the lock's expiry timer fires.
+	mrs[0].Del(m.key)
+	landing := m.Until().Add(30 * time.Millisecond)
+	for _, h := range hooks[1:] {
+		h.add(&fault{match: isKind("extend"), notBefore: landing})
+	}
+	<-held.Done()
+	lostAt := time.Now()
+	if cause := context.Cause(held); !errors.Is(cause, ErrLockLost) {
+		t.Fatalf("Cause(held) = %v; want ErrLockLost", cause)
+	}
+	// Another Client gets the lock well before a TTL has passed.
+	ctx, cancel := context.WithTimeout(t.Context(), 700*time.Millisecond)
+	defer cancel()
+	if _, err := other.NewMutex("late").LockContext(ctx); err != nil {
+		t.Errorf("another Client could not take the lock within 700ms of its loss: %v", err)
+	} else {
+		t.Logf("another Client took the lock %v after the loss", time.Since(lostAt))
+	}
+	for _, h := range hooks {
+		for _, call := range h.sent(isKind("extend", "acquire", "repair", "set")) {
+			if call.at.After(lostAt) && slicesContains(call.values, value) {
+				t.Errorf("node %d: %s sent %v after the lock was lost", call.node, call.kind, call.at.Sub(lostAt))
+			}
+		}
+	}
+	m.Unlock()
+}
+
+// a context derived from held sees that the validity ended even
+// when the expiry timer is late.
+func TestDerivedContextSeesTheValidityEnd(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	m := newClient(t, clients, WithTTL(time.Second)).NewMutex("derived")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopExpiryTimer(m)
+	mrs[0].SetError("LOADING simulated")
+	mrs[1].SetError("LOADING simulated")
+	defer mrs[0].SetError("")
+	defer mrs[1].SetError("")
+	time.Sleep(time.Until(m.Until()) + 10*time.Millisecond)
+	derived, cancel := context.WithCancel(held)
+	defer cancel()
+	if err := derived.Err(); !errors.Is(err, context.Canceled) {
+		t.Errorf("Err() of a context derived from held after the validity ended = %v; want Canceled", err)
+	}
+	if cause := context.Cause(derived); !errors.Is(cause, ErrLockLost) {
+		t.Errorf("Cause of the derived context = %v; want ErrLockLost", cause)
+	}
+	m.Unlock()
+}
+
+// a grant whose reply never came back, and which a paused server
+// runs after the release sent for it, is released again once the server
+// answers.
+func TestGrantLandingAfterItsReleaseIsReleasedAgain(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 18)
+	c := newClient(t, clients, WithTTL(time.Second), WithNodeTimeout(100*time.Millisecond))
+	warm(t, c)
+	m := c.NewMutex("frozen")
+	hooks[2].pause()
+	if _, err := m.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.UnlockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, c.nodes)
+	// The server thaws and runs the release before the grant.
+	hooks[2].resumeOrdered(func(held []*heldCommand) {
+		for i, j := 0, len(held)-1; i < j; i, j = i+1, j-1 {
+			held[i], held[j] = held[j], held[i]
+		}
+	})
+	// Any call to the node shows it answers again.
+	other := c.NewMutex("another")
+	other.Lock()
+	other.Unlock()
+	waitFor(t, "the late grant to be released", func() bool { return !mrs[2].Exists(m.key) })
+}
+
+// a holding whose validity ended before it was watched is lost at
+// once, and never extended.
+func TestHoldingPastItsValidityIsNeverExtended(t *testing.T) {
+	_, clients, hooks := faultyServers(t, 3, 13)
+	c := newClient(t, clients, WithTTL(300*time.Millisecond))
+	for range 200 {
+		m := c.NewMutex("expired")
+		m.local <- struct{}{}
+		h := m.newHolding("")
+		h.acquire(t.Context())
+		held := h.hold(context.Background(), time.Now().Add(-time.Millisecond), 0)
+		m.current.Store(h)
+		<-held.Done()
+		if cause := context.Cause(held); !errors.Is(cause, ErrLockLost) {
+			t.Fatalf("Cause(held) = %v; want ErrLockLost", cause)
+		}
+		m.UnlockContext(context.Background())
+	}
+	time.Sleep(2 * c.cfg.extendInterval())
+	for _, h := range hooks {
+		if sent := h.sent(isKind("extend")); len(sent) > 0 {
+			t.Errorf("node %d: %d extensions sent for holdings lost before they were watched", h.node, len(sent))
+		}
+	}
+}

@@ -1,0 +1,232 @@
+package redlock
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// blackHole is a TCP server on loopback that accepts connections and never
+// answers, like a frozen Redis.
+type blackHole struct {
+	listener net.Listener
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    []net.Conn
+	once     sync.Once
+}
+
+func newBlackHole(t *testing.T) *blackHole {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &blackHole{listener: ln}
+	b.wg.Go(func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.mu.Lock()
+			b.conns = append(b.conns, conn)
+			b.mu.Unlock()
+			b.wg.Go(func() { io.Copy(io.Discard, conn) })
+		}
+	})
+	t.Cleanup(b.close)
+	return b
+}
+
+func (b *blackHole) addr() string { return b.listener.Addr().String() }
+
+// close ends every connection, so calls in flight fail at once.
+func (b *blackHole) close() {
+	b.once.Do(func() {
+		b.listener.Close()
+		b.mu.Lock()
+		for _, conn := range b.conns {
+			conn.Close()
+		}
+		b.mu.Unlock()
+		b.wg.Wait()
+	})
+}
+
+// hungClient returns a client to a black hole with go-redis's defaults, under
+// which context deadlines do not bound socket reads.
+// Its read timeout is 30s, and its pool is larger than maxCallsToHungNode so that
+// calls pile up on sockets rather than wait for a connection. Tests register
+// hole.close after making their Client, so that it runs before Client.Close
+// and ends the calls in flight instead of leaving Close to wait 30s.
+func hungClient(t *testing.T) (redis.UniversalClient, *blackHole) {
+	t.Helper()
+	hole := newBlackHole(t)
+	rc := redis.NewClient(&redis.Options{Addr: hole.addr(), ReadTimeout: 30 * time.Second, MaxRetries: -1, PoolSize: 2 * maxCallsToHungNode})
+	t.Cleanup(func() { rc.Close() })
+	return rc, hole
+}
+
+func TestCallsToAHungNodeAreBounded(t *testing.T) {
+	_, clients := servers(t, 2)
+	rc, hole := hungClient(t)
+	c := newClient(t, append(clients, rc), WithNodeTimeout(200*time.Millisecond), WithTTL(4*time.Second))
+	t.Cleanup(hole.close)
+	m := c.NewMutex("bounded")
+	// The bound holds once the node has not answered for a node timeout;
+	// say it last answered long ago, so that a fast loop is bounded too.
+	c.nodes[2].lastAnswer.Store(int64(time.Since(epoch) - time.Hour))
+	baseline := runtime.NumGoroutine()
+	// Each Lock and Unlock leaves a call to the hung node behind.
+	for i := range 2 * maxCallsToHungNode {
+		if _, err := m.LockContext(t.Context()); err != nil {
+			t.Fatalf("LockContext %d: %v", i, err)
+		}
+		if err := m.UnlockContext(t.Context()); err != nil {
+			t.Fatalf("UnlockContext %d: %v", i, err)
+		}
+	}
+	// A call in flight costs its own goroutine and, in go-redis, one per
+	// open connection.
+	if extra, limit := runtime.NumGoroutine()-baseline, 2*maxCallsToHungNode+20; extra > limit {
+		t.Errorf("%d more goroutines after %d rounds with a hung node; want at most %d", extra, 4*maxCallsToHungNode, limit)
+	}
+	if got := c.nodes[2].inFlight.Load(); got != maxCallsToHungNode {
+		t.Errorf("%d calls in flight to the hung node; want the bound, %d", got, maxCallsToHungNode)
+	}
+}
+
+func TestSaturatedNodeFailsFast(t *testing.T) {
+	_, clients := servers(t, 3)
+	c := newClient(t, clients, WithNodeTimeout(time.Second))
+	release := make(chan struct{})
+	for _, n := range c.nodes[1:] {
+		n.lastAnswer.Store(-int64(time.Hour)) // no answer for an hour
+		for range maxCallsToHungNode {
+			if !n.start(time.Second, func() { <-release }) {
+				t.Fatal("could not fill a hung node's call slots")
+			}
+		}
+	}
+	defer close(release)
+	start := time.Now()
+	_, err := c.NewMutex("busy").TryLockContext(t.Context())
+	if elapsed := time.Since(start); elapsed > 500*time.Millisecond {
+		t.Errorf("TryLockContext took %v with two saturated nodes; want it to fail at once, not after the 1s node timeout", elapsed)
+	}
+	if !errors.Is(err, ErrNotAcquired) || !errors.Is(err, errTooBusy) {
+		t.Errorf("TryLockContext = %v; want ErrNotAcquired and the too-busy node error", err)
+	}
+}
+
+func TestBusyHealthyNodeIsNotBounded(t *testing.T) {
+	_, clients := servers(t, 1)
+	c := newClient(t, clients)
+	n := c.nodes[0]
+	release := make(chan struct{})
+	defer close(release)
+	// Thousands of locks extended at once keep many calls in flight to a
+	// node that answers: only a hung node is held to the small bound.
+	n.answered(nil)
+	for i := range 2 * maxCallsToHungNode {
+		if !n.start(time.Hour, func() { <-release }) {
+			t.Fatalf("call %d to a healthy node refused; want up to %d", i, maxCallsPerNode)
+		}
+	}
+}
+
+// delayingProxy forwards TCP traffic to a server on loopback, holding back
+// each client chunk that contains match for delay. It lets a test make one
+// command arrive after a later one sent on another connection.
+type delayingProxy struct {
+	listener net.Listener
+	wg       sync.WaitGroup
+}
+
+func newDelayingProxy(t *testing.T, upstream string, match []byte, delay time.Duration) *delayingProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &delayingProxy{listener: ln}
+	var mu sync.Mutex
+	var conns []net.Conn
+	p.wg.Go(func() {
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", upstream)
+			if err != nil {
+				client.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, client, server)
+			mu.Unlock()
+			p.wg.Go(func() { io.Copy(client, server) })
+			p.wg.Go(func() {
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := client.Read(buf)
+					if err != nil {
+						return
+					}
+					if bytes.Contains(buf[:n], match) {
+						time.Sleep(delay)
+					}
+					if _, err := server.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, conn := range conns {
+			conn.Close()
+		}
+		mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+// A remembered key is released again only once the node has answered
+// since: a timeout proves nothing, an answer does, and a release that fails
+// keeps it remembered.
+func TestLeftoversWaitForAnAnswer(t *testing.T) {
+	mrs, clients := servers(t, 1)
+	c := newClient(t, clients)
+	m := c.NewMutex("left")
+	n := c.nodes[0]
+	mrs[0].Set(m.key, "stale")
+	n.remember(m.releaseCall("stale", "", false), time.Second)
+	n.answered(context.DeadlineExceeded)
+	settle(t, c.nodes)
+	if !mrs[0].Exists(m.key) {
+		t.Fatal("a timeout counted as the node's answer")
+	}
+	mrs[0].SetError("LOADING simulated")
+	n.answered(redis.Nil) // a reply proves the server is reading
+	settle(t, c.nodes)
+	if got := n.leftovers.count.Load(); got != 1 {
+		t.Fatalf("%d leftovers after a failed release; want 1, still remembered", got)
+	}
+	mrs[0].SetError("")
+	n.answered(nil)
+	waitFor(t, "the leftover to be released", func() bool { return !mrs[0].Exists(m.key) && n.leftovers.count.Load() == 0 })
+}

@@ -1,0 +1,676 @@
+package redlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+)
+
+// TestLifecycleSchedules runs random fault schedules, each drawn from a
+// seed, against several Mutexes of one lock, and checks the lifecycle's
+// invariants after each:
+//
+//	(a) no two live held contexts overlap, except where the schedule deleted
+//	    keys behind a holder's back, which is unsafe by design (counted apart);
+//	(b) after Close, no node holds the key of any holding;
+//	(c) no extension or repair was sent for a holding after it ended (lost,
+//	    or its Unlock began);
+//	(d) every held context ended before the validity did;
+//	(e) no goroutine is left (checked after each batch of schedules run at
+//	    once).
+//
+// REDLOCK_SCHEDULES sets how many schedules run (default: about 20 seconds'
+// worth under -race); REDLOCK_SEED runs the one schedule of that seed and
+// prints its trace. A failure prints its seed and its trace.
+func TestLifecycleSchedules(t *testing.T) {
+	if testing.Short() {
+		t.Skip("randomized schedules take about 20s")
+	}
+	if raw := os.Getenv("REDLOCK_SEED"); raw != "" {
+		seed, err := strconv.ParseUint(raw, 10, 64)
+		if err != nil {
+			t.Fatalf("REDLOCK_SEED=%q: %v", raw, err)
+		}
+		s := runSchedule(seed, watchStalls(t))
+		t.Logf("seed %d trace:\n%s", seed, s.trace())
+		if len(s.violations) > 0 {
+			t.Fatalf("seed %d: %s", seed, strings.Join(s.violations, "\n"))
+		}
+		return
+	}
+	count := 30
+	if raw := os.Getenv("REDLOCK_SCHEDULES"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil {
+			t.Fatalf("REDLOCK_SCHEDULES=%q: %v", raw, err)
+		}
+		count = n
+	}
+	stalls := watchStalls(t)
+	base := rand.Uint64() >> 16
+	t.Logf("seeds %d to %d; replay one with REDLOCK_SEED", base, base+uint64(count)-1)
+	// Schedules mostly wait; a few run at once, but not so many that the
+	// process starves its own timers.
+	atOnce := 4
+	if raceEnabled {
+		atOnce = 2
+	}
+	var unsafe, overlapsUnsafe, leftByClose, paused int
+	var failed []uint64
+	start := time.Now()
+	for first := 0; first < count; first += atOnce {
+		before := []goleak.Option{goleak.IgnoreCurrent(),
+			// go-redis redials in the background once dials failed; the
+			// goroutine ends within a second of its client's Close.
+			goleak.IgnoreAnyFunction("github.com/redis/go-redis/v9/internal/pool.(*ConnPool).tryDial")}
+		var wg sync.WaitGroup
+		results := make([]*schedule, min(atOnce, count-first))
+		for i := range results {
+			seed := base + uint64(first+i)
+			wg.Go(func() { results[i] = runSchedule(seed, stalls) })
+		}
+		wg.Wait()
+		for _, s := range results {
+			leftByClose += s.leftByClose
+			paused += s.paused
+			if s.unsafe {
+				unsafe++
+				overlapsUnsafe += s.overlaps
+			}
+			if len(s.violations) > 0 {
+				failed = append(failed, s.seed)
+				if len(failed) <= 3 {
+					t.Errorf("seed %d (replay with REDLOCK_SEED=%d):\n%s\ntrace:\n%s", s.seed, s.seed, strings.Join(s.violations, "\n"), s.trace())
+				} else {
+					t.Errorf("seed %d: %s", s.seed, s.violations[0])
+				}
+			}
+		}
+		if err := goleak.Find(before...); err != nil {
+			var seeds []string
+			for _, s := range results {
+				seeds = append(seeds, strconv.FormatUint(s.seed, 10))
+			}
+			t.Errorf("goroutines left after the schedules of seeds %s: %v", strings.Join(seeds, ", "), err)
+			failed = append(failed, results[0].seed)
+		}
+	}
+	if len(failed) > 0 {
+		t.Errorf("%d of %d schedules failed: seeds %v", len(failed), count, failed)
+	}
+	t.Logf("%d schedules in %v; %d deleted keys behind a holder's back, with %d overlaps between them; %d keys left by a Client closed while their node had a fault; %d held contexts late while the test process itself stalled", count, time.Since(start).Round(time.Millisecond), unsafe, overlapsUnsafe, leftByClose, paused)
+}
+
+// schedule is one run: its setup, drawn from its seed, and what it saw.
+type schedule struct {
+	seed   uint64
+	stalls *stalls
+	rng    *rand.Rand
+	t0     time.Time
+
+	nodes    int
+	ttl      time.Duration
+	timeout  time.Duration
+	duration time.Duration
+	opts     []Option
+
+	mrs     []*miniredis.Miniredis
+	rcs     []*redis.Client
+	hooks   []*faultHook
+	clients []*Client
+	closers sync.WaitGroup // Clients closed during the schedule
+	stopped []int          // by node: stops in force; only play uses it
+	windows [][]*span      // by node: when faults were in force
+	closes  []closeSpan    // Clients closed during the schedule
+
+	mu          sync.Mutex
+	events      []string
+	holdings    []*observed
+	unsafe      bool // keys were deleted behind a holder's back
+	overlaps    int  // in an unsafe schedule
+	leftByClose int  // keys left by a Client closed while their node had a fault
+	paused      int  // held contexts late while the process stalled
+	violations  []string
+}
+
+// span is a stretch of the schedule; a zero end means it lasted to the end.
+type span struct{ start, end time.Time }
+
+func (a span) overlaps(b span) bool {
+	return (a.end.IsZero() || b.start.Before(a.end)) && (b.end.IsZero() || a.start.Before(b.end))
+}
+
+// closeSpan is a Close during the schedule.
+type closeSpan struct {
+	c *Client
+	span
+}
+
+// observed is one acquisition as the test saw it.
+type observed struct {
+	who      string
+	h        *holding
+	acquired time.Time
+	done     time.Time // when held's AfterFunc ran
+}
+
+func (s *schedule) logf(format string, args ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.events = append(s.events, fmt.Sprintf("%8.1fms ", float64(time.Since(s.t0).Microseconds())/1000)+fmt.Sprintf(format, args...))
+}
+
+func (s *schedule) violate(format string, args ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.violations = append(s.violations, fmt.Sprintf(format, args...))
+}
+
+func (s *schedule) trace() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strings.Join(s.events, "\n")
+}
+
+// scheduleLock is the name every Mutex of a schedule locks.
+const scheduleLock = "sched"
+
+// runSchedule draws a schedule from seed, runs it, and checks it.
+func runSchedule(seed uint64, stalls *stalls) *schedule {
+	s := &schedule{seed: seed, stalls: stalls, rng: rand.New(rand.NewPCG(seed, 0x5eed))}
+	s.draw()
+	s.start()
+	stopCtx, stop := context.WithCancel(context.Background())
+	var workers sync.WaitGroup
+	for ci, c := range s.clients {
+		for mi := range 1 + s.rng.IntN(2) {
+			m := c.NewMutex(scheduleLock)
+			wrng := rand.New(rand.NewPCG(seed, uint64(100+10*ci+mi)))
+			workers.Go(func() { s.work(fmt.Sprintf("c%d.m%d", ci, mi), m, wrng, stopCtx) })
+		}
+	}
+	faults := s.drawFaults()
+	var timeline sync.WaitGroup
+	timeline.Go(func() { s.play(faults, stopCtx.Done()) })
+	time.Sleep(s.duration)
+	stop()
+	workers.Wait()
+	timeline.Wait()
+	s.finish()
+	return s
+}
+
+// draw picks the schedule's setup.
+func (s *schedule) draw() {
+	s.nodes = 3 + s.rng.IntN(3)
+	s.ttl = []time.Duration{200 * time.Millisecond, 300 * time.Millisecond, 500 * time.Millisecond, time.Second}[s.rng.IntN(4)]
+	s.timeout = 30*time.Millisecond + time.Duration(s.rng.Int64N(int64(s.ttl/5-30*time.Millisecond)))
+	s.duration = s.ttl/2 + time.Duration(s.rng.Int64N(int64(2*s.ttl)))
+	// A wide drift allowance: the schedules test the lifecycle, not how
+	// late a loaded machine's timers fire.
+	s.opts = []Option{WithTTL(s.ttl), WithNodeTimeout(s.timeout), WithDriftFactor(0.1),
+		WithRetryDelay(time.Duration(1+s.rng.IntN(20)) * time.Millisecond), WithRetryJitter(5 * time.Millisecond),
+		WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}
+	if s.rng.IntN(2) == 0 {
+		s.opts = append(s.opts, WithFencing())
+	}
+	if s.rng.IntN(3) == 0 {
+		s.opts = append(s.opts, func(c *config) { c.noRepair = true })
+	}
+	s.t0 = time.Now()
+	s.logf("seed %d: %d nodes, TTL %v, node timeout %v, for %v", s.seed, s.nodes, s.ttl, s.timeout, s.duration)
+}
+
+// start starts the servers, their fault layers and the Clients, and keeps
+// the servers' clocks moving with real time.
+func (s *schedule) start() {
+	for i := range s.nodes {
+		mr := miniredis.NewMiniRedis()
+		if err := mr.Start(); err != nil {
+			panic(err)
+		}
+		// A large pool keeps go-redis from failing dials from its cache of
+		// the last dial error, for a second, once a node that was stopped
+		// is back: that would only slow the schedule down.
+		rc := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1, DialerRetries: 1, PoolSize: 1000})
+		hook := newFaultHook(i, s.seed)
+		rc.AddHook(hook)
+		s.mrs, s.rcs, s.hooks = append(s.mrs, mr), append(s.rcs, rc), append(s.hooks, hook)
+	}
+	s.stopped = make([]int, s.nodes)
+	s.windows = make([][]*span, s.nodes)
+	universal := make([]redis.UniversalClient, len(s.rcs))
+	for i, rc := range s.rcs {
+		universal[i] = rc
+	}
+	for range 2 + s.rng.IntN(2) {
+		c, err := New(universal, s.opts...)
+		if err != nil {
+			panic(err)
+		}
+		s.clients = append(s.clients, c)
+	}
+}
+
+// work is one Mutex's loop: lock, hold a while, and usually unlock, until
+// stop ends.
+func (s *schedule) work(who string, m *Mutex, rng *rand.Rand, stop context.Context) {
+	for stop.Err() == nil {
+		ctx, cancel := context.WithTimeout(stop, time.Duration(rng.Int64N(int64(2*s.ttl))))
+		var held context.Context
+		var err error
+		if rng.IntN(4) == 0 {
+			held, err = m.TryLockContext(ctx)
+		} else {
+			held, err = m.LockContext(ctx)
+		}
+		if err != nil {
+			cancel()
+			if errors.Is(err, ErrClosed) {
+				return
+			}
+			continue
+		}
+		o := s.acquired(who, held)
+		hold := time.Duration(rng.Int64N(int64(2 * s.ttl)))
+		select {
+		case <-time.After(hold):
+		case <-held.Done():
+			s.logf("%s: held ended: %v", who, context.Cause(held))
+		case <-stop.Done():
+		}
+		cancel()
+		if rng.IntN(8) == 0 {
+			s.logf("%s: leaves %s to Close", who, short(o.h.value))
+			return
+		}
+		err = m.UnlockContext(context.Background())
+		s.logf("%s: unlocked %s: %v", who, short(o.h.value), err)
+	}
+}
+
+// acquired records a successful acquisition.
+func (s *schedule) acquired(who string, held context.Context) *observed {
+	h := held.(*heldContext).h
+	o := &observed{who: who, h: h, acquired: time.Now()}
+	until, token := h.validity()
+	s.logf("%s: acquired %s, valid for %v, token %d", who, short(h.value), time.Until(until).Round(time.Millisecond), token)
+	context.AfterFunc(held, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		o.done = time.Now()
+	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.holdings = append(s.holdings, o)
+	return o
+}
+
+func short(value string) string { return value[:6] }
+
+// action is one fault of the schedule, at a moment of it, or the end of
+// one: undoes names the action it ends.
+type action struct {
+	at     time.Duration
+	what   string
+	do     func()
+	undoes *action
+	done   bool
+}
+
+// drawFaults draws the schedule's faults.
+func (s *schedule) drawFaults() []*action {
+	var actions []*action
+	for range s.rng.IntN(9) {
+		at := time.Duration(s.rng.Int64N(int64(s.duration)))
+		length := time.Duration(s.rng.Int64N(int64(2 * s.ttl)))
+		i := s.rng.IntN(s.nodes)
+		h, mr := s.hooks[i], s.mrs[i]
+		kinds := [][]string{nil, {"acquire"}, {"extend"}, {"release"}, {"enqueue"}, {"repair"}, {"fence"}}[s.rng.IntN(7)]
+		var match func(call) bool
+		if kinds != nil {
+			match = isKind(kinds...)
+		}
+		desc := fmt.Sprintf("node %d %v", i, kinds)
+		pair := func(begin, end string, do, undo func()) {
+			var w *span
+			first := &action{at: at, what: begin, do: func() {
+				w = s.window(i)
+				do()
+			}}
+			actions = append(actions, first, &action{at: at + length, what: end, undoes: first, do: func() {
+				undo()
+				s.mu.Lock()
+				w.end = time.Now()
+				s.mu.Unlock()
+			}})
+		}
+		window := func(f *fault, what string) {
+			pair(fmt.Sprintf("%s: %s for %v", desc, what, length), fmt.Sprintf("%s: %s over", desc, what),
+				func() { h.add(f) }, func() { h.remove(f) })
+		}
+		switch s.rng.IntN(9) {
+		case 0:
+			window(&fault{match: match, after: time.Duration(s.rng.Int64N(int64(2 * s.timeout)))}, "replies late")
+		case 1:
+			window(&fault{match: match, drop: true, times: 1 + s.rng.IntN(3)}, "replies dropped")
+		case 2:
+			window(&fault{match: match, eof: true, times: 1 + s.rng.IntN(2)}, "connection breaks after the command")
+		case 3:
+			window(&fault{match: match, fail: errors.New("LOADING simulated")}, "commands fail")
+		case 4:
+			window(&fault{match: match, before: time.Duration(s.rng.Int64N(int64(s.timeout)))}, "commands slow")
+		case 5:
+			pair(fmt.Sprintf("node %d paused for %v", i, length), fmt.Sprintf("node %d resumed", i), h.pause, h.resume)
+		case 6:
+			pair(fmt.Sprintf("node %d stopped for %v", i, length), fmt.Sprintf("node %d restarted", i),
+				func() { s.stopNode(i) }, func() { s.restartNode(i) })
+		case 7:
+			actions = append(actions, &action{at: at, what: fmt.Sprintf("node %d: key deleted", i), do: func() {
+				s.mu.Lock()
+				s.unsafe = true
+				s.mu.Unlock()
+				mr.Del(s.key())
+			}})
+		case 8:
+			c := s.clients[s.rng.IntN(len(s.clients))]
+			actions = append(actions, &action{at: at, what: "a Client closes", do: func() {
+				s.closers.Go(func() {
+					start := time.Now()
+					c.Close()
+					s.mu.Lock()
+					defer s.mu.Unlock()
+					s.closes = append(s.closes, closeSpan{c, span{start, time.Now()}})
+				})
+			}})
+		}
+	}
+	slices.SortStableFunc(actions, func(a, b *action) int { return int(a.at - b.at) })
+	return actions
+}
+
+// window records that a fault on node i begins now.
+func (s *schedule) window(i int) *span {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := &span{start: time.Now()}
+	s.windows[i] = append(s.windows[i], w)
+	return w
+}
+
+// stopNode stops node i, unless it is stopped already; restartNode starts
+// it again once every stop that overlapped has ended.
+func (s *schedule) stopNode(i int) {
+	s.stopped[i]++
+	if s.stopped[i] == 1 {
+		s.mrs[i].Close()
+	}
+}
+
+func (s *schedule) restartNode(i int) {
+	s.stopped[i]--
+	if s.stopped[i] == 0 {
+		if err := s.mrs[i].Restart(); err != nil {
+			s.violate("restarting node %d: %v", i, err)
+		}
+	}
+}
+
+func (s *schedule) key() string { return DefaultKeyPrefix + "{" + scheduleLock + "}" }
+
+// play carries out the actions at their moments, and keeps the servers'
+// clocks moving with real time until the schedule stops.
+func (s *schedule) play(actions []*action, stop <-chan struct{}) {
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	last := time.Now()
+	for {
+		now := time.Now()
+		for _, mr := range s.mrs {
+			mr.FastForward(now.Sub(last))
+		}
+		last = now
+		for len(actions) > 0 && time.Since(s.t0) >= actions[0].at {
+			s.logf("%s", actions[0].what)
+			actions[0].do()
+			actions[0].done = true
+			actions = actions[1:]
+		}
+		select {
+		case <-stop:
+			// Undo what is still in force, so that Close can release.
+			for _, a := range actions {
+				if a.undoes != nil && a.undoes.done {
+					s.logf("%s (at the end)", a.what)
+					a.do()
+				}
+			}
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// finish heals every fault, closes the Clients, checks the invariants and
+// stops the servers.
+func (s *schedule) finish() {
+	for _, h := range s.hooks {
+		h.clear()
+		h.resume()
+	}
+	// After a node comes back, go-redis fails dials from its cache of the
+	// last dial error for up to a second: Close can release only on nodes
+	// it can reach.
+	for i, rc := range s.rcs {
+		deadline := time.Now().Add(3 * time.Second)
+		for rc.Ping(context.Background()).Err() != nil && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err := rc.Ping(context.Background()).Err(); err != nil {
+			s.violate("node %d unreachable after the schedule: %v", i, err)
+		}
+	}
+	s.closers.Wait()
+	for _, c := range s.clients {
+		if err := c.Close(); err != nil {
+			s.violate("Close: %v", err)
+		}
+	}
+	for _, h := range s.hooks {
+		h.wait()
+	}
+	s.check()
+	for i, rc := range s.rcs {
+		rc.Close()
+		s.mrs[i].Close()
+	}
+}
+
+// check checks invariants (a) to (d).
+func (s *schedule) check() {
+	s.mu.Lock()
+	holdings := slices.Clone(s.holdings)
+	unsafe := s.unsafe
+	s.mu.Unlock()
+	ends := make(map[string]time.Time)
+	for _, o := range holdings {
+		o.h.mu.Lock()
+		ended, until, state := o.h.endedAt, o.h.until, o.h.state
+		o.h.mu.Unlock()
+		ends[o.h.value] = ended
+		s.mu.Lock()
+		done := o.done
+		s.mu.Unlock()
+		late := ended.After(until) || done.IsZero() || done.After(until.Add(100*time.Millisecond))
+		switch {
+		case state == held || ended.IsZero():
+			s.violate("(d) %s %s still held after Close", o.who, short(o.h.value))
+		case late && s.stalls.during(until.Add(-o.h.lead), latest(ended, done)):
+			// The expiry timer could not fire in time: not the library's doing.
+			s.paused++
+		case ended.After(until):
+			s.violate("(d) %s %s ended %v after its validity", o.who, short(o.h.value), ended.Sub(until))
+		case late:
+			s.violate("(d) %s %s: held ended at %v, validity at %v", o.who, short(o.h.value), done.Sub(s.t0), until.Sub(s.t0))
+		}
+	}
+	for i, a := range holdings {
+		for _, b := range holdings[i+1:] {
+			if a.acquired.Before(ends[b.h.value]) && b.acquired.Before(ends[a.h.value]) {
+				if unsafe {
+					s.overlaps++
+					continue
+				}
+				s.violate("(a) %s %s and %s %s were held at once", a.who, short(a.h.value), b.who, short(b.h.value))
+			}
+		}
+	}
+	for i, mr := range s.mrs {
+		if value, err := mr.Get(s.key()); err == nil {
+			if s.closedUnreachable(i, value) {
+				s.mu.Lock()
+				s.leftByClose++
+				s.mu.Unlock()
+				continue
+			}
+			s.violate("(b) node %d still has the key, of %s, after Close; the commands that named it:\n%s", i, short(value), s.callsOf(value))
+		}
+	}
+	for _, h := range s.hooks {
+		for _, c := range h.sent(isKind("extend", "repair")) {
+			issued := c.at
+			if c.round != nil {
+				issued = c.round.start
+			}
+			for _, v := range c.values {
+				if end, ok := ends[v]; ok && issued.After(end) {
+					s.violate("(c) node %d: %s for %s issued %v after the holding ended", c.node, c.kind, short(v), issued.Sub(end))
+				}
+			}
+		}
+	}
+}
+
+// callsOf lists the commands sent that name value, in order.
+func (s *schedule) callsOf(value string) string {
+	var calls []call
+	for _, h := range s.hooks {
+		calls = append(calls, h.sent(func(c call) bool { return slices.Contains(c.values, value) })...)
+	}
+	slices.SortFunc(calls, func(a, b call) int { return a.at.Compare(b.at) })
+	var lines []string
+	for _, c := range calls {
+		result := c.result
+		if len(result) > 300 {
+			result = result[:300]
+		}
+		lines = append(lines, fmt.Sprintf("%8.1fms node %d %s: %s", float64(c.at.Sub(s.t0).Microseconds())/1000, c.node, c.kind, result))
+	}
+	return strings.Join(lines, "\n")
+}
+
+// closedUnreachable reports whether value's Client was closed during the
+// schedule while node i had a fault, or the test process stalled: Close's
+// last release may not have reached the node in time, and the key is left
+// to expire with its TTL.
+func (s *schedule) closedUnreachable(i int, value string) bool {
+	var owner *Client
+	for _, h := range s.hooks {
+		for _, c := range h.sent(func(c call) bool { return slices.Contains(c.values, value) }) {
+			if c.round != nil && c.round.spec.holding != nil {
+				owner = c.round.spec.holding.m.client
+			}
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, cl := range s.closes {
+		if cl.c != owner {
+			continue
+		}
+		if s.stalls.during(cl.start, cl.end) {
+			return true
+		}
+		for _, w := range s.windows[i] {
+			if w.overlaps(cl.span) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// stalls records when the test process itself did not run on time: a
+// ticker's ticks more than stallGap apart. A held context that ends late
+// across such a stall says nothing about the library; Redlock assumes
+// bounded pauses.
+type stalls struct {
+	mu   sync.Mutex
+	list []span
+}
+
+const stallGap = 10 * time.Millisecond
+
+// watchStalls starts watching for stalls until the test ends.
+func watchStalls(t *testing.T) *stalls {
+	st := &stalls{}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		last := time.Now()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-tick.C:
+				now = time.Now()
+				if now.Sub(last) > stallGap {
+					st.mu.Lock()
+					st.list = append(st.list, span{last, now})
+					st.mu.Unlock()
+				}
+				last = now
+			}
+		}
+	})
+	t.Cleanup(func() {
+		close(done)
+		wg.Wait()
+	})
+	return st
+}
+
+// during reports whether a stall overlapped [from, to].
+func (st *stalls) during(from, to time.Time) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for _, s := range st.list {
+		if s.overlaps(span{from, to}) {
+			return true
+		}
+	}
+	return false
+}
+
+func latest(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}

@@ -1,0 +1,280 @@
+package redlock
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestWatchdogKeepsTheLock(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	m := newClient(t, clients, WithTTL(300*time.Millisecond)).NewMutex("kept")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := m.Until()
+	// miniredis's clock moves only when told; move it with real time.
+	for range 20 {
+		time.Sleep(50 * time.Millisecond)
+		for _, mr := range mrs {
+			mr.FastForward(50 * time.Millisecond)
+		}
+	}
+	if held.Err() != nil {
+		t.Fatalf("held ended after 1s with a 300ms TTL: %v", context.Cause(held))
+	}
+	if later := m.Until(); !later.After(first.Add(500 * time.Millisecond)) {
+		t.Errorf("Until() = %v after 1s; want it moved forward from %v", later, first)
+	}
+	m.Unlock()
+}
+
+func TestWatchdogBatchesExtensions(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	c := newClient(t, clients, WithTTL(time.Second))
+	const locks = 100
+	var mutexes []*Mutex
+	var helds []context.Context
+	for i := range locks {
+		m := c.NewMutex(fmt.Sprintf("batched-%d", i))
+		held, err := m.LockContext(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		mutexes = append(mutexes, m)
+		helds = append(helds, held)
+	}
+	// Two extensions each: every lock's validity ends at least two
+	// intervals (2×333ms) after the latest acquisition's did.
+	target := mutexes[locks-1].Until().Add(2 * c.cfg.extendInterval())
+	// Count the commands the Client sends from here on.
+	counters := make([]*commandCounter, len(clients))
+	for i, rc := range clients {
+		counters[i] = &commandCounter{only: map[string]bool{"evalsha": true, "eval": true}}
+		rc.AddHook(counters[i])
+	}
+	waitFor(t, "two extensions of every lock", func() bool {
+		for _, m := range mutexes {
+			if m.Until().Before(target) {
+				return false
+			}
+		}
+		return true
+	})
+	for i, counter := range counters {
+		// One call per batch; without batching it would be 2 per lock.
+		if calls := counter.count.Load(); calls > 2*locks/10 {
+			t.Errorf("node %d: %d calls to extend %d locks twice; want at most %d", i, calls, locks, 2*locks/10)
+		} else {
+			t.Logf("node %d: %d calls to extend %d locks twice", i, calls, locks)
+		}
+	}
+	for i, m := range mutexes {
+		if helds[i].Err() != nil {
+			t.Fatalf("lock %d lost: %v", i, context.Cause(helds[i]))
+		}
+		if err := m.UnlockContext(t.Context()); err != nil {
+			t.Errorf("Unlock %d: %v", i, err)
+		}
+	}
+	settle(t, c.nodes) // Unlock returns at a quorum; the last release may be in flight
+	for _, m := range mutexes {
+		if n := keysOn(mrs, m.key); n != 0 {
+			t.Errorf("%s on %d nodes after Unlock", m.key, n)
+		}
+	}
+}
+
+func TestWatchdogRepairsANodeThatLostTheKey(t *testing.T) {
+	mrs, clients := servers(t, 5)
+	m := newClient(t, clients, WithTTL(300*time.Millisecond)).NewMutex("repair")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "all grants", func() bool { return keysOn(mrs, "redlock:{repair}") == 5 })
+	value, _ := mrs[0].Get("redlock:{repair}")
+	mrs[0].Del("redlock:{repair}")          // as if node 0 restarted
+	mrs[1].Set("redlock:{repair}", "other") // a key that is not ours: never overwritten
+	mrs[1].SetTTL("redlock:{repair}", time.Hour)
+	// Nodes 2-4 still make a quorum, so extensions succeed and repair node 0.
+	waitFor(t, "node 0 repaired", func() bool {
+		got, _ := mrs[0].Get("redlock:{repair}")
+		return got == value
+	})
+	if got, _ := mrs[1].Get("redlock:{repair}"); got != "other" {
+		t.Errorf("node 1 key = %q; want the other holder's value untouched", got)
+	}
+	if ttl := mrs[0].TTL("redlock:{repair}"); ttl <= 0 || ttl > 300*time.Millisecond {
+		t.Errorf("repaired key TTL = %v; want within (0, 300ms]", ttl)
+	}
+	if held.Err() != nil {
+		t.Errorf("held ended: %v", context.Cause(held))
+	}
+	m.Unlock()
+	settle(t, m.client.nodes)
+	if mrs[0].Exists("redlock:{repair}") {
+		t.Error("node 0 still has the key after Unlock")
+	}
+}
+
+// the first extension is due one interval after the acquisition
+// round started, not after it ended.
+func TestFirstExtensionIsTimedFromTheRoundStart(t *testing.T) {
+	_, clients, hooks := faultyServers(t, 3, 4)
+	c := newClient(t, clients, WithTTL(time.Second), WithNodeTimeout(488*time.Millisecond), WithWatchdogInterval(500*time.Millisecond))
+	warm(t, c)
+	for _, h := range hooks {
+		h.add(&fault{match: isKind("acquire"), after: 300 * time.Millisecond, times: 1})
+		h.add(&fault{match: isKind("extend"), after: 350 * time.Millisecond})
+	}
+	m := c.NewMutex("slow")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-held.Done():
+		t.Errorf("lock lost though every node answered within its timeout: %v", context.Cause(held))
+	case <-time.After(1500 * time.Millisecond):
+	}
+	m.Unlock()
+}
+
+// Unlock waits for an extension in flight before it releases.
+func TestUnlockWaitsForAnExtensionInFlight(t *testing.T) {
+	_, clients, hooks := faultyServers(t, 3, 9)
+	c := newClient(t, clients, WithTTL(time.Second), WithNodeTimeout(400*time.Millisecond))
+	warm(t, c)
+	var mu sync.Mutex
+	var extendsRan []time.Time
+	for _, h := range hooks {
+		h.add(&fault{match: isKind("extend"), before: 150 * time.Millisecond})
+		h.onRun = func(c call, at time.Time) {
+			if c.kind == "extend" {
+				mu.Lock()
+				extendsRan = append(extendsRan, at)
+				mu.Unlock()
+			}
+		}
+	}
+	m := c.NewMutex("inflight")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := valueOf(m, held)
+	waitFor(t, "an extension to be sent", func() bool { return len(hooks[0].sent(isKind("extend"))) > 0 })
+	if err := m.UnlockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	settle(t, c.nodes)
+	// The round is decided once a quorum has extended the lock: every
+	// release comes after that. A call to the last node may still be in
+	// flight, and land after the release, where it finds no key to extend.
+	mu.Lock()
+	defer mu.Unlock()
+	for _, h := range hooks {
+		for _, rel := range h.sent(isKind("release")) {
+			if !slicesContains(rel.values, value) {
+				continue
+			}
+			before := 0
+			for _, ran := range extendsRan {
+				if ran.Before(rel.at) {
+					before++
+				}
+			}
+			if before < 2 {
+				t.Errorf("node %d: release sent when %d nodes had run the extension in flight; want a quorum, 2", rel.node, before)
+			}
+		}
+	}
+}
+
+// Unlock waits for a repair in flight, so that the repair cannot
+// set the key again after Unlock returned.
+func TestUnlockWaitsForARepairInFlight(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 19)
+	c := newClient(t, clients, WithTTL(time.Second), WithNodeTimeout(400*time.Millisecond))
+	warm(t, c)
+	m := c.NewMutex("repairing")
+	if _, err := m.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "all grants", func() bool { return keysOn(mrs, m.key) == 3 })
+	var mu sync.Mutex
+	var repairsRan []time.Time
+	hooks[0].add(&fault{match: isRepair, before: 150 * time.Millisecond})
+	hooks[0].onRun = func(c call, at time.Time) {
+		if isRepair(c) {
+			mu.Lock()
+			repairsRan = append(repairsRan, at)
+			mu.Unlock()
+		}
+	}
+	mrs[0].Del(m.key)
+	waitFor(t, "a repair to be sent", func() bool { return len(hooks[0].sent(isRepair)) > 0 })
+	if err := m.UnlockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	unlocked := time.Now()
+	settle(t, c.nodes)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, ran := range repairsRan {
+		if ran.After(unlocked) {
+			t.Errorf("a repair set the key %v after Unlock returned", ran.Sub(unlocked))
+		}
+	}
+}
+
+// isRepair matches the commands that put the key back on a node that lost
+// it.
+func isRepair(c call) bool { return c.kind == "repair" }
+
+// a repaired key lives no longer than the validity the quorum
+// confirmed, however long the SET waited to be sent.
+func TestRepairedKeyEndsWithTheValidity(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 10)
+	c := newClient(t, clients, WithTTL(time.Second), WithNodeTimeout(400*time.Millisecond))
+	warm(t, c)
+	m := c.NewMutex("repaired")
+	if _, err := m.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "all grants", func() bool { return keysOn(mrs, m.key) == 3 })
+	type ran struct {
+		at     time.Time
+		px     int64
+		until  time.Time
+		inTime bool
+	}
+	var mu sync.Mutex
+	var runs []ran
+	hooks[0].add(&fault{match: isRepair, before: 300 * time.Millisecond, times: 1})
+	hooks[0].onRun = func(c call, at time.Time) {
+		if isRepair(c) {
+			mu.Lock()
+			runs = append(runs, ran{at: at, px: c.px, until: m.Until()})
+			mu.Unlock()
+		}
+	}
+	mrs[0].Del(m.key)
+	waitFor(t, "a repair to run", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(runs) > 0
+	})
+	m.Unlock()
+	mu.Lock()
+	defer mu.Unlock()
+	for _, r := range runs {
+		if end := r.at.Add(time.Duration(r.px) * time.Millisecond); end.After(r.until) {
+			t.Errorf("repaired key lives until %v after the confirmed validity", end.Sub(r.until))
+		}
+	}
+}
