@@ -90,8 +90,8 @@ type warnings struct {
 }
 
 func (w *warnings) Enabled(_ context.Context, level slog.Level) bool { return level >= slog.LevelWarn }
-func (w *warnings) WithAttrs([]slog.Attr) slog.Handler             { return w }
-func (w *warnings) WithGroup(string) slog.Handler                  { return w }
+func (w *warnings) WithAttrs([]slog.Attr) slog.Handler               { return w }
+func (w *warnings) WithGroup(string) slog.Handler                    { return w }
 func (w *warnings) Handle(_ context.Context, rec slog.Record) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -128,4 +128,3 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
-

@@ -120,7 +120,7 @@ func soakFaults(t *testing.T, stop time.Time, ttl time.Duration) *sync.WaitGroup
 		}
 	})
 	wg.Go(func() {
-		for time.Now().Add(2*ttl).Before(stop) {
+		for time.Now().Add(2 * ttl).Before(stop) {
 			time.Sleep(2 * time.Second)
 			i := rand.IntN(nodeCount)
 			mu.Lock()
