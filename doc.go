@@ -24,24 +24,33 @@
 //	defer m.Unlock()
 //	return work(held) // context.Cause(held) wraps ErrLockLost if the lock is lost
 //
-// While the lock is held a watchdog extends it every TTL/3. If no quorum
-// confirms the lock before its validity ends, or a quorum answers that the key
-// is gone or owned by another, the watchdog cancels held with a cause wrapping
-// ErrLockLost. A timer drives this, so it happens by the end of the validity
-// even while masters hang; held.Err() also checks the validity itself, for a
-// process that wakes from a pause before that timer has fired. A lost lock is never silently re-acquired. While a
-// quorum confirms the lock, the watchdog sets the key again (SET NX, for no
-// longer than the confirmed validity) on masters that lost it, say by a
-// restart, so that one more failure does not cost the lock. One watchdog per
-// Client serves all its locks: extensions that fall due within a quarter of
-// an interval of each other go out together, early, as one script call per
-// master for up to 256 locks.
+// While the lock is held a watchdog extends it every TTL/3, counted from the
+// start of the acquisition round. If no quorum confirms the lock before its
+// validity ends, or a quorum answers that the key is gone or owned by
+// another, the lock is lost: held ends with a cause wrapping ErrLockLost, and
+// the key is released on every master. A timer drives this, so it happens by
+// the end of the validity even while masters hang; held.Err() and
+// held.Done() also check the validity themselves, for a process that wakes
+// from a pause before that timer has fired. A lost lock is never silently
+// re-acquired, and once it is lost or Unlock has begun, nothing extends it or
+// writes its key again. While a quorum confirms the lock, the watchdog sets
+// the key again (SET NX, for no longer than the confirmed validity) on
+// masters that lost it, say by a restart, so that one more failure does not
+// cost the lock. One watchdog per Client serves all its locks: extensions
+// that fall due within a quarter of an interval of each other go out
+// together, early, as one script call per master for up to 256 locks.
+//
+// Each acquisition has one owner of its state, which moves one way:
+// acquiring, held, then lost or released. Every master that may have granted
+// a failed, lost or released acquisition gets a release, whenever its grant
+// arrives; a command whose reply never came back is released again once its
+// master has answered anything since.
 //
 // A waiter that fails its first attempt joins the lock's queue on every
 // master. A release wakes the waiter at the head of the queue by publishing
 // its id on its Client's own channel, so one release costs one new attempt
 // and reaches one process, not every waiter. Polling is the fallback for lost
-// messages and waiters that died: every 50–100ms (WithRetryDelay,
+// messages and holders that died: every 50–100ms (WithRetryDelay,
 // WithRetryJitter) while a waiter is not queued, ten times less often while
 // it is.
 //

@@ -145,6 +145,18 @@ type schedule struct {
 	leftByClose int  // keys left by a Client closed while their node had a fault
 	paused      int  // held contexts late while the process stalled
 	violations  []string
+	repairs     []call // repairs that ran on a server, at: when they ran
+}
+
+// ran records the repairs the servers run.
+func (s *schedule) ran(c call, at time.Time) {
+	if c.kind != "repair" {
+		return
+	}
+	c.at = at
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.repairs = append(s.repairs, c)
 }
 
 // span is a stretch of the schedule; a zero end means it lasted to the end.
@@ -166,6 +178,7 @@ type observed struct {
 	h        *holding
 	acquired time.Time
 	done     time.Time // when held's AfterFunc ran
+	unlocked time.Time // when UnlockContext returned, if it was called
 }
 
 func (s *schedule) logf(format string, args ...any) {
@@ -248,6 +261,7 @@ func (s *schedule) start() {
 		// is back: that would only slow the schedule down.
 		rc := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1, DialerRetries: 1, PoolSize: 1000})
 		hook := newFaultHook(i, s.seed)
+		hook.onRun = s.ran
 		rc.AddHook(hook)
 		s.mrs, s.rcs, s.hooks = append(s.mrs, mr), append(s.rcs, rc), append(s.hooks, hook)
 	}
@@ -299,6 +313,9 @@ func (s *schedule) work(who string, m *Mutex, rng *rand.Rand, stop context.Conte
 			return
 		}
 		err = m.UnlockContext(context.Background())
+		s.mu.Lock()
+		o.unlocked = time.Now()
+		s.mu.Unlock()
 		s.logf("%s: unlocked %s: %v", who, short(o.h.value), err)
 	}
 }
@@ -550,6 +567,7 @@ func (s *schedule) check() {
 			s.violate("(b) node %d still has the key, of %s, after Close; the commands that named it:\n%s", i, short(value), s.callsOf(value))
 		}
 	}
+	s.checkRepairs(holdings)
 	for _, h := range s.hooks {
 		for _, c := range h.sent(isKind("extend", "repair")) {
 			issued := c.at
@@ -673,4 +691,30 @@ func latest(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// checkRepairs checks that Unlock waited for the repairs in flight: none ran
+// on a server after Unlock returned, unless its round gave up waiting for it
+// (a node that did not answer within the node timeout).
+func (s *schedule) checkRepairs(holdings []*observed) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	unlocked := make(map[string]time.Time)
+	for _, o := range holdings {
+		if !o.unlocked.IsZero() {
+			unlocked[o.h.value] = o.unlocked
+		}
+	}
+	for _, c := range s.repairs {
+		end, ok := unlocked[c.values[0]]
+		if !ok || !c.at.After(end) {
+			continue
+		}
+		c.round.mu.Lock()
+		gaveUp := c.round.timedOut
+		c.round.mu.Unlock()
+		if !gaveUp {
+			s.violations = append(s.violations, fmt.Sprintf("(c) node %d: a repair of %s ran %v after Unlock returned", c.node, short(c.values[0]), c.at.Sub(end)))
+		}
+	}
 }
