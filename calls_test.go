@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// a SET NX sent again after an EOF does not mistake our own grant
+// A SET NX sent again after an EOF does not mistake our own grant
 // for a refusal.
 func TestResentGrantIsRecognised(t *testing.T) {
 	mrs, clients, hooks := faultyServers(t, 3, 14)
@@ -26,7 +26,7 @@ func TestResentGrantIsRecognised(t *testing.T) {
 }
 
 // A server that lost its script cache (a restart, SCRIPT FLUSH) gets the
-// scripts again with EVAL: prepared.run relies on go-redis reporting
+// Scripts again with EVAL: prepared.run relies on go-redis reporting
 // NOSCRIPT as an error with that prefix.
 func TestScriptsAreSentAgainWhenTheServerLostThem(t *testing.T) {
 	mrs, clients := servers(t, 3)

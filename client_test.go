@@ -113,7 +113,7 @@ func TestNewReportsEveryProblem(t *testing.T) {
 	}
 }
 
-// two failover clients (or any clients whose address New cannot
+// Two failover clients (or any clients whose address New cannot
 // see) of one server are caught before they count twice.
 func TestClientsOfOneServerAreCaughtAtFirstUse(t *testing.T) {
 	mrs, clients := servers(t, 2)

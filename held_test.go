@@ -191,7 +191,11 @@ func TestLateGrantIsUndoneByUnlock(t *testing.T) {
 // keep the lock alive nor repair it.
 func TestLostLockIsNotExtendedOrRepaired(t *testing.T) {
 	mrs, clients, hooks := faultyServers(t, 3, 2)
-	c := newClient(t, clients, WithTTL(time.Second), WithNodeTimeout(400*time.Millisecond))
+	// The first extension, at 500ms, may wait until 898ms for its replies;
+	// the lock is lost at 847ms, 51ms (half the drift) before its validity
+	// ends at 898ms.
+	c := newClient(t, clients, WithTTL(time.Second), WithNodeTimeout(398*time.Millisecond),
+		WithWatchdogInterval(500*time.Millisecond), WithDriftFactor(0.1))
 	other := newClient(t, clients, WithTTL(time.Second))
 	warm(t, c)
 	m := c.NewMutex("late")
@@ -202,9 +206,10 @@ func TestLostLockIsNotExtendedOrRepaired(t *testing.T) {
 	value := valueOf(m, held)
 	waitFor(t, "all grants", func() bool { return keysOn(mrs, m.key) == 3 })
 	// Node 0 lost the key, so a won extension would repair it. Nodes 1 and
-	// 2 run every extension just after the lock's expiry timer fires.
+	// 2 run the first extension 20ms after the lock was lost, and their
+	// replies come within the round's timeout.
 	mrs[0].Del(m.key)
-	landing := m.Until().Add(30 * time.Millisecond)
+	landing := m.Until().Add(-m.cfg.drift()/2 + 20*time.Millisecond)
 	for _, h := range hooks[1:] {
 		h.add(&fault{match: isKind("extend"), notBefore: landing})
 	}
@@ -221,6 +226,9 @@ func TestLostLockIsNotExtendedOrRepaired(t *testing.T) {
 	} else {
 		t.Logf("another Client took the lock %v after the loss", time.Since(lostAt))
 	}
+	// The extension round in flight at the loss is over, and whatever it
+	// led to has been sent.
+	held.(*heldContext).h.busy.Wait()
 	for _, h := range hooks {
 		for _, call := range h.sent(isKind("extend", "acquire", "repair", "set")) {
 			if call.at.After(lostAt) && slicesContains(call.values, value) {

@@ -199,7 +199,7 @@ func TestUnreadableCountersFailTheAcquisition(t *testing.T) {
 	}
 }
 
-// a grant that lands while the fencing round fails is released.
+// A grant that lands while the fencing round fails is released.
 func TestFailedFencingRoundReleasesALateGrant(t *testing.T) {
 	mrs, clients, hooks := faultyServers(t, 3, 1)
 	c := newClient(t, clients, WithFencing())
@@ -217,7 +217,7 @@ func TestFailedFencingRoundReleasesALateGrant(t *testing.T) {
 	waitFor(t, "the failed attempt's keys to go", func() bool { return keysOn(mrs, m.key) == 0 })
 }
 
-// a name or prefix that would break the hash tag is rejected.
+// A name or prefix that would break the hash tag is rejected.
 func TestBrokenHashTagsAreRejected(t *testing.T) {
 	_, clients := servers(t, 1)
 	c := newClient(t, clients)
@@ -238,7 +238,7 @@ func TestBrokenHashTagsAreRejected(t *testing.T) {
 	}
 }
 
-// a nil context panics with a redlock: message, in the caller.
+// A nil context panics with a redlock: message, in the caller.
 func TestNilContextPanics(t *testing.T) {
 	_, clients := servers(t, 1)
 	m := newClient(t, clients).NewMutex("nil")

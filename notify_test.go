@@ -32,7 +32,7 @@ func TestClientSubscribesOnceToItsOwnChannel(t *testing.T) {
 	}
 }
 
-// a subscription whose connection dropped stops counting as
+// A subscription whose connection dropped stops counting as
 // listening until the server confirms it again.
 func TestDroppedSubscriptionStopsCounting(t *testing.T) {
 	mrs, clients := servers(t, 3)

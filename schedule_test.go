@@ -22,7 +22,7 @@ import (
 
 // TestLifecycleSchedules runs random fault schedules, each drawn from a
 // seed, against several Mutexes of one lock, and checks the lifecycle's
-// invariants after each:
+// Invariants after each:
 //
 //	(a) no two live held contexts overlap, except where the schedule deleted
 //	    keys behind a holder's back, which is unsafe by design (counted apart);
@@ -69,50 +69,62 @@ func TestLifecycleSchedules(t *testing.T) {
 	if raceEnabled {
 		atOnce = 2
 	}
-	var unsafe, overlapsUnsafe, leftByClose, paused int
-	var failed []uint64
+	var tally scheduleTally
 	start := time.Now()
 	for first := 0; first < count; first += atOnce {
-		before := []goleak.Option{goleak.IgnoreCurrent(),
-			// go-redis redials in the background once dials failed; the
-			// goroutine ends within a second of its client's Close.
-			goleak.IgnoreAnyFunction("github.com/redis/go-redis/v9/internal/pool.(*ConnPool).tryDial")}
-		var wg sync.WaitGroup
-		results := make([]*schedule, min(atOnce, count-first))
-		for i := range results {
-			seed := base + uint64(first+i)
-			wg.Go(func() { results[i] = runSchedule(seed, stalls) })
+		var seeds []uint64
+		for i := first; i < min(first+atOnce, count); i++ {
+			seeds = append(seeds, base+uint64(i))
 		}
-		wg.Wait()
-		for _, s := range results {
-			leftByClose += s.leftByClose
-			paused += s.paused
-			if s.unsafe {
-				unsafe++
-				overlapsUnsafe += s.overlaps
-			}
-			if len(s.violations) > 0 {
-				failed = append(failed, s.seed)
-				if len(failed) <= 3 {
-					t.Errorf("seed %d (replay with REDLOCK_SEED=%d):\n%s\ntrace:\n%s", s.seed, s.seed, strings.Join(s.violations, "\n"), s.trace())
-				} else {
-					t.Errorf("seed %d: %s", s.seed, s.violations[0])
-				}
-			}
+		tally.batch(t, seeds, stalls)
+	}
+	if len(tally.failed) > 0 {
+		t.Errorf("%d of %d schedules failed: seeds %v", len(tally.failed), count, tally.failed)
+	}
+	t.Logf("%d schedules in %v; %d deleted keys behind a holder's back, with %d overlaps between them; %d keys left by a Client closed while their node had a fault; %d held contexts late while the test process itself stalled",
+		count, time.Since(start).Round(time.Millisecond), tally.unsafe, tally.overlapsUnsafe, tally.leftByClose, tally.paused)
+}
+
+// scheduleTally adds up what the schedules saw.
+type scheduleTally struct {
+	unsafe, overlapsUnsafe, leftByClose, paused int
+	failed                                      []uint64
+}
+
+// batch runs the schedules of seeds at once, reports their violations,
+// and then checks that they left no goroutine.
+func (tally *scheduleTally) batch(t *testing.T, seeds []uint64, stalls *stalls) {
+	before := []goleak.Option{goleak.IgnoreCurrent(),
+		// go-redis redials in the background once dials failed; the
+		// goroutine ends within a second of its client's Close.
+		goleak.IgnoreAnyFunction("github.com/redis/go-redis/v9/internal/pool.(*ConnPool).tryDial")}
+	var wg sync.WaitGroup
+	results := make([]*schedule, len(seeds))
+	for i, seed := range seeds {
+		wg.Go(func() { results[i] = runSchedule(seed, stalls) })
+	}
+	wg.Wait()
+	for _, s := range results {
+		tally.leftByClose += s.leftByClose
+		tally.paused += s.paused
+		if s.unsafe {
+			tally.unsafe++
+			tally.overlapsUnsafe += s.overlaps
 		}
-		if err := goleak.Find(before...); err != nil {
-			var seeds []string
-			for _, s := range results {
-				seeds = append(seeds, strconv.FormatUint(s.seed, 10))
-			}
-			t.Errorf("goroutines left after the schedules of seeds %s: %v", strings.Join(seeds, ", "), err)
-			failed = append(failed, results[0].seed)
+		if len(s.violations) == 0 {
+			continue
+		}
+		tally.failed = append(tally.failed, s.seed)
+		if len(tally.failed) <= 3 {
+			t.Errorf("seed %d (replay with REDLOCK_SEED=%d):\n%s\ntrace:\n%s", s.seed, s.seed, strings.Join(s.violations, "\n"), s.trace())
+		} else {
+			t.Errorf("seed %d: %s", s.seed, s.violations[0])
 		}
 	}
-	if len(failed) > 0 {
-		t.Errorf("%d of %d schedules failed: seeds %v", len(failed), count, failed)
+	if err := goleak.Find(before...); err != nil {
+		t.Errorf("goroutines left after the schedules of seeds %v: %v", seeds, err)
+		tally.failed = append(tally.failed, seeds[0])
 	}
-	t.Logf("%d schedules in %v; %d deleted keys behind a holder's back, with %d overlaps between them; %d keys left by a Client closed while their node had a fault; %d held contexts late while the test process itself stalled", count, time.Since(start).Round(time.Millisecond), unsafe, overlapsUnsafe, leftByClose, paused)
 }
 
 // schedule is one run: its setup, drawn from its seed, and what it saw.
@@ -353,71 +365,109 @@ type action struct {
 func (s *schedule) drawFaults() []*action {
 	var actions []*action
 	for range s.rng.IntN(9) {
-		at := time.Duration(s.rng.Int64N(int64(s.duration)))
-		length := time.Duration(s.rng.Int64N(int64(2 * s.ttl)))
-		i := s.rng.IntN(s.nodes)
-		h, mr := s.hooks[i], s.mrs[i]
-		kinds := [][]string{nil, {"acquire"}, {"extend"}, {"release"}, {"enqueue"}, {"repair"}, {"fence"}}[s.rng.IntN(7)]
-		var match func(call) bool
-		if kinds != nil {
-			match = isKind(kinds...)
-		}
-		desc := fmt.Sprintf("node %d %v", i, kinds)
-		pair := func(begin, end string, do, undo func()) {
-			var w *span
-			first := &action{at: at, what: begin, do: func() {
-				w = s.window(i)
-				do()
-			}}
-			actions = append(actions, first, &action{at: at + length, what: end, undoes: first, do: func() {
-				undo()
-				s.mu.Lock()
-				w.end = time.Now()
-				s.mu.Unlock()
-			}})
-		}
-		window := func(f *fault, what string) {
-			pair(fmt.Sprintf("%s: %s for %v", desc, what, length), fmt.Sprintf("%s: %s over", desc, what),
-				func() { h.add(f) }, func() { h.remove(f) })
-		}
-		switch s.rng.IntN(9) {
-		case 0:
-			window(&fault{match: match, after: time.Duration(s.rng.Int64N(int64(2 * s.timeout)))}, "replies late")
-		case 1:
-			window(&fault{match: match, drop: true, times: 1 + s.rng.IntN(3)}, "replies dropped")
-		case 2:
-			window(&fault{match: match, eof: true, times: 1 + s.rng.IntN(2)}, "connection breaks after the command")
-		case 3:
-			window(&fault{match: match, fail: errors.New("LOADING simulated")}, "commands fail")
-		case 4:
-			window(&fault{match: match, before: time.Duration(s.rng.Int64N(int64(s.timeout)))}, "commands slow")
-		case 5:
-			pair(fmt.Sprintf("node %d paused for %v", i, length), fmt.Sprintf("node %d resumed", i), h.pause, h.resume)
-		case 6:
-			pair(fmt.Sprintf("node %d stopped for %v", i, length), fmt.Sprintf("node %d restarted", i),
-				func() { s.stopNode(i) }, func() { s.restartNode(i) })
-		case 7:
-			actions = append(actions, &action{at: at, what: fmt.Sprintf("node %d: key deleted", i), do: func() {
-				s.mu.Lock()
-				s.unsafe = true
-				s.mu.Unlock()
-				mr.Del(s.key())
-			}})
-		case 8:
-			c := s.clients[s.rng.IntN(len(s.clients))]
-			actions = append(actions, &action{at: at, what: "a Client closes", do: func() {
-				s.closers.Go(func() {
-					start := time.Now()
-					c.Close()
-					s.mu.Lock()
-					defer s.mu.Unlock()
-					s.closes = append(s.closes, closeSpan{c, span{start, time.Now()}})
-				})
-			}})
-		}
+		actions = append(actions, s.drawFault()...)
 	}
 	slices.SortStableFunc(actions, func(a, b *action) int { return int(a.at - b.at) })
 	return actions
+}
+
+// faultDraw is one fault as drawn: what, when, for how long, and its
+// parameters, drawn once however many nodes it hits.
+type faultDraw struct {
+	what        int
+	kinds       []string // the commands a window fault hits; nil: all
+	at, length  time.Duration
+	delay       time.Duration
+	times       int
+	clientIndex int
+}
+
+// drawFault draws one fault, on one node, or, a third of the time for
+// those that can, on a quorum of nodes at once, as a network blip would.
+func (s *schedule) drawFault() []*action {
+	d := faultDraw{
+		what:        s.rng.IntN(9),
+		kinds:       [][]string{nil, {"acquire"}, {"extend"}, {"release"}, {"enqueue"}, {"repair"}, {"fence"}}[s.rng.IntN(7)],
+		at:          time.Duration(s.rng.Int64N(int64(s.duration))),
+		length:      time.Duration(s.rng.Int64N(int64(2 * s.ttl))),
+		delay:       time.Duration(s.rng.Int64N(int64(2 * s.timeout))),
+		times:       1 + s.rng.IntN(3),
+		clientIndex: s.rng.IntN(len(s.clients)),
+	}
+	targets := []int{s.rng.IntN(s.nodes)}
+	if d.what <= 5 && s.rng.IntN(3) == 0 {
+		targets = s.rng.Perm(s.nodes)[:quorum(s.nodes)]
+	}
+	var actions []*action
+	for _, i := range targets {
+		actions = append(actions, s.faultOn(i, d)...)
+	}
+	return actions
+}
+
+// faultOn returns the actions of fault d on node i.
+func (s *schedule) faultOn(i int, d faultDraw) []*action {
+	h, mr := s.hooks[i], s.mrs[i]
+	var match func(call) bool
+	if d.kinds != nil {
+		match = isKind(d.kinds...)
+	}
+	desc := fmt.Sprintf("node %d %v", i, d.kinds)
+	pair := func(begin, end string, do, undo func()) []*action {
+		var w *span
+		first := &action{at: d.at, what: begin, do: func() {
+			w = s.window(i)
+			do()
+		}}
+		return []*action{first, {at: d.at + d.length, what: end, undoes: first, do: func() {
+			undo()
+			s.mu.Lock()
+			w.end = time.Now()
+			s.mu.Unlock()
+		}}}
+	}
+	window := func(f *fault, what string) []*action {
+		return pair(fmt.Sprintf("%s: %s for %v", desc, what, d.length), fmt.Sprintf("%s: %s over", desc, what),
+			func() { h.add(f) }, func() { h.remove(f) })
+	}
+	switch d.what {
+	case 0:
+		return window(&fault{match: match, after: d.delay}, "replies late")
+	case 1:
+		return window(&fault{match: match, drop: true, times: d.times}, "replies dropped")
+	case 2:
+		return window(&fault{match: match, eof: true, times: d.times}, "connection breaks after the command")
+	case 3:
+		return window(&fault{match: match, fail: errors.New("LOADING simulated")}, "commands fail")
+	case 4:
+		return window(&fault{match: match, before: d.delay / 2}, "commands slow")
+	case 5:
+		return pair(fmt.Sprintf("node %d paused for %v", i, d.length), fmt.Sprintf("node %d resumed", i), h.pause, h.resume)
+	case 6:
+		return pair(fmt.Sprintf("node %d stopped for %v", i, d.length), fmt.Sprintf("node %d restarted", i),
+			func() { s.stopNode(i) }, func() { s.restartNode(i) })
+	case 7:
+		return []*action{{at: d.at, what: fmt.Sprintf("node %d: key deleted", i), do: func() {
+			s.mu.Lock()
+			s.unsafe = true
+			s.mu.Unlock()
+			mr.Del(s.key())
+		}}}
+	default:
+		c := s.clients[d.clientIndex]
+		return []*action{{at: d.at, what: "a Client closes", do: func() { s.closeDuring(c) }}}
+	}
+}
+
+// closeDuring closes c in the background, and records when.
+func (s *schedule) closeDuring(c *Client) {
+	s.closers.Go(func() {
+		start := time.Now()
+		c.Close()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.closes = append(s.closes, closeSpan{c, span{start, time.Now()}})
+	})
 }
 
 // window records that a fault on node i begins now.
@@ -503,9 +553,13 @@ func (s *schedule) finish() {
 	}
 	s.closers.Wait()
 	for _, c := range s.clients {
+		start := time.Now()
 		if err := c.Close(); err != nil {
 			s.violate("Close: %v", err)
 		}
+		s.mu.Lock()
+		s.closes = append(s.closes, closeSpan{c, span{start, time.Now()}})
+		s.mu.Unlock()
 	}
 	for _, h := range s.hooks {
 		h.wait()
@@ -521,53 +575,84 @@ func (s *schedule) finish() {
 func (s *schedule) check() {
 	s.mu.Lock()
 	holdings := slices.Clone(s.holdings)
-	unsafe := s.unsafe
 	s.mu.Unlock()
 	ends := make(map[string]time.Time)
 	for _, o := range holdings {
-		o.h.mu.Lock()
-		ended, until, state := o.h.endedAt, o.h.until, o.h.state
-		o.h.mu.Unlock()
-		ends[o.h.value] = ended
-		s.mu.Lock()
-		done := o.done
-		s.mu.Unlock()
-		late := ended.After(until) || done.IsZero() || done.After(until.Add(100*time.Millisecond))
-		switch {
-		case state == held || ended.IsZero():
-			s.violate("(d) %s %s still held after Close", o.who, short(o.h.value))
-		case late && s.stalls.during(until.Add(-o.h.lead), latest(ended, done)):
-			// The expiry timer could not fire in time: not the library's doing.
-			s.paused++
-		case ended.After(until):
-			s.violate("(d) %s %s ended %v after its validity", o.who, short(o.h.value), ended.Sub(until))
-		case late:
-			s.violate("(d) %s %s: held ended at %v, validity at %v", o.who, short(o.h.value), done.Sub(s.t0), until.Sub(s.t0))
-		}
+		ends[o.h.value] = s.checkEnd(o)
 	}
+	s.checkOverlaps(holdings, ends)
+	s.checkKeys()
+	s.checkIssued(ends)
+	s.checkRepairs(holdings)
+}
+
+// checkEnd checks (d) for one holding, and returns when it ended.
+func (s *schedule) checkEnd(o *observed) time.Time {
+	o.h.mu.Lock()
+	ended, until, state := o.h.endedAt, o.h.until, o.h.state
+	o.h.mu.Unlock()
+	s.mu.Lock()
+	done := o.done
+	s.mu.Unlock()
+	late := ended.After(until) || done.IsZero() || done.After(until.Add(100*time.Millisecond))
+	switch {
+	case state == held || ended.IsZero():
+		s.violate("(d) %s %s still held after Close", o.who, short(o.h.value))
+	case late && s.stalls.during(until.Add(-o.h.lead), latest(ended, done), stallGap):
+		// The expiry timer could not fire in time: not the library's doing.
+		s.mu.Lock()
+		s.paused++
+		s.mu.Unlock()
+	case ended.After(until):
+		s.violate("(d) %s %s ended %v after its validity", o.who, short(o.h.value), ended.Sub(until))
+	case late:
+		s.violate("(d) %s %s: held ended at %v, validity at %v", o.who, short(o.h.value), done.Sub(s.t0), until.Sub(s.t0))
+	}
+	return ended
+}
+
+// checkOverlaps checks (a): no two holdings were held at once, unless the
+// schedule deleted keys behind a holder's back.
+func (s *schedule) checkOverlaps(holdings []*observed, ends map[string]time.Time) {
+	s.mu.Lock()
+	unsafe := s.unsafe
+	s.mu.Unlock()
 	for i, a := range holdings {
 		for _, b := range holdings[i+1:] {
-			if a.acquired.Before(ends[b.h.value]) && b.acquired.Before(ends[a.h.value]) {
-				if unsafe {
-					s.overlaps++
-					continue
-				}
-				s.violate("(a) %s %s and %s %s were held at once", a.who, short(a.h.value), b.who, short(b.h.value))
+			if !a.acquired.Before(ends[b.h.value]) || !b.acquired.Before(ends[a.h.value]) {
+				continue
 			}
-		}
-	}
-	for i, mr := range s.mrs {
-		if value, err := mr.Get(s.key()); err == nil {
-			if s.closedUnreachable(i, value) {
+			if unsafe {
 				s.mu.Lock()
-				s.leftByClose++
+				s.overlaps++
 				s.mu.Unlock()
 				continue
 			}
+			s.violate("(a) %s %s and %s %s were held at once", a.who, short(a.h.value), b.who, short(b.h.value))
+		}
+	}
+}
+
+// checkKeys checks (b): after Close, no node has the lock's key.
+func (s *schedule) checkKeys() {
+	for i, mr := range s.mrs {
+		value, err := mr.Get(s.key())
+		switch {
+		case err != nil:
+		case s.closedUnreachable(i, value):
+			s.mu.Lock()
+			s.leftByClose++
+			s.mu.Unlock()
+		default:
 			s.violate("(b) node %d still has the key, of %s, after Close; the commands that named it:\n%s", i, short(value), s.callsOf(value))
 		}
 	}
-	s.checkRepairs(holdings)
+}
+
+// checkIssued checks (c): no extension or repair was issued for a holding
+// after it ended. A call issued as part of a round counts from the start
+// of its round.
+func (s *schedule) checkIssued(ends map[string]time.Time) {
 	for _, h := range s.hooks {
 		for _, c := range h.sent(isKind("extend", "repair")) {
 			issued := c.at
@@ -601,10 +686,10 @@ func (s *schedule) callsOf(value string) string {
 	return strings.Join(lines, "\n")
 }
 
-// closedUnreachable reports whether value's Client was closed during the
-// schedule while node i had a fault, or the test process stalled: Close's
-// last release may not have reached the node in time, and the key is left
-// to expire with its TTL.
+// closedUnreachable reports whether value's Client was closed while node i
+// had a fault, or while the test process stalled: Close's last release may
+// not have reached the node in time, and the key is left to expire with its
+// TTL.
 func (s *schedule) closedUnreachable(i int, value string) bool {
 	var owner *Client
 	for _, h := range s.hooks {
@@ -620,7 +705,8 @@ func (s *schedule) closedUnreachable(i int, value string) bool {
 		if cl.c != owner {
 			continue
 		}
-		if s.stalls.during(cl.start, cl.end) {
+		// Close's last try waits a node timeout for each node.
+		if s.stalls.during(cl.start, cl.end, s.timeout/2) {
 			return true
 		}
 		for _, w := range s.windows[i] {
@@ -674,12 +760,12 @@ func watchStalls(t *testing.T) *stalls {
 	return st
 }
 
-// during reports whether a stall overlapped [from, to].
-func (st *stalls) during(from, to time.Time) bool {
+// during reports whether a stall of at least least overlapped [from, to].
+func (st *stalls) during(from, to time.Time, least time.Duration) bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	for _, s := range st.list {
-		if s.overlaps(span{from, to}) {
+		if s.end.Sub(s.start) >= least && s.overlaps(span{from, to}) {
 			return true
 		}
 	}

@@ -235,7 +235,7 @@ func TestWaiterHearsAReleaseRightAfterQueueing(t *testing.T) {
 	}
 }
 
-// keys that failed attempts of other contenders left for a moment
+// Keys that failed attempts of other contenders left for a moment
 // do not make a waiter sleep as if the lock were held.
 func TestLeftoverKeysOfFailedAttemptsDoNotStallAWaiter(t *testing.T) {
 	mrs, clients := servers(t, 3)
@@ -259,7 +259,7 @@ func TestLeftoverKeysOfFailedAttemptsDoNotStallAWaiter(t *testing.T) {
 	m.Unlock()
 }
 
-// the id of a waiter whose process died does not absorb a wake-up.
+// The id of a waiter whose process died does not absorb a wake-up.
 func TestDeadWaiterDoesNotAbsorbAWakeUp(t *testing.T) {
 	mrs, clients := servers(t, 3)
 	opts := []Option{WithRetryDelay(10 * time.Second), WithRetryJitter(0)}
@@ -285,7 +285,7 @@ func TestDeadWaiterDoesNotAbsorbAWakeUp(t *testing.T) {
 	}
 }
 
-// no "retrying" is logged when it is the wait itself that ended.
+// No "retrying" is logged when it is the wait itself that ended.
 func TestNoRetryLoggedWhenTheWaitEnds(t *testing.T) {
 	_, clients, hooks := faultyServers(t, 3, 17)
 	log := &records{}

@@ -121,7 +121,7 @@ func TestWatchdogRepairsANodeThatLostTheKey(t *testing.T) {
 	}
 }
 
-// the first extension is due one interval after the acquisition
+// The first extension is due one interval after the acquisition
 // round started, not after it ended.
 func TestFirstExtensionIsTimedFromTheRoundStart(t *testing.T) {
 	_, clients, hooks := faultyServers(t, 3, 4)
@@ -196,7 +196,7 @@ func TestUnlockWaitsForAnExtensionInFlight(t *testing.T) {
 }
 
 // Unlock waits for a repair in flight, so that the repair cannot
-// set the key again after Unlock returned.
+// Set the key again after Unlock returned.
 func TestUnlockWaitsForARepairInFlight(t *testing.T) {
 	mrs, clients, hooks := faultyServers(t, 3, 19)
 	c := newClient(t, clients, WithTTL(time.Second), WithNodeTimeout(400*time.Millisecond))
@@ -236,7 +236,7 @@ func TestUnlockWaitsForARepairInFlight(t *testing.T) {
 // it.
 func isRepair(c call) bool { return c.kind == "repair" }
 
-// a repaired key lives no longer than the validity the quorum
+// A repaired key lives no longer than the validity the quorum
 // confirmed, however long the SET waited to be sent.
 func TestRepairedKeyEndsWithTheValidity(t *testing.T) {
 	mrs, clients, hooks := faultyServers(t, 3, 10)

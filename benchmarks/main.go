@@ -49,39 +49,64 @@ type result struct {
 	Notes          string `json:",omitempty"`
 }
 
+// options are the command's flags.
+type options struct {
+	duration                time.Duration
+	jsonPath, only, onlyLib string
+	manyLocks               int
+	cpuProfile, memProfile  string
+}
+
 func main() {
-	duration := flag.Duration("duration", 3*time.Second, "length of each measurement")
-	jsonPath := flag.String("json", "", "write the results as JSON to this file")
-	only := flag.String("only", "", "run only scenarios whose name contains this")
-	manyLocks := flag.Int("many", 10000, "locks held at once in the many-locks scenario")
-	onlyLib := flag.String("lib", "", "run only the library of this name")
-	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
-	memProfile := flag.String("memprofile", "", "write an allocation profile of the whole run to this file")
+	var o options
+	flag.DurationVar(&o.duration, "duration", 3*time.Second, "length of each measurement")
+	flag.StringVar(&o.jsonPath, "json", "", "write the results as JSON to this file")
+	flag.StringVar(&o.only, "only", "", "run only scenarios whose name contains this")
+	flag.IntVar(&o.manyLocks, "many", 10000, "locks held at once in the many-locks scenario")
+	flag.StringVar(&o.onlyLib, "lib", "", "run only the library of this name")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.StringVar(&o.memProfile, "memprofile", "", "write an allocation profile of the whole run to this file")
 	flag.Parse()
-	if *onlyLib != "" {
-		libraries = slices.DeleteFunc(libraries, func(l library) bool { return l.name != *onlyLib })
+	if err := o.run(); err != nil {
+		fmt.Fprintln(os.Stderr, "benchmarks:", err)
+		os.Exit(1)
 	}
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
+}
+
+// run starts the servers, runs the scenarios o selects, and reports.
+func (o options) run() error {
+	if o.onlyLib != "" {
+		libraries = slices.DeleteFunc(libraries, func(l library) bool { return l.name != o.onlyLib })
+	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "benchmarks:", err)
-			os.Exit(1)
+			return err
 		}
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	if *memProfile != "" {
+	if o.memProfile != "" {
 		runtime.MemProfileRate = 1 // every allocation, for exact counts
-		defer writeHeapProfile(*memProfile)
+		defer writeHeapProfile(o.memProfile)
 	}
 	redis.SetLogger(quiet{})
-
 	servers, err := startServers(5)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "benchmarks:", err)
-		os.Exit(1)
+		return err
 	}
 	defer stopServers(servers)
+	results := o.scenarios(servers)
+	printTable(results)
+	if o.jsonPath == "" {
+		return nil
+	}
+	data, _ := json.MarshalIndent(map[string]any{"machine": machine(), "results": results}, "", "  ")
+	return os.WriteFile(o.jsonPath, data, 0o644)
+}
+
+// scenarios runs each scenario o selects, for each library.
+func (o options) scenarios(servers []*server) []result {
 	addrs := func(n int) []string {
 		var list []string
 		for _, s := range servers[:n] {
@@ -89,58 +114,41 @@ func main() {
 		}
 		return list
 	}
-
 	var results []result
-	run := func(name string, f func() []result) {
-		if *only != "" && !strings.Contains(name, *only) {
+	run := func(name string, f func(lib library) (result, bool)) {
+		if o.only != "" && !strings.Contains(name, o.only) {
 			return
 		}
 		fmt.Fprintf(os.Stderr, "running %s...\n", name)
-		results = append(results, f()...)
-	}
-	run("uncontended", func() []result {
-		var rs []result
 		for _, lib := range libraries {
-			n := min(3, lib.maxN)
-			rs = append(rs, uncontended(lib, addrs(n), servers[:n], *duration))
+			if r, ok := f(lib); ok {
+				results = append(results, r)
+			}
 		}
-		return rs
+	}
+	run("uncontended", func(lib library) (result, bool) {
+		n := min(3, lib.maxN)
+		return uncontended(lib, addrs(n), servers[:n], o.duration), true
 	})
 	for _, workers := range []int{8, 32} {
-		run(fmt.Sprintf("contended-%d", workers), func() []result {
-			var rs []result
-			for _, lib := range libraries {
-				n := min(3, lib.maxN)
-				rs = append(rs, contended(lib, addrs(n), servers[:n], workers, *duration))
-			}
-			return rs
+		run(fmt.Sprintf("contended-%d", workers), func(lib library) (result, bool) {
+			n := min(3, lib.maxN)
+			return contended(lib, addrs(n), servers[:n], workers, o.duration), true
 		})
 	}
-	run("degraded", func() []result {
-		var rs []result
-		for _, lib := range libraries {
-			if lib.maxN < 5 || lib.name == "redsync 1ms" {
-				continue
-			}
-			rs = append(rs, degraded(lib, addrs(5), servers, *duration))
+	run("degraded", func(lib library) (result, bool) {
+		if lib.maxN < 5 || lib.name == "redsync 1ms" {
+			return result{}, false
 		}
-		return rs
+		return degraded(lib, addrs(5), servers, o.duration), true
 	})
-	run("many-locks", func() []result {
-		return []result{manyHeld(addrs(3), servers[:3], *manyLocks, 3*(*duration))}
-	})
-
-	printTable(results)
-	if *jsonPath != "" {
-		data, _ := json.MarshalIndent(map[string]any{
-			"machine": machine(),
-			"results": results,
-		}, "", "  ")
-		if err := os.WriteFile(*jsonPath, data, 0o644); err != nil {
-			fmt.Fprintln(os.Stderr, "benchmarks:", err)
-			os.Exit(1)
+	run("many-locks", func(lib library) (result, bool) {
+		if lib.name != "redlock" {
+			return result{}, false
 		}
-	}
+		return manyHeld(addrs(3), servers[:3], o.manyLocks, 3*o.duration), true
+	})
+	return results
 }
 
 type quiet struct{}
@@ -248,55 +256,64 @@ func contended(lib library, addrs []string, servers []*server, workers int, dura
 
 	ctx, cancel := context.WithTimeout(context.Background(), duration)
 	defer cancel()
-	var inside, violations, failures, retakes atomic.Int64
-	var lastHolder atomic.Int64
-	lastHolder.Store(-1)
-	counts := make([]int64, workers)
-	waits := make([][]time.Duration, workers)
+	c := &contention{counts: make([]int64, workers), waits: make([][]time.Duration, workers)}
+	c.lastHolder.Store(-1)
 	start := time.Now()
 	var wg sync.WaitGroup
 	for i, l := range lockers {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				t0 := time.Now()
-				if err := l.lock(ctx); err != nil {
-					if ctx.Err() == nil {
-						failures.Add(1)
-					}
-					continue
-				}
-				waits[i] = append(waits[i], time.Since(t0))
-				if inside.Add(1) != 1 {
-					violations.Add(1)
-				}
-				if lastHolder.Swap(int64(i)) == int64(i) {
-					retakes.Add(1)
-				}
-				time.Sleep(time.Millisecond)
-				inside.Add(-1)
-				counts[i]++
-				if err := l.unlock(context.Background()); err != nil {
-					failures.Add(1)
-				}
-			}
-		})
+		wg.Go(func() { c.work(ctx, i, l) })
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
 	var total int64
 	var allWaits []time.Duration
-	for i := range counts {
-		total += counts[i]
-		allWaits = append(allWaits, waits[i]...)
+	for i := range c.counts {
+		total += c.counts[i]
+		allWaits = append(allWaits, c.waits[i]...)
 	}
 	return result{
 		Scenario: name, Library: lib.name, Nodes: len(addrs), Workers: workers,
 		Seconds: elapsed.Seconds(), Cycles: total, PerSecond: float64(total) / elapsed.Seconds(),
 		WaitP99ms:     float64(percentile(allWaits, 0.99).Microseconds()) / 1e3,
-		Fairness:      jain(counts),
-		Retake:        float64(retakes.Load()) / math.Max(1, float64(total)),
+		Fairness:      jain(c.counts),
+		Retake:        float64(c.retakes.Load()) / math.Max(1, float64(total)),
 		CommandsPerCS: float64(counter.since(commandsBefore)) / math.Max(1, float64(total)),
-		Failures:      failures.Load(), Violations: violations.Load(),
+		Failures:      c.failures.Load(), Violations: c.violations.Load(),
+	}
+}
+
+// contention is what the workers of a contended run share.
+type contention struct {
+	inside, violations, failures, retakes atomic.Int64
+	lastHolder                            atomic.Int64
+	counts                                []int64           // by worker: critical sections
+	waits                                 [][]time.Duration // by worker: from Lock to holding
+}
+
+// work is worker i's loop: lock, a 1ms critical section, unlock, until ctx
+// ends.
+func (c *contention) work(ctx context.Context, i int, l locker) {
+	for ctx.Err() == nil {
+		t0 := time.Now()
+		if err := l.lock(ctx); err != nil {
+			if ctx.Err() == nil {
+				c.failures.Add(1)
+			}
+			continue
+		}
+		c.waits[i] = append(c.waits[i], time.Since(t0))
+		if c.inside.Add(1) != 1 {
+			c.violations.Add(1)
+		}
+		if c.lastHolder.Swap(int64(i)) == int64(i) {
+			c.retakes.Add(1)
+		}
+		time.Sleep(time.Millisecond)
+		c.inside.Add(-1)
+		c.counts[i]++
+		if err := l.unlock(context.Background()); err != nil {
+			c.failures.Add(1)
+		}
 	}
 }
 

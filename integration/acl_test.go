@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/seed62cefe0a/redlock"
 )
 
@@ -21,14 +22,7 @@ func TestACLUserWithoutChannelPermissions(t *testing.T) {
 	begin(t)
 	const nodes = 3
 	admins := suite.clients(t, nodes)
-	var urls []string
-	for i, rc := range admins {
-		if err := rc.Do(t.Context(), "ACL", "SETUSER", "locker", "reset", "on", ">secret", "~*", "resetchannels", "+@all").Err(); err != nil {
-			t.Fatalf("ACL SETUSER on server %d: %v", i, err)
-		}
-		t.Cleanup(func() { rc.Do(context.Background(), "ACL", "DELUSER", "locker") })
-		urls = append(urls, fmt.Sprintf("redis://locker:secret@%s/0", suite.servers[i].addr()))
-	}
+	urls := userWithoutChannels(t, admins)
 	logs := &warnings{}
 	opts := []redlock.Option{redlock.WithRetryDelay(20 * time.Millisecond), redlock.WithRetryJitter(0),
 		redlock.WithNodeTimeout(400 * time.Millisecond), redlock.WithLogger(slog.New(logs))}
@@ -81,6 +75,20 @@ func TestACLUserWithoutChannelPermissions(t *testing.T) {
 	if got := logs.count("wake-ups"); got != 2 {
 		t.Errorf("%d warnings about wake-ups; want 2, once per Client:\n%s", got, logs.text())
 	}
+}
+
+// userWithoutChannels makes a user that may run every command on every key
+// but use no channel, and returns URLs that log in as it.
+func userWithoutChannels(t *testing.T, admins []*redis.Client) []string {
+	var urls []string
+	for i, rc := range admins {
+		if err := rc.Do(t.Context(), "ACL", "SETUSER", "locker", "reset", "on", ">secret", "~*", "resetchannels", "+@all").Err(); err != nil {
+			t.Fatalf("ACL SETUSER on server %d: %v", i, err)
+		}
+		t.Cleanup(func() { rc.Do(context.Background(), "ACL", "DELUSER", "locker") })
+		urls = append(urls, fmt.Sprintf("redis://locker:secret@%s/0", suite.servers[i].addr()))
+	}
+	return urls
 }
 
 // warnings is a slog handler that keeps the messages of warnings.

@@ -87,6 +87,44 @@ end
 redis.call('SET', KEYS[1], ARGV[1])
 return 1`)
 
+// chaosSection takes the lock, writes to the fenced resource on entry and
+// again just before leaving, and records the section; ok is false if the
+// lock was not acquired.
+func chaosSection(m *redlock.Mutex, resource *redis.Client, p workerParams) (s section, ok bool) {
+	held, err := m.LockContext(context.Background())
+	if err != nil {
+		return s, false
+	}
+	s = section{PID: os.Getpid(), Token: m.Token(), Enter: monotonic()}
+	var heldEnd atomic.Int64
+	stop := context.AfterFunc(held, func() { heldEnd.Store(monotonic()) })
+	write := func() bool {
+		ok, _ := fencedWrite.Run(context.Background(), resource, []string{chaosFenceKey}, s.Token).Bool()
+		return ok
+	}
+	resource.Set(context.Background(), "chaos:holder", os.Getpid(), 0)
+	s.FirstAccepted = write()
+	hold := p.HoldMin + rand.N(p.HoldMax-p.HoldMin+1)
+	select {
+	case <-time.After(hold):
+	case <-held.Done():
+	}
+	if held.Err() != nil {
+		// Seen now; a process that was stopped sees it on waking.
+		s.HeldEnd = monotonic()
+	}
+	// A write already under way when the lock was lost: the fenced
+	// resource must turn it away.
+	s.LastAccepted = write()
+	s.Exit = monotonic()
+	if s.HeldEnd == 0 {
+		s.HeldEnd = heldEnd.Load()
+	}
+	stop()
+	m.Unlock()
+	return s, true
+}
+
 // TestChaosWorker is the body of a worker process; it does nothing in a
 // normal test run.
 func TestChaosWorker(t *testing.T) {
@@ -126,37 +164,10 @@ func TestChaosWorker(t *testing.T) {
 		m := client.NewMutex(chaosLock)
 		wg.Go(func() {
 			for monotonic() < p.Until {
-				held, err := m.LockContext(context.Background())
-				if err != nil {
+				s, ok := chaosSection(m, resource, p)
+				if !ok {
 					continue
 				}
-				s := section{PID: os.Getpid(), Token: m.Token(), Enter: monotonic()}
-				var heldEnd atomic.Int64
-				stop := context.AfterFunc(held, func() { heldEnd.Store(monotonic()) })
-				write := func() bool {
-					ok, _ := fencedWrite.Run(context.Background(), resource, []string{chaosFenceKey}, s.Token).Bool()
-					return ok
-				}
-				resource.Set(context.Background(), "chaos:holder", os.Getpid(), 0)
-				s.FirstAccepted = write()
-				hold := p.HoldMin + rand.N(p.HoldMax-p.HoldMin+1)
-				select {
-				case <-time.After(hold):
-				case <-held.Done():
-				}
-				if held.Err() != nil {
-					// Seen now; a process that was stopped sees it on waking.
-					s.HeldEnd = monotonic()
-				}
-				// A write already under way when the lock was lost: the
-				// fenced resource must turn it away.
-				s.LastAccepted = write()
-				s.Exit = monotonic()
-				if s.HeldEnd == 0 {
-					s.HeldEnd = heldEnd.Load()
-				}
-				stop()
-				m.Unlock()
 				mu.Lock()
 				enc.Encode(s)
 				mu.Unlock()
@@ -295,6 +306,9 @@ func check(sections []section, start, end int64, faultAt int64) report {
 	return r
 }
 
+// scenarios lists the chaos scenarios. It is one table, entry by entry, so
+// that each scenario's fault reads next to its expectations; that makes it
+// longer than a function usually is.
 func scenarios() []scenario {
 	short, long := 50*time.Millisecond, 150*time.Millisecond
 	// holdLong keeps a holder inside while a server restarts, so that a

@@ -82,84 +82,22 @@ func run(ctx context.Context, out io.Writer, s settings) error {
 	if s.workers < 1 || s.increments < 1 {
 		return errors.New("-workers and -increments must be at least 1")
 	}
-	urls := s.urls
-	var lockServers []*miniredis.Miniredis
-	var counterAddr string
-	if len(urls) == 0 {
-		for range 3 {
-			mr, err := miniredis.Run()
-			if err != nil {
-				return err
-			}
-			defer mr.Close()
-			lockServers = append(lockServers, mr)
-			urls = append(urls, "redis://"+mr.Addr()+"/0")
-		}
-		counterServer, err := miniredis.Run()
-		if err != nil {
-			return err
-		}
-		defer counterServer.Close()
-		counterAddr = counterServer.Addr()
-		fmt.Fprintf(out, "started %d embedded Redis servers for the lock and one for the counter\n", len(lockServers))
-	} else {
-		opt, err := redis.ParseURL(urls[0])
-		if err != nil {
-			return err
-		}
-		counterAddr = opt.Addr
-	}
-	counterStore := redis.NewClient(&redis.Options{Addr: counterAddr})
-	defer counterStore.Close()
-	const counterKey = "redlock-demo:counter"
-	if err := counterStore.Set(ctx, counterKey, 0, 0).Err(); err != nil {
-		return fmt.Errorf("reset counter: %w", err)
-	}
-
-	retries := &retryCounter{}
-	logger := slog.New(retries)
-	total := s.workers * s.increments
-	fmt.Fprintf(out, "%d workers × %d increments on %d lock servers\n", s.workers, s.increments, len(urls))
-
-	var done atomic.Int64
-	var stopOnce sync.Once
-	errs := make(chan error, s.workers)
-	var wg sync.WaitGroup
-	for range s.workers {
-		client, err := redlock.Dial(urls, redlock.WithLogger(logger), redlock.WithTTL(2*time.Second))
-		if err != nil {
-			return err
-		}
-		defer client.Close()
-		mutex := client.NewMutex("demo-counter")
-		wg.Go(func() {
-			for range s.increments {
-				mutex.Lock()
-				value, err := counterStore.Get(ctx, counterKey).Int()
-				if err == nil {
-					time.Sleep(200 * time.Microsecond) // widen the race window
-					err = counterStore.Set(ctx, counterKey, value+1, 0).Err()
-				}
-				mutex.Unlock()
-				if err != nil {
-					errs <- err
-					return
-				}
-				if done.Add(1) == int64(total/2) && len(lockServers) > 0 {
-					stopOnce.Do(func() {
-						fmt.Fprintf(out, "halfway: stopping lock server %s\n", lockServers[2].Addr())
-						lockServers[2].Close()
-					})
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	env, err := setUp(out, s.urls)
+	if err != nil {
 		return err
 	}
-	got, err := counterStore.Get(ctx, counterKey).Int()
+	defer env.close()
+	const counterKey = "redlock-demo:counter"
+	if err := env.counter.Set(ctx, counterKey, 0, 0).Err(); err != nil {
+		return fmt.Errorf("reset counter: %w", err)
+	}
+	retries := &retryCounter{}
+	total := s.workers * s.increments
+	fmt.Fprintf(out, "%d workers × %d increments on %d lock servers\n", s.workers, s.increments, len(env.urls))
+	if err := env.race(ctx, out, s, counterKey, slog.New(retries)); err != nil {
+		return err
+	}
+	got, err := env.counter.Get(ctx, counterKey).Int()
 	if err != nil {
 		return err
 	}
@@ -170,4 +108,97 @@ func run(ctx context.Context, out io.Writer, s settings) error {
 	}
 	fmt.Fprintln(out, "OK")
 	return nil
+}
+
+// env is where the demo runs: the lock servers and the counter's store.
+type env struct {
+	urls        []string               // of the lock servers
+	lockServers []*miniredis.Miniredis // embedded, if the demo started them
+	counter     *redis.Client
+	closers     []func()
+}
+
+// setUp connects to the servers at urls, or starts three embedded lock
+// servers and one for the counter if there are none.
+func setUp(out io.Writer, urls []string) (*env, error) {
+	e := &env{urls: urls}
+	counterAddr := ""
+	if len(urls) == 0 {
+		for range 4 {
+			mr, err := miniredis.Run()
+			if err != nil {
+				e.close()
+				return nil, err
+			}
+			e.closers = append(e.closers, mr.Close)
+			counterAddr = mr.Addr()
+			if len(e.lockServers) < 3 {
+				e.lockServers = append(e.lockServers, mr)
+				e.urls = append(e.urls, "redis://"+mr.Addr()+"/0")
+			}
+		}
+		fmt.Fprintf(out, "started %d embedded Redis servers for the lock and one for the counter\n", len(e.lockServers))
+	} else {
+		opt, err := redis.ParseURL(urls[0])
+		if err != nil {
+			return nil, err
+		}
+		counterAddr = opt.Addr
+	}
+	e.counter = redis.NewClient(&redis.Options{Addr: counterAddr})
+	e.closers = append(e.closers, func() { e.counter.Close() })
+	return e, nil
+}
+
+func (e *env) close() {
+	for i := len(e.closers) - 1; i >= 0; i-- {
+		e.closers[i]()
+	}
+}
+
+// race runs the workers, each with its own Client, incrementing the counter
+// under the lock; halfway through it stops an embedded lock server.
+func (e *env) race(ctx context.Context, out io.Writer, s settings, counterKey string, logger *slog.Logger) error {
+	total := s.workers * s.increments
+	var done atomic.Int64
+	var stopOnce sync.Once
+	errs := make(chan error, s.workers)
+	var wg sync.WaitGroup
+	for range s.workers {
+		client, err := redlock.Dial(e.urls, redlock.WithLogger(logger), redlock.WithTTL(2*time.Second))
+		if err != nil {
+			return err
+		}
+		defer client.Close()
+		mutex := client.NewMutex("demo-counter")
+		wg.Go(func() {
+			for range s.increments {
+				if err := e.increment(ctx, mutex, counterKey); err != nil {
+					errs <- err
+					return
+				}
+				if done.Add(1) == int64(total/2) && len(e.lockServers) > 0 {
+					stopOnce.Do(func() {
+						fmt.Fprintf(out, "halfway: stopping lock server %s\n", e.lockServers[2].Addr())
+						e.lockServers[2].Close()
+					})
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// increment reads the counter and writes it back plus one, under the lock.
+func (e *env) increment(ctx context.Context, mutex *redlock.Mutex, counterKey string) error {
+	mutex.Lock()
+	defer mutex.Unlock()
+	value, err := e.counter.Get(ctx, counterKey).Int()
+	if err != nil {
+		return err
+	}
+	time.Sleep(200 * time.Microsecond) // widen the race window
+	return e.counter.Set(ctx, counterKey, value+1, 0).Err()
 }
