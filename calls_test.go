@@ -26,7 +26,7 @@ func TestResentGrantIsRecognised(t *testing.T) {
 }
 
 // A server that lost its script cache (a restart, SCRIPT FLUSH) gets the
-// Scripts again with EVAL: prepared.run relies on go-redis reporting
+// scripts again with EVAL: prepared.run relies on go-redis reporting
 // NOSCRIPT as an error with that prefix.
 func TestScriptsAreSentAgainWhenTheServerLostThem(t *testing.T) {
 	mrs, clients := servers(t, 3)

@@ -193,7 +193,7 @@ type identity struct {
 func (c *Client) identify(ctx context.Context) error {
 	id := &c.identity
 	if !id.pending.Load() {
-		return nil
+		return id.err // written before pending was cleared
 	}
 	id.mu.Lock()
 	defer id.mu.Unlock()

@@ -71,7 +71,7 @@ func TestDialedClientSurvivesServerRestarts(t *testing.T) {
 }
 
 // The connections Dial makes skip go-redis's liveness probe, and send
-// Counts on go-redis reporting a dead pooled connection as io.EOF, without
+// counts on go-redis reporting a dead pooled connection as io.EOF, without
 // a retry of its own: these tests pin both behaviours of go-redis.
 func TestGoRedisReportsADeadUnprobedConnectionAsEOF(t *testing.T) {
 	mr := miniredis.RunT(t)

@@ -239,7 +239,7 @@ func TestLostLockIsNotExtendedOrRepaired(t *testing.T) {
 	m.Unlock()
 }
 
-// a context derived from held sees that the validity ended even
+// A context derived from held sees that the validity ended even
 // when the expiry timer is late.
 func TestDerivedContextSeesTheValidityEnd(t *testing.T) {
 	mrs, clients := servers(t, 3)

@@ -207,7 +207,7 @@ func newDelayingProxy(t *testing.T, upstream string, match []byte, delay time.Du
 
 // A remembered key is released again only once the node has answered
 // since: a timeout proves nothing, an answer does, and a release that fails
-// Keeps it remembered.
+// keeps it remembered.
 func TestLeftoversWaitForAnAnswer(t *testing.T) {
 	mrs, clients := servers(t, 1)
 	c := newClient(t, clients)

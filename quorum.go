@@ -88,9 +88,10 @@ type roundSpec struct {
 type round struct {
 	mu        sync.Mutex
 	replies   []reply
-	abandoned bool  // replies from now on are late: the holding undoes them
-	ctxErr    error // the caller's context ended the wait, with this error
-	timedOut  bool  // the timeout ended the wait
+	abandoned bool      // replies from now on are late: the holding undoes them
+	ctxErr    error     // the caller's context ended the wait, with this error
+	timedOut  bool      // the timeout ended the wait
+	settled   time.Time // when the wait ended
 	notify    chan int
 
 	nodes       []*node
@@ -281,7 +282,7 @@ func (r *round) markHung() {
 func (r *round) settle(ctxErr error, timedOut bool) outcome {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.ctxErr, r.timedOut = ctxErr, timedOut
+	r.ctxErr, r.timedOut, r.settled = ctxErr, timedOut, time.Now()
 	out := outcome{replies: append([]reply(nil), r.replies...), round: r}
 	for _, rep := range out.replies {
 		switch {

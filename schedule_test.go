@@ -22,7 +22,7 @@ import (
 
 // TestLifecycleSchedules runs random fault schedules, each drawn from a
 // seed, against several Mutexes of one lock, and checks the lifecycle's
-// Invariants after each:
+// invariants after each:
 //
 //	(a) no two live held contexts overlap, except where the schedule deleted
 //	    keys behind a holder's back, which is unsafe by design (counted apart);
@@ -584,6 +584,41 @@ func (s *schedule) check() {
 	s.checkKeys()
 	s.checkIssued(ends)
 	s.checkRepairs(holdings)
+	s.checkReleases()
+}
+
+// checkReleases checks that a holding's release waited for the extension
+// and repair rounds in flight for it: none started after such a round and
+// before that round's wait ended.
+func (s *schedule) checkReleases() {
+	busy := make(map[string]map[*round]bool) // by value: its extension and repair rounds
+	releases := make(map[*round]bool)
+	for _, h := range s.hooks {
+		for _, c := range h.sent(func(c call) bool { return c.round != nil }) {
+			switch {
+			case c.kind == "extend" || c.kind == "repair":
+				for _, v := range c.values {
+					if busy[v] == nil {
+						busy[v] = make(map[*round]bool)
+					}
+					busy[v][c.round] = true
+				}
+			case c.round.spec.kind == releaseRound:
+				releases[c.round] = true
+			}
+		}
+	}
+	for rel := range releases {
+		v := rel.spec.holding.value
+		for b := range busy[v] {
+			b.mu.Lock()
+			settled := b.settled
+			b.mu.Unlock()
+			if b.start.Before(rel.start) && (settled.IsZero() || rel.start.Before(settled)) {
+				s.violate("(c) %s released %v before a round in flight for it was over", short(v), settled.Sub(rel.start))
+			}
+		}
+	}
 }
 
 // checkEnd checks (d) for one holding, and returns when it ended.

@@ -196,7 +196,7 @@ func TestUnlockWaitsForAnExtensionInFlight(t *testing.T) {
 }
 
 // Unlock waits for a repair in flight, so that the repair cannot
-// Set the key again after Unlock returned.
+// set the key again after Unlock returned.
 func TestUnlockWaitsForARepairInFlight(t *testing.T) {
 	mrs, clients, hooks := faultyServers(t, 3, 19)
 	c := newClient(t, clients, WithTTL(time.Second), WithNodeTimeout(400*time.Millisecond))
