@@ -26,6 +26,8 @@ var (
 	releaseSource string
 	//go:embed scripts/identify.lua
 	identifySource string
+	//go:embed scripts/forget.lua
+	forgetSource string
 
 	acquireScript  = redis.NewScript(acquireSource)
 	fenceScript    = redis.NewScript(fenceSource)
@@ -33,6 +35,7 @@ var (
 	extendScript   = redis.NewScript(extendSource)
 	releaseScript  = redis.NewScript(releaseSource)
 	identifyScript = redis.NewScript(identifySource)
+	forgetScript   = redis.NewScript(forgetSource)
 )
 
 // prepared is a script with its keys and arguments, as the arguments of one
@@ -94,42 +97,55 @@ func newMutexArgs(key string, ttl time.Duration) mutexArgs {
 // acquireCall asks a node for the lock. With fencing it also reads the node's
 // counter; with a restart guard, a node up for less than guard does not vote:
 // its grant comes back as an error (and is released if the round fails).
+//
+// Without either, a node gets a plain SET NX, with no script to parse and
+// run on the server, unless its client sends commands again by itself: a
+// resent SET NX that finds the key its lost first copy set answers as a
+// refusal, so such nodes get the script, which knows the key for its own.
 func (m *Mutex) acquireCall(value string) nodeCall {
-	c, guard, fencing := m.client, m.cfg.restartGuard, m.cfg.fencing
-	if !fencing && guard == 0 {
-		// A plain command: no script to parse and run on the server. Its
-		// arguments are shared by the node calls, which only read them.
-		args := []any{"set", m.args.key, value, "px", m.args.ttlMillis, "nx"}
+	guard, fencing := m.cfg.restartGuard, m.cfg.fencing
+	// The arguments are shared by the node calls, which only read them.
+	args := []any{"set", m.args.key, value, "px", m.args.ttlMillis, "nx"}
+	if !fencing && guard == 0 && !m.client.retries {
 		return func(ctx context.Context, n *node) reply { return setNX(ctx, n, args) }
 	}
 	acquire := prepare(acquireScript, acquireSource, m.args.keyAndFence, value, m.args.ttlMillis, flag(fencing), flag(guard > 0))
 	return func(ctx context.Context, n *node) reply {
-		res, err := acquire.run(ctx, n).Slice()
-		if err != nil {
-			return reply{err: err}
+		if fencing || guard > 0 || n.retries {
+			return m.acquireScripted(ctx, n, acquire)
 		}
-		if len(res) != 4 {
-			return reply{err: fmt.Errorf("acquire script returned %d values; want 4", len(res))}
-		}
-		granted, _ := res[0].(int64)
-		counterText, _ := res[1].(string)
-		runID, _ := res[2].(string)
-		uptime, _ := res[3].(int64)
-		if guard > 0 {
-			c.noticeRestart(n, runID, uptime)
-			if up := time.Duration(uptime) * time.Second; up < guard {
-				return reply{err: fmt.Errorf("%w: up for %v, less than the restart guard %v", errRecentlyRestarted, up, guard)}
-			}
-		}
-		if granted != 1 {
-			return reply{}
-		}
-		counter, err := strconv.ParseUint(counterText, 10, 64)
-		if err != nil {
-			return reply{err: fmt.Errorf("fencing counter %q: %w", counterText, err)}
-		}
-		return reply{ok: true, counter: counter}
+		return setNX(ctx, n, args)
 	}
+}
+
+// acquireScripted runs the acquire script on n and reads its reply.
+func (m *Mutex) acquireScripted(ctx context.Context, n *node, acquire prepared) reply {
+	guard := m.cfg.restartGuard
+	res, err := acquire.run(ctx, n).Slice()
+	if err != nil {
+		return reply{err: err}
+	}
+	if len(res) != 4 {
+		return reply{err: fmt.Errorf("acquire script returned %d values; want 4", len(res))}
+	}
+	granted, _ := res[0].(int64)
+	counterText, _ := res[1].(string)
+	runID, _ := res[2].(string)
+	uptime, _ := res[3].(int64)
+	if guard > 0 {
+		m.client.noticeRestart(n, runID, uptime)
+		if up := time.Duration(uptime) * time.Second; up < guard {
+			return reply{err: fmt.Errorf("%w: up for %v, less than the restart guard %v", errRecentlyRestarted, up, guard)}
+		}
+	}
+	if granted != 1 {
+		return reply{}
+	}
+	counter, err := strconv.ParseUint(counterText, 10, 64)
+	if err != nil {
+		return reply{err: fmt.Errorf("fencing counter %q: %w", counterText, err)}
+	}
+	return reply{ok: true, counter: counter}
 }
 
 // setNX sends args, a SET ... NX, and reads the reply. If the command had to

@@ -1,9 +1,17 @@
 package redlock
 
 import (
+	"bytes"
+	"context"
 	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // A SET NX sent again after an EOF does not mistake our own grant
@@ -48,5 +56,75 @@ func TestScriptsAreSentAgainWhenTheServerLostThem(t *testing.T) {
 	settle(t, c.nodes)
 	if n := keysOn(mrs, m.key); n != 0 {
 		t.Errorf("%d nodes still have the key", n)
+	}
+}
+
+// breakAfterNX is a go-redis dial hook: on the first connection that
+// writes a SET ... NX, the command reaches the server and runs, then the
+// connection breaks before the reply is read (io.EOF), as when a server or
+// proxy drops a connection.
+type breakAfterNX struct{ broke atomic.Bool }
+
+func (b *breakAfterNX) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := next(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &nxConn{Conn: conn, b: b}, nil
+	}
+}
+
+func (b *breakAfterNX) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (b *breakAfterNX) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+type nxConn struct {
+	net.Conn
+	b      *breakAfterNX
+	broken atomic.Bool
+}
+
+func (c *nxConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if err == nil && bytes.Contains(p, []byte("\r\nnx\r\n")) && c.b.broke.CompareAndSwap(false, true) {
+		time.Sleep(20 * time.Millisecond) // the server runs it
+		c.broken.Store(true)
+	}
+	return n, err
+}
+
+func (c *nxConn) Read(p []byte) (int, error) {
+	if c.broken.Load() {
+		return 0, io.EOF
+	}
+	return c.Conn.Read(p)
+}
+
+// With a client that retries by itself (go-redis's default MaxRetries), a
+// SET NX whose connection broke after it ran is sent again by go-redis, and
+// the second copy finds the key the first set. Such nodes get the acquire
+// script, which knows the key for its own, so the failed attempt releases
+// it.
+func TestGrantHiddenByGoRedisRetriesIsReleased(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	plain := redis.NewClient(&redis.Options{Addr: mrs[2].Addr(), ContextTimeoutEnabled: true}) // default MaxRetries
+	t.Cleanup(func() { plain.Close() })
+	plain.AddHook(&breakAfterNX{})
+	c := newClient(t, []redis.UniversalClient{clients[0], clients[1], plain}, WithLogger(slog.New(&records{})))
+	m := c.NewMutex("hidden")
+	// Another owner holds the lock on nodes 0 and 1: the attempt fails.
+	mrs[0].Set(m.key, "someone else")
+	mrs[1].Set(m.key, "someone else")
+	if m.TryLock() {
+		t.Fatal("TryLock succeeded")
+	}
+	settle(t, c.nodes)
+	time.Sleep(100 * time.Millisecond)
+	if mrs[2].Exists(m.key) {
+		v, _ := mrs[2].Get(m.key)
+		t.Errorf("node 2 keeps the failed attempt's key %q (TTL %v) after the attempt was abandoned; it got no release", v, mrs[2].TTL(m.key))
 	}
 }

@@ -24,12 +24,17 @@ type Client struct {
 	closed    bool         // the nodes take no more calls
 	closing   atomic.Bool  // Close has begun: no new lock calls
 	closingCh chan struct{}
+	closedCh  chan struct{}  // closed when Close has finished
 	active    sync.WaitGroup // lock calls in progress, which Close waits for
+	// ends counts the holdings not yet ended: held, or lost or unlocked
+	// with their release still to finish. Only a lock call adds to it, so
+	// once Close has waited for those, it can wait for ends.
+	ends sync.WaitGroup
 
 	watchdog   *watchdog
-	batchLimit int // locks one extension call may carry; see batchLimit
+	batchLimit int  // locks one extension call may carry; see batchLimit
+	retries    bool // some node's client sends commands again by itself
 	notifier   *notifier
-	background sync.WaitGroup // releases of lost locks
 	identity   identity
 
 	unheardLogged atomic.Bool // wake-ups were found to be denied, and logged
@@ -79,10 +84,13 @@ func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	c := &Client{nodes: nodes, cfg: cfg, closingCh: closing}
+	c := &Client{nodes: nodes, cfg: cfg, closingCh: closing, closedCh: make(chan struct{})}
 	c.notifier = newNotifier(c)
 	c.watchdog = newWatchdog(c)
 	c.batchLimit = batchLimit(nodes)
+	for _, n := range nodes {
+		c.retries = c.retries || n.retries
+	}
 	c.identity.pending.Store(unaddressed)
 	return c, nil
 }
@@ -115,20 +123,22 @@ func clientAddrs(rc redis.UniversalClient) []string {
 // server ends with the node timeout on clients from Dial, and with the read
 // timeout on clients given to New), then closes the clients that Dial made.
 // Calls after Close fail with ErrClosed. Close is safe to call more than
-// once; later calls return nil.
+// once: later calls wait for the first to finish and return nil.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.closing.Load() {
 		c.mu.Unlock()
+		<-c.closedCh
 		return nil
 	}
 	c.closing.Store(true)
 	close(c.closingCh)
 	c.mu.Unlock()
+	defer close(c.closedCh)
 
 	c.active.Wait()
 	c.watchdog.stop()
-	c.background.Wait()
+	c.ends.Wait()
 	c.notifier.stop()
 	c.mu.Lock()
 	c.closed = true

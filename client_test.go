@@ -3,6 +3,8 @@ package redlock
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -131,3 +133,117 @@ func TestClientsOfOneServerAreCaughtAtFirstUse(t *testing.T) {
 
 // opaque hides the type of a client.
 type opaque struct{ redis.UniversalClient }
+
+// A lock that its expiry timer loses while Close runs is released, and Close
+// waits for that release: a logger that blocks on the "lock lost" record
+// holds the loss between its change of state and its release, the window in
+// which Close used to return and leave the key.
+func TestLockLostDuringCloseIsReleased(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	gate := &gateHandler{match: "lock lost", entered: make(chan struct{}, 1), open: make(chan struct{})}
+	c := newClient(t, clients, WithTTL(2*time.Second), WithLogger(slog.New(gate)))
+	m := c.NewMutex("close-race")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "all grants", func() bool { return keysOn(mrs, m.key) == 3 })
+	// Extensions fail on a quorum: the expiry timer loses the lock.
+	mrs[0].SetError("LOADING simulated")
+	mrs[1].SetError("LOADING simulated")
+	<-held.Done()
+	<-gate.entered // lose() is between "state = lost" and background.Go
+	mrs[0].SetError("")
+	mrs[1].SetError("")
+
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case err := <-closed:
+		t.Errorf("Close returned (%v) before the lost lock was released", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(gate.open)
+	if err := <-closed; err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if n := keysOn(mrs, m.key); n > 0 {
+		t.Errorf("%d nodes still hold the key of a lock lost during Close, after Close returned; want 0", n)
+	}
+	_ = m.UnlockContext(context.Background())
+}
+
+// An Unlock that begins just before Close runs is waited for by Close, and
+// releases the key. It used to be left with every node answering ErrClosed
+// in about one iteration in ten.
+func TestUnlockRacingCloseReleases(t *testing.T) {
+	if testing.Short() {
+		t.Skip("300 rounds of Lock, Unlock and Close")
+	}
+	mrs, clients := servers(t, 3)
+	leaks := 0
+	for i := range 300 {
+		c, err := New(clients, WithTTL(2*time.Second), WithLogger(slog.New(&records{})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := c.NewMutex("unlock-close")
+		if _, err := m.LockContext(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		settle(t, c.nodes)
+		unlocked := make(chan error, 1)
+		go func() { unlocked <- m.UnlockContext(context.Background()) }()
+		for m.current.Load() != nil { // Unlock has begun: it took the holding
+			runtime.Gosched()
+		}
+		c.Close()
+		uerr := <-unlocked
+		if n := keysOn(mrs, m.key); n > 0 {
+			leaks++
+			if leaks == 1 {
+				t.Errorf("iteration %d: Unlock returned %v; %d nodes still hold the key after Unlock and Close both returned", i, uerr, n)
+			}
+			for _, mr := range mrs {
+				mr.Del(m.key)
+			}
+		}
+	}
+	t.Logf("%d of 300 iterations leaked the key", leaks)
+}
+
+// Close takes a few node timeouts, not one per remembered key, when a node
+// that had keys to release again stops answering: the releases stop at the
+// first one without an answer.
+func TestCloseIsBoundedWithLeftovers(t *testing.T) {
+	_, clients, hooks := faultyServers(t, 3, 7)
+	const timeout = 100 * time.Millisecond
+	c := newClient(t, clients, WithTTL(time.Second), WithNodeTimeout(timeout), WithLogger(slog.New(&records{})))
+	warm(t, c)
+	other := newClient(t, clients, WithLogger(slog.New(&records{})))
+	busy := other.NewMutex("busy")
+	busy.Lock()
+	defer busy.Unlock()
+	m := c.NewMutex("busy")
+	hooks[2].pause()
+	for range 20 {
+		if m.TryLock() {
+			t.Fatal("TryLock succeeded on a taken lock")
+		}
+	}
+	// Each failed attempt leaves two leftovers on the paused node: the
+	// grant whose reply never came and the release sent for it.
+	waitFor(t, "leftovers", func() bool { return c.nodes[2].leftovers.count.Load() >= 40 })
+	// The node thaws, answers one call, then stops answering releases.
+	hooks[2].add(&fault{match: isKind("release"), drop: true})
+	hooks[2].resume()
+	m.TryLock() // node 2 answers: the leftovers are proven and flushed
+	start := time.Now()
+	c.Close()
+	took := time.Since(start)
+	t.Logf("Close took %v with node timeout %v and %d leftovers", took, timeout, 40)
+	if took > 10*timeout {
+		t.Errorf("Close took %v, %.0f node timeouts: leftovers are released serially, each waiting the full timeout, twice", took, float64(took)/float64(timeout))
+	}
+	hooks[2].clear()
+}

@@ -138,6 +138,13 @@ func (h *faultHook) resumeOrdered(order func(held []*heldCommand)) {
 	}
 }
 
+// setOnRun sets the function called when the server runs a command.
+func (h *faultHook) setOnRun(f func(c call, at time.Time)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.onRun = f
+}
+
 // sent returns the commands sent so far that match.
 func (h *faultHook) sent(match func(c call) bool) []call {
 	h.mu.Lock()

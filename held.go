@@ -79,17 +79,19 @@ func (h *holding) acquire(ctx context.Context) outcome {
 }
 
 // acquireReplied hears a node's reply to the acquisition round. A reply
-// that comes once the attempt failed or the holding ended is undone: any
-// answer but a refusal is released at once, and a call whose fate is
-// unknown is also remembered, in case the command itself lands later.
-func (h *holding) acquireReplied(n *node, rep reply, late bool) {
-	if !late || rep.refused() {
+// that comes once the attempt failed or the holding ended is undone: the
+// key is released at once, and a call whose fate is unknown is also
+// remembered, in case the command itself lands later. A refusal needs no
+// release, unless the round was won: the key may then be the holding's
+// own, put back by a repair while the grant was on its way.
+func (h *holding) acquireReplied(n *node, rep reply, late, won bool) {
+	if !late || (rep.refused() && !won) {
 		return
 	}
 	h.releaseNow(n)
 	if maybeRan(rep.err) {
 		// The grant itself may land later.
-		n.remember(h.undo(), h.m.cfg.perNodeTimeout())
+		n.remember(h.m.key, h.value, h.m.cfg.perNodeTimeout())
 	}
 }
 
@@ -101,7 +103,7 @@ func (h *holding) releaseNow(n *node) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if rep := h.undo()(ctx, n); rep.err != nil {
-		n.remember(h.undo(), timeout)
+		n.remember(h.m.key, h.value, timeout)
 	}
 }
 
@@ -136,7 +138,7 @@ func (h *holding) abandon() {
 		n.start(h.m.cfg.perNodeTimeout(), func() {
 			h.releaseNow(n)
 			if doubt {
-				n.remember(h.undo(), h.m.cfg.perNodeTimeout())
+				n.remember(h.m.key, h.value, h.m.cfg.perNodeTimeout())
 			}
 		})
 	}
@@ -150,6 +152,7 @@ func (h *holding) abandon() {
 func (h *holding) hold(ctx context.Context, until time.Time, token uint64) context.Context {
 	inner, cancel := context.WithCancelCause(ctx)
 	h.ctx = heldContext{Context: inner, h: h}
+	h.m.client.ends.Add(1) // Done when end finishes
 	h.mu.Lock()
 	h.state, h.until, h.token, h.cancel = held, until, token, cancel
 	h.expires.Store(int64(until.Add(-h.lead).Sub(epoch)))
@@ -199,7 +202,7 @@ func (h *holding) lose(cause error) {
 		level = slog.LevelInfo
 	}
 	h.m.cfg.logger.Log(context.Background(), level, "redlock: lock lost", "lock", h.m.name, "cause", cause)
-	h.m.client.background.Go(func() { h.end(context.Background()) })
+	go h.end(context.Background()) // counted in the Client's ends since hold
 }
 
 // stop records the end of being held: no expiry, no held context reading
@@ -251,6 +254,7 @@ func (h *holding) end(ctx context.Context) outcome {
 			return outcome{errs: fmt.Errorf("redlock: release still in flight: %w", ctx.Err())}
 		}
 	}
+	defer h.m.client.ends.Done()
 	defer close(e.done)
 	m := h.m
 	h.busy.Wait()
@@ -265,7 +269,7 @@ func (h *holding) end(ctx context.Context) outcome {
 	timeout := m.cfg.perNodeTimeout()
 	for i, u := range unsure {
 		if u {
-			m.client.nodes[i].remember(h.undo(), timeout)
+			m.client.nodes[i].remember(m.key, h.value, timeout)
 		}
 	}
 	release := m.releaseCall(h.value, h.waiter, true)
@@ -287,7 +291,7 @@ func setBit(bits []bool, i, n int) []bool {
 // release may not have deleted is remembered, to be released again.
 func (h *holding) releaseReplied(n *node, rep reply) {
 	if rep.err != nil {
-		n.remember(h.undo(), h.m.cfg.perNodeTimeout())
+		n.remember(h.m.key, h.value, h.m.cfg.perNodeTimeout())
 	}
 	if rep.unheard {
 		h.m.client.wakeUnheard(n, "PUBLISH")
@@ -295,24 +299,40 @@ func (h *holding) releaseReplied(n *node, rep reply) {
 }
 
 // admit lets an extension or repair round start for the holding, if it is
-// still held; the caller calls leave when the round is done.
+// still held and its validity has not ended (the expiry timer may be late);
+// the caller calls leave when the round is done.
 func (h *holding) admit() bool {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.state != held {
-		return false
+	if h.state == held && !h.expired() {
+		h.busy.Add(1)
+		h.mu.Unlock()
+		return true
 	}
-	h.busy.Add(1)
-	return true
+	h.mu.Unlock()
+	h.expire()
+	return false
+}
+
+// expired reports whether the validity has ended, or is about to: the
+// expiry timer should have fired. h.mu is held.
+func (h *holding) expired() bool {
+	return !time.Now().Before(h.until.Add(-h.lead))
 }
 
 func (h *holding) leave() { h.busy.Done() }
 
 // extended moves the validity on to until, if the holding is still held
 // and until is later. It returns the validity's end, and whether the
-// holding is still held.
+// holding is still held. A confirmation that comes once the validity has
+// ended is too late: the lock was lost, whether or not the expiry timer
+// has fired yet, and is not taken back.
 func (h *holding) extended(until time.Time) (time.Time, bool) {
 	h.mu.Lock()
+	if h.state == held && h.expired() {
+		h.mu.Unlock()
+		h.expire()
+		return time.Time{}, false
+	}
 	defer h.mu.Unlock()
 	if h.state != held {
 		return time.Time{}, false
@@ -346,7 +366,7 @@ func (h *holding) repairReplied(n *node, rep reply) {
 	case ended && rep.ok:
 		h.releaseNow(n)
 	case ended && unsure:
-		n.remember(h.undo(), h.m.cfg.perNodeTimeout())
+		n.remember(h.m.key, h.value, h.m.cfg.perNodeTimeout())
 	}
 }
 

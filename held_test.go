@@ -1,8 +1,14 @@
 package redlock
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -317,5 +323,149 @@ func TestHoldingPastItsValidityIsNeverExtended(t *testing.T) {
 		if sent := h.sent(isKind("extend")); len(sent) > 0 {
 			t.Errorf("node %d: %d extensions sent for holdings lost before they were watched", h.node, len(sent))
 		}
+	}
+}
+
+// A lock whose validity ended with no quorum confirmed is lost, even when
+// its expiry timer is late (as after a process pause, when the watchdog may
+// run first): an extension sent or answered after the end does not bring it
+// back.
+func TestLateExtensionDoesNotReviveAnExpiredLock(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	// A large drift factor only widens the window between the validity's
+	// end and the keys' expiry, in which an extension can still win.
+	c := newClient(t, clients, WithTTL(time.Second), WithDriftFactor(0.3))
+	m := c.NewMutex("revived")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "all grants", func() bool { return keysOn(mrs, m.key) == 3 })
+	stopExpiryTimer(m)
+	mrs[0].SetError("LOADING simulated")
+	mrs[1].SetError("LOADING simulated")
+	until := m.Until()
+	time.Sleep(time.Until(until) + 20*time.Millisecond)
+	// The validity has ended with no quorum confirmed: the lock is lost.
+	mrs[0].SetError("")
+	mrs[1].SetError("")
+	deadline := time.Now().Add(300 * time.Millisecond)
+	for time.Now().Before(deadline) && !m.Until().After(until) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if now := m.Until(); now.After(until) {
+		t.Errorf("validity ended at %v with no quorum, yet an extension sent afterwards moved it to %v (+%v): the lost lock was silently re-acquired",
+			until.Format("15:04:05.000"), now.Format("15:04:05.000"), now.Sub(until))
+	}
+	if err := held.Err(); err == nil {
+		t.Errorf("held.Err() = nil %v after the validity ended with no quorum confirmed; want the loss", time.Since(until))
+	}
+	_ = m.UnlockContext(context.Background())
+}
+
+// firstNXProxy forwards to upstream, holding back only the first write
+// that carries a SET ... NX for delay: one late packet on one connection.
+type firstNXProxy struct {
+	ln    net.Listener
+	first atomic.Bool
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func newFirstNXProxy(t *testing.T, upstream string, delay time.Duration) *firstNXProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &firstNXProxy{ln: ln}
+	p.wg.Go(func() {
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", upstream)
+			if err != nil {
+				client.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, client, server)
+			p.mu.Unlock()
+			p.wg.Go(func() { io.Copy(client, server) })
+			p.wg.Go(func() {
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := client.Read(buf)
+					if err != nil {
+						return
+					}
+					if bytes.Contains(buf[:n], []byte("\r\nnx\r\n")) && p.first.CompareAndSwap(false, true) {
+						time.Sleep(delay)
+					}
+					if _, err := server.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+// A node whose grant is still in flight at Unlock is left to that grant's
+// reply. The watchdog may have repaired the node meanwhile (the grant had
+// not landed, so the node said the key was gone); the late grant is then
+// refused by the repaired key, and that reply, too, releases it.
+func TestRepairOfANodeWithAGrantInFlightIsReleased(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	proxy := newFirstNXProxy(t, mrs[2].Addr(), 300*time.Millisecond)
+	slow := redis.NewClient(&redis.Options{Addr: proxy.ln.Addr().String(), ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { slow.Close() })
+	c := newClient(t, []redis.UniversalClient{clients[0], clients[1], slow},
+		WithTTL(time.Second), WithNodeTimeout(400*time.Millisecond), WithWatchdogInterval(50*time.Millisecond),
+		WithLogger(slog.New(&records{})))
+	// Load the scripts and fill the pools first.
+	for _, n := range c.nodes {
+		for _, s := range []*redis.Script{releaseScript, extendScript} {
+			if err := s.Load(t.Context(), n.client).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	m := c.NewMutex("repaired-pending")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := valueOf(m, held)
+	if mrs[2].Exists(m.key) {
+		t.Fatal("node 2 granted before Lock returned: the proxy did not delay the grant; not reproduced")
+	}
+	// The first extension (50ms) finds node 2 without the key and repairs it.
+	waitFor(t, "the repair of node 2", func() bool { v, _ := mrs[2].Get(m.key); return v == value })
+	if ttl := mrs[2].TTL(m.key); ttl >= 900*time.Millisecond {
+		// The value came from the grant (PX 1000), not a repair (PX < validity):
+		// node 2's "gone" answer came after each extension's quorum.
+		t.Skipf("no repair before the grant landed (PTTL %v); not reproduced this run", ttl)
+	}
+	if err := m.UnlockContext(t.Context()); err != nil {
+		t.Fatalf("UnlockContext: %v", err)
+	}
+	settle(t, c.nodes) // the late grant has been answered (refused) by now
+	time.Sleep(50 * time.Millisecond)
+	if v, err := mrs[2].Get(m.key); err == nil && v == value {
+		t.Errorf("node 2 still holds the released lock's key (PTTL %v) after Unlock and after every call settled; leftovers remembered: %d",
+			mrs[2].TTL(m.key), c.nodes[2].leftovers.count.Load())
 	}
 }

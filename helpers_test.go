@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -222,4 +223,30 @@ func stopExpiryTimer(m *Mutex) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.timer.Stop()
+}
+
+// gateHandler is a slog handler that blocks the goroutine logging a record
+// whose message contains match until open is closed. It only widens the
+// window between a holding turning lost and lose() scheduling its release.
+type gateHandler struct {
+	match   string
+	entered chan struct{}
+	open    chan struct{}
+}
+
+func (g *gateHandler) Enabled(context.Context, slog.Level) bool { return true }
+
+func (g *gateHandler) WithAttrs([]slog.Attr) slog.Handler { return g }
+
+func (g *gateHandler) WithGroup(string) slog.Handler { return g }
+
+func (g *gateHandler) Handle(_ context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, g.match) {
+		select {
+		case g.entered <- struct{}{}:
+		default:
+		}
+		<-g.open
+	}
+	return nil
 }

@@ -51,11 +51,14 @@ type node struct {
 	closing <-chan struct{}
 	// leftovers are keys of ours that may still be on the server.
 	leftovers leftovers
+	// retries: the client sends a command again by itself after some
+	// errors (go-redis's MaxRetries), so a refusal may hide our own grant.
+	retries bool
 }
 
 // newNode returns node i, at addr, of a Client that closes closing.
 func newNode(i int, addr string, rc redis.UniversalClient, closing <-chan struct{}) *node {
-	n := &node{index: i, addr: addr, client: rc, work: make(chan task), closing: closing}
+	n := &node{index: i, addr: addr, client: rc, work: make(chan task), closing: closing, retries: retriesItself(rc)}
 	n.calls.SetLimit(maxCallsPerNode)
 	n.lastAnswer.Store(int64(time.Since(epoch))) // not hung before it is tried
 	return n
@@ -140,7 +143,7 @@ func send[C redis.Cmder](ctx context.Context, n *node, newCmd func(context.Conte
 	cmd = newCmd(ctx, args...)
 	err := n.client.Process(ctx, cmd)
 	for range maxResends {
-		if err == nil || !(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) || ctx.Err() != nil {
+		if err == nil || !(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) || ctx.Err() != nil || !stillWanted(ctx) {
 			break
 		}
 		cmd, resent = newCmd(ctx, args...), true
@@ -149,8 +152,30 @@ func send[C redis.Cmder](ctx context.Context, n *node, newCmd func(context.Conte
 	return cmd, resent
 }
 
+// stillWanted reports whether a round's call may be sent again: not once
+// the holding it extends or repairs has ended, since each copy is a new
+// send.
+func stillWanted(ctx context.Context) bool {
+	r, ok := ctx.(*round)
+	return !ok || r.spec.live == nil || r.spec.live()
+}
+
 // maxResends bounds the dead connections one call goes through.
 const maxResends = 32
+
+// retriesItself reports whether a client may send a command again by itself
+// (go-redis's MaxRetries, 3 unless set to -1), where its type tells.
+func retriesItself(rc redis.UniversalClient) bool {
+	switch rc := rc.(type) {
+	case *redis.Client:
+		return rc.Options().MaxRetries > 0
+	case *redis.ClusterClient:
+		return rc.Options().MaxRetries > 0
+	case *redis.Ring:
+		return rc.Options().MaxRetries > 0
+	}
+	return true
+}
 
 // answered records how a call to the node ended: hung if it timed out.
 // Any answer also shows that the server has run what it had been sent
@@ -204,36 +229,39 @@ func maybeRan(err error) bool {
 // that got no answer. Such a command may sit unread in a paused server while
 // a release sent after it runs first. Once the node answers anything
 // afterwards, it has run whatever it had been sent before; a release sent
-// from then on, and answered, is the last word.
+// from then on, and answered, is the last word. Leftovers of one lock are
+// released together, with one call for all their values.
 type leftovers struct {
 	count atomic.Int32 // len(list), read on every answer
 
 	mu       sync.Mutex
 	list     []*leftover
 	flushing bool
+	timeout  time.Duration // of the calls that release them
 }
 
-// leftover is one key that may still be on a node.
+// leftover is one key of ours that may still be on a node.
 type leftover struct {
-	release nodeCall // deletes the key if it still holds the value
-	timeout time.Duration
-	since   time.Time // when it was remembered
-	proof   time.Time // when the node first answered after since; zero until then
+	key, value string
+	since      time.Time // when it was remembered
+	proof      time.Time // when the node first answered after since; zero until then
 }
 
 // maxLeftovers bounds the keys remembered per node, for a node that never
 // answers again; the oldest are forgotten first, and expire with their TTL.
 const maxLeftovers = 1024
 
-// remember notes a key of ours that may still be on n.
-func (n *node) remember(release nodeCall, timeout time.Duration) {
+// remember notes that key may still hold value on n; calls to release it
+// wait at most timeout.
+func (n *node) remember(key, value string, timeout time.Duration) {
 	l := &n.leftovers
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.list) == maxLeftovers {
 		l.list = l.list[1:]
 	}
-	l.list = append(l.list, &leftover{release: release, timeout: timeout, since: time.Now()})
+	l.list = append(l.list, &leftover{key: key, value: value, since: time.Now()})
+	l.timeout = max(l.timeout, timeout)
 	l.count.Store(int32(len(l.list)))
 }
 
@@ -254,29 +282,44 @@ func (l *leftovers) proven(n *node) {
 		return
 	}
 	l.flushing = true
-	if !n.start(l.list[0].timeout, func() { l.flush(n) }) {
+	timeout := l.timeout
+	if !n.start(timeout, func() { l.flush(n, time.Now().Add(2*timeout)) }) {
 		l.flushing = false
 	}
 }
 
-// flush sends a release for every leftover whose proof has come, and
-// forgets those that the node answered.
-func (l *leftovers) flush(n *node) {
+// flush releases the leftovers whose proof has come, one call per lock, and
+// forgets those that the node answered. It stops at the first call that
+// gets no answer (the node has stopped answering) and at deadline; the rest
+// wait for the next proof.
+func (l *leftovers) flush(n *node, deadline time.Time) {
 	l.mu.Lock()
-	var due []*leftover
+	byKey := make(map[string][]*leftover)
+	var keys []string
 	for _, o := range l.list {
-		if !o.proof.IsZero() {
-			due = append(due, o)
+		if o.proof.IsZero() {
+			continue
 		}
+		if byKey[o.key] == nil {
+			keys = append(keys, o.key)
+		}
+		byKey[o.key] = append(byKey[o.key], o)
 	}
+	timeout := l.timeout
 	l.mu.Unlock()
 	var done []*leftover
-	for _, o := range due {
-		ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
-		rep := o.release(ctx, n)
+	for _, key := range keys {
+		if !time.Now().Before(deadline) {
+			break
+		}
+		ctx, cancel := context.WithDeadline(context.Background(), earliest(deadline, time.Now().Add(timeout)))
+		err := forget(ctx, n, key, byKey[key])
 		cancel()
-		if rep.err == nil {
-			done = append(done, o)
+		if err == nil {
+			done = append(done, byKey[key]...)
+		}
+		if !fromServer(err) {
+			break
 		}
 	}
 	l.mu.Lock()
@@ -284,6 +327,22 @@ func (l *leftovers) flush(n *node) {
 	l.list = deleteAll(l.list, done)
 	l.count.Store(int32(len(l.list)))
 	l.flushing = false
+}
+
+// forget deletes key on n if it holds the value of any of list.
+func forget(ctx context.Context, n *node, key string, list []*leftover) error {
+	argv := make([]any, len(list))
+	for i, o := range list {
+		argv[i] = o.value
+	}
+	return prepare(forgetScript, forgetSource, []any{key}, argv...).run(ctx, n).Err()
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // deleteAll returns list without the elements of gone.
@@ -307,17 +366,25 @@ func deleteAll[T comparable](list, gone []T) []T {
 
 // sweep makes a last attempt, at Close, once no call to n is in flight, to
 // release n's leftovers: an answer to PING is the proof, then each gets a
-// release. It waits at most timeout for each call, and then forgets them
-// all: a key on a node that does not answer expires with its TTL.
+// release. It tries PING once a timeout until an answer comes, for three
+// timeouts at most, then releases for two at most; then it forgets them: a
+// key on a node that does not answer expires with its TTL.
 func (n *node) sweep(timeout time.Duration) {
 	if n.leftovers.count.Load() == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	err := n.client.Ping(ctx).Err()
-	cancel()
+	deadline := time.Now().Add(3 * timeout)
+	answered := false
+	for !answered && time.Now().Before(deadline) {
+		ctx, cancel := context.WithDeadline(context.Background(), earliest(deadline, time.Now().Add(timeout)))
+		answered = fromServer(n.client.Ping(ctx).Err())
+		if !answered {
+			<-ctx.Done() // a refused connection fails at once: try again a timeout later
+		}
+		cancel()
+	}
 	l := &n.leftovers
-	if fromServer(err) {
+	if answered {
 		now := time.Now()
 		l.mu.Lock()
 		for _, o := range l.list {
@@ -326,7 +393,7 @@ func (n *node) sweep(timeout time.Duration) {
 			}
 		}
 		l.mu.Unlock()
-		l.flush(n)
+		l.flush(n, time.Now().Add(2*timeout))
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

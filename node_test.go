@@ -214,7 +214,7 @@ func TestLeftoversWaitForAnAnswer(t *testing.T) {
 	m := c.NewMutex("left")
 	n := c.nodes[0]
 	mrs[0].Set(m.key, "stale")
-	n.remember(m.releaseCall("stale", "", false), time.Second)
+	n.remember(m.key, "stale", time.Second)
 	n.answered(context.DeadlineExceeded)
 	settle(t, c.nodes)
 	if !mrs[0].Exists(m.key) {

@@ -78,6 +78,9 @@ type roundSpec struct {
 	kind    roundKind
 	holding *holding  // the holding of an acquire, release or repair round
 	start   time.Time // when the round was decided on, if not at launch
+	// live, if set, says whether a call may still be sent again after its
+	// connection broke (see send): the holdings it is for are still held.
+	live func() bool
 }
 
 // round is a fan-out in progress, shared by the wait and the node calls,
@@ -89,6 +92,7 @@ type round struct {
 	mu        sync.Mutex
 	replies   []reply
 	abandoned bool      // replies from now on are late: the holding undoes them
+	won       bool      // the round was won: its holding was held
 	ctxErr    error     // the caller's context ended the wait, with this error
 	timedOut  bool      // the timeout ended the wait
 	settled   time.Time // when the wait ended
@@ -185,12 +189,14 @@ func (c *Client) launch(ctx context.Context, spec roundSpec) *round {
 // round's holding.
 func (r *round) call(n *node) {
 	rep := r.spec.call(r, n)
-	n.answered(rep.err)
-	late := r.record(n.index, rep)
+	if !notSent(rep.err) {
+		n.answered(rep.err)
+	}
+	late, won := r.record(n.index, rep)
 	r.finished()
 	switch r.spec.kind {
 	case acquireRound:
-		r.spec.holding.acquireReplied(n, rep, late)
+		r.spec.holding.acquireReplied(n, rep, late, won)
 	case releaseRound:
 		r.spec.holding.releaseReplied(n, rep)
 	case repairRound:
@@ -199,15 +205,15 @@ func (r *round) call(n *node) {
 }
 
 // record stores node i's reply and passes it to the wait. It reports whether
-// the round had been abandoned.
-func (r *round) record(i int, rep reply) (late bool) {
+// the round had been abandoned, and whether it had been won.
+func (r *round) record(i int, rep reply) (late, won bool) {
 	rep.answered = true
 	r.mu.Lock()
-	rep.late = r.abandoned
+	rep.late, won = r.abandoned, r.won
 	r.replies[i] = rep
 	r.mu.Unlock()
 	r.notify <- i
-	return rep.late
+	return rep.late, won
 }
 
 // finished records that a node call ended and its reply was delivered;
@@ -294,6 +300,7 @@ func (r *round) settle(ctxErr error, timedOut bool) outcome {
 		}
 	}
 	out.won = ctxErr == nil && out.oks >= quorum(len(r.nodes))
+	r.won = out.won
 	if !out.won {
 		// A won round's failed nodes are not reported: nobody asks.
 		out.errs = r.nodeErrors(out.replies)

@@ -273,7 +273,7 @@ func (s *schedule) start() {
 		// is back: that would only slow the schedule down.
 		rc := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1, DialerRetries: 1, PoolSize: 1000})
 		hook := newFaultHook(i, s.seed)
-		hook.onRun = s.ran
+		hook.setOnRun(s.ran)
 		rc.AddHook(hook)
 		s.mrs, s.rcs, s.hooks = append(s.mrs, mr), append(s.rcs, rc), append(s.hooks, hook)
 	}

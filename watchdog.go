@@ -233,7 +233,15 @@ func (w *watchdog) extendRound(batch []*dueEntry, start time.Time) ([]tally, out
 	timeout += time.Duration(len(batch)-1) * batchKeyTime
 	call := extendCall(prepare(extendScript, extendSource, keys, argv...), len(batch))
 	tallies := make([]tally, len(batch))
-	r := c.launch(w.ctx, roundSpec{call: call, timeout: timeout, start: start})
+	live := func() bool {
+		for _, e := range batch {
+			if e.h.isHeld() {
+				return true
+			}
+		}
+		return false
+	}
+	r := c.launch(w.ctx, roundSpec{call: call, timeout: timeout, start: start, live: live})
 	out := r.wait(w.ctx, func(i int, rep reply, pendingHung int) bool {
 		undecided := 0
 		for j := range tallies {
@@ -303,7 +311,8 @@ func (w *watchdog) repair(h *holding, until time.Time, lostKey []bool) {
 	if !h.isHeld() {
 		return
 	}
-	r := w.c.launch(w.ctx, roundSpec{call: m.repairCall(h.value, until), timeout: timeout, skip: skip, skipWhy: errNotRepaired, kind: repairRound, holding: h, start: start})
+	r := w.c.launch(w.ctx, roundSpec{call: m.repairCall(h.value, until), timeout: timeout, skip: skip, skipWhy: errNotRepaired,
+		kind: repairRound, holding: h, start: start, live: h.isHeld})
 	heard := 0
 	out := r.wait(w.ctx, func(int, reply, int) bool {
 		heard++

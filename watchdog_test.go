@@ -3,6 +3,8 @@ package redlock
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -153,13 +155,13 @@ func TestUnlockWaitsForAnExtensionInFlight(t *testing.T) {
 	var extendsRan []time.Time
 	for _, h := range hooks {
 		h.add(&fault{match: isKind("extend"), before: 150 * time.Millisecond})
-		h.onRun = func(c call, at time.Time) {
+		h.setOnRun(func(c call, at time.Time) {
 			if c.kind == "extend" {
 				mu.Lock()
 				extendsRan = append(extendsRan, at)
 				mu.Unlock()
 			}
-		}
+		})
 	}
 	m := c.NewMutex("inflight")
 	held, err := m.LockContext(t.Context())
@@ -209,13 +211,13 @@ func TestUnlockWaitsForARepairInFlight(t *testing.T) {
 	var mu sync.Mutex
 	var repairsRan []time.Time
 	hooks[0].add(&fault{match: isRepair, before: 150 * time.Millisecond})
-	hooks[0].onRun = func(c call, at time.Time) {
+	hooks[0].setOnRun(func(c call, at time.Time) {
 		if isRepair(c) {
 			mu.Lock()
 			repairsRan = append(repairsRan, at)
 			mu.Unlock()
 		}
-	}
+	})
 	mrs[0].Del(m.key)
 	waitFor(t, "a repair to be sent", func() bool { return len(hooks[0].sent(isRepair)) > 0 })
 	if err := m.UnlockContext(t.Context()); err != nil {
@@ -256,13 +258,13 @@ func TestRepairedKeyEndsWithTheValidity(t *testing.T) {
 	var mu sync.Mutex
 	var runs []ran
 	hooks[0].add(&fault{match: isRepair, before: 300 * time.Millisecond, times: 1})
-	hooks[0].onRun = func(c call, at time.Time) {
+	hooks[0].setOnRun(func(c call, at time.Time) {
 		if isRepair(c) {
 			mu.Lock()
 			runs = append(runs, ran{at: at, px: c.px, until: m.Until()})
 			mu.Unlock()
 		}
-	}
+	})
 	mrs[0].Del(m.key)
 	waitFor(t, "a repair to run", func() bool {
 		mu.Lock()
@@ -275,6 +277,36 @@ func TestRepairedKeyEndsWithTheValidity(t *testing.T) {
 	for _, r := range runs {
 		if end := r.at.Add(time.Duration(r.px) * time.Millisecond); end.After(r.until) {
 			t.Errorf("repaired key lives until %v after the confirmed validity", end.Sub(r.until))
+		}
+	}
+}
+
+// A repair whose connection breaks is not sent again once Unlock has begun:
+// each copy is a new send.
+func TestRepairIsNotResentAfterUnlockBegan(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 3)
+	c := newClient(t, clients, WithTTL(time.Second), WithNodeTimeout(400*time.Millisecond), WithLogger(slog.New(&records{})))
+	warm(t, c)
+	m := c.NewMutex("resent")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := valueOf(m, held)
+	waitFor(t, "all grants", func() bool { return keysOn(mrs, m.key) == 3 })
+	// Node 0 lost the key: the next extension repairs it. The repair's
+	// first copy fails with EOF 150ms after it was sent, without running.
+	hooks[0].add(&fault{match: isKind("repair"), before: 150 * time.Millisecond, fail: io.EOF, times: 1})
+	mrs[0].Del(m.key)
+	waitFor(t, "the repair", func() bool { return len(hooks[0].sent(isKind("repair"))) > 0 })
+	unlockBegan := time.Now()
+	if err := m.UnlockContext(context.Background()); err != nil {
+		t.Logf("UnlockContext: %v", err)
+	}
+	settle(t, c.nodes)
+	for _, call := range hooks[0].sent(isKind("repair")) {
+		if call.at.After(unlockBegan) && slicesContains(call.values, value) {
+			t.Errorf("node 0: repair SET NX sent %v after Unlock began (result %q)", call.at.Sub(unlockBegan), call.result)
 		}
 	}
 }
