@@ -48,7 +48,8 @@ type Client struct {
 // quorum), or an invalid option. Where a client does not tell its server's
 // address (a failover client), the first lock call checks that no two nodes
 // reach the same server, and fails for good if two do. The Client does not
-// close the given clients.
+// close the given clients. Clients with ContextTimeoutEnabled and
+// MaxRetries -1 serve best: see the README.
 func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 	cfg := defaultConfig()
 	cfg.apply(opts)

@@ -133,14 +133,16 @@ func (h *holding) abandon() {
 		if !release[i] {
 			continue
 		}
-		// A node too busy to take the call is hung; its key expires.
 		doubt := unsure != nil && unsure[i]
-		n.start(h.m.cfg.perNodeTimeout(), func() {
+		started := n.start(h.m.cfg.perNodeTimeout(), func() {
 			h.releaseNow(n)
 			if doubt {
 				n.remember(h.m.key, h.value, h.m.cfg.perNodeTimeout())
 			}
 		})
+		if !started { // the node is hung: release it once it answers
+			n.remember(h.m.key, h.value, h.m.cfg.perNodeTimeout())
+		}
 	}
 }
 

@@ -364,7 +364,7 @@ type action struct {
 // drawFaults draws the schedule's faults.
 func (s *schedule) drawFaults() []*action {
 	var actions []*action
-	for range s.rng.IntN(9) {
+	for range s.rng.IntN(13) {
 		actions = append(actions, s.drawFault()...)
 	}
 	slices.SortStableFunc(actions, func(a, b *action) int { return int(a.at - b.at) })
@@ -382,12 +382,12 @@ type faultDraw struct {
 	clientIndex int
 }
 
-// drawFault draws one fault, on one node, or, a third of the time for
-// those that can, on a quorum of nodes at once, as a network blip would.
+// drawFault draws one fault, on one node, or, half the time for those that
+// can, on a quorum of nodes at once, as a network blip would.
 func (s *schedule) drawFault() []*action {
 	d := faultDraw{
 		what:        s.rng.IntN(9),
-		kinds:       [][]string{nil, {"acquire"}, {"extend"}, {"release"}, {"enqueue"}, {"repair"}, {"fence"}}[s.rng.IntN(7)],
+		kinds:       [][]string{nil, {"acquire"}, {"extend"}, {"release"}, {"enqueue"}, {"repair"}, {"fence"}, {"acquire", "fence"}}[s.rng.IntN(8)],
 		at:          time.Duration(s.rng.Int64N(int64(s.duration))),
 		length:      time.Duration(s.rng.Int64N(int64(2 * s.ttl))),
 		delay:       time.Duration(s.rng.Int64N(int64(2 * s.timeout))),
@@ -395,7 +395,7 @@ func (s *schedule) drawFault() []*action {
 		clientIndex: s.rng.IntN(len(s.clients)),
 	}
 	targets := []int{s.rng.IntN(s.nodes)}
-	if d.what <= 5 && s.rng.IntN(3) == 0 {
+	if d.what <= 5 && s.rng.IntN(2) == 0 {
 		targets = s.rng.Perm(s.nodes)[:quorum(s.nodes)]
 	}
 	var actions []*action
