@@ -9,7 +9,7 @@ import (
 // benchClient is a Client over n nodes whose calls answer at once, without
 // Redis, so that benchmarks measure the fan-out machinery alone.
 func benchClient(n int) *Client {
-	c := &Client{cfg: defaultConfig(), closingCh: make(chan struct{})}
+	c := &Client{cfg: defaultConfig(), closingCh: make(chan struct{}), closedCh: make(chan struct{})}
 	for i := range n {
 		c.nodes = append(c.nodes, newNode(i, "", nil, c.closingCh))
 	}
@@ -87,7 +87,7 @@ func BenchmarkReleaseCall(b *testing.B) {
 		}
 	})
 	b.Run("redis.Script", func(b *testing.B) {
-		keys := []string{m.key, m.key + queueSuffix, m.key + deadlinesSuffix}
+		keys := []string{m.key, m.key + queueSuffix}
 		b.ReportAllocs()
 		for b.Loop() {
 			if err := releaseScript.Run(ctx, n.client, keys, "value", wakeChannelPrefix, "").Err(); err != nil {

@@ -72,24 +72,23 @@ func (p prepared) run(ctx context.Context, n *node) *redis.Cmd {
 type mutexArgs struct {
 	key         any   // the lock's key
 	keyAndFence []any // the lock's key and its fencing counter
-	releaseKeys []any // the lock's key, its queue and its queue's deadlines
+	releaseKeys []any // the lock's key and its queue
 	ttlMillis   any   // the TTL in milliseconds
 }
 
 // The lock's other keys are named after its key, in the same hash slot.
 const (
-	fenceSuffix     = ":fence"           // the fencing counter
-	queueSuffix     = ":waiters"         // the queue of waiters
-	deadlinesSuffix = ":waiters:alive"   // until when each queued waiter counts as alive
-	leftSuffix      = ":waiters:left:"   // + waiter id: the waiter has left
-	identitySuffix  = "identity:client:" // after the key prefix, + Client id: see identifyCall
+	fenceSuffix    = ":fence"           // the fencing counter
+	queueSuffix    = ":waiters"         // the queue of waiters
+	markSuffix     = ":waiters:"        // + waiter id: 'alive' while it calls, 'left' once it gave up
+	identitySuffix = "identity:client:" // after the key prefix, + Client id: see identifyCall
 )
 
 func newMutexArgs(key string, ttl time.Duration) mutexArgs {
 	return mutexArgs{
 		key:         key,
 		keyAndFence: []any{key, key + fenceSuffix},
-		releaseKeys: []any{key, key + queueSuffix, key + deadlinesSuffix},
+		releaseKeys: []any{key, key + queueSuffix},
 		ttlMillis:   ttl.Milliseconds(),
 	}
 }
@@ -222,7 +221,7 @@ const (
 // The reply names the value that holds the lock on the node.
 func (m *Mutex) enqueueCall(waiter, mode string) nodeCall {
 	key := m.key
-	keys := []any{key + queueSuffix, key, key + deadlinesSuffix, key + leftSuffix + waiter}
+	keys := []any{key + queueSuffix, key, key + markSuffix + waiter}
 	enqueue := prepare(enqueueScript, enqueueSource, keys, waiter, mode, m.aliveTTL().Milliseconds(), m.queueTTL().Milliseconds())
 	return func(ctx context.Context, n *node) reply {
 		holder, err := enqueue.run(ctx, n).Text()

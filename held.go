@@ -44,7 +44,12 @@ type holding struct {
 	timer   *time.Timer
 	cancel  context.CancelCauseFunc
 	unsure  []bool // nodes where a repair may have landed unseen
-	ending  *ending
+	// The final release, run once, by Unlock or after a loss, whichever
+	// comes first; a second caller waits on endWait, made only then.
+	ending  bool
+	endDone bool
+	endOut  outcome
+	endWait chan struct{}
 
 	// expires is when held should end, in nanoseconds since epoch: lead
 	// before until while held, never otherwise. heldContext reads it
@@ -54,13 +59,6 @@ type holding struct {
 	// final release waits for. Only a held holding is admitted.
 	busy sync.WaitGroup
 	ctx  heldContext
-}
-
-// ending is the final release of a holding, run once, by Unlock or after a
-// loss, whichever comes first; the other waits for it.
-type ending struct {
-	done chan struct{}
-	out  outcome
 }
 
 // newHolding starts an acquisition for m.
@@ -239,25 +237,22 @@ func (h *holding) unlock(ctx context.Context) (outcome, error) {
 // and repair rounds in flight (each bounded by the node timeout), leaves
 // the nodes whose grant is still in flight to the acquisition round, and
 // remembers the nodes where a command of the holding may still land.
-func (h *holding) end(ctx context.Context) outcome {
+func (h *holding) end(ctx context.Context) (out outcome) {
 	h.mu.Lock()
-	e := h.ending
-	first := e == nil
-	if first {
-		e = &ending{done: make(chan struct{})}
-		h.ending = e
+	if h.ending {
+		return h.waitEnd(ctx)
 	}
+	h.ending = true
 	h.mu.Unlock()
-	if !first {
-		select {
-		case <-e.done:
-			return e.out
-		case <-ctx.Done():
-			return outcome{errs: fmt.Errorf("redlock: release still in flight: %w", ctx.Err())}
+	defer func() {
+		h.mu.Lock()
+		h.endDone, h.endOut = true, out
+		if h.endWait != nil {
+			close(h.endWait)
 		}
-	}
-	defer h.m.client.ends.Done()
-	defer close(e.done)
+		h.mu.Unlock()
+		h.m.client.ends.Done()
+	}()
 	m := h.m
 	h.busy.Wait()
 	pending, unsure := h.round.handOver()
@@ -276,8 +271,29 @@ func (h *holding) end(ctx context.Context) outcome {
 	}
 	release := m.releaseCall(h.value, h.waiter, true)
 	r := m.client.launch(ctx, roundSpec{call: release, timeout: timeout, skip: pending, skipWhy: errReleaseOnAnswer, kind: releaseRound, holding: h})
-	e.out = r.wait(ctx, nil)
-	return e.out
+	return r.wait(ctx, nil)
+}
+
+// waitEnd waits for the final release begun by another caller, or until
+// ctx is done, and returns what it learned. h.mu is held, and released.
+func (h *holding) waitEnd(ctx context.Context) outcome {
+	if h.endDone {
+		defer h.mu.Unlock()
+		return h.endOut
+	}
+	if h.endWait == nil {
+		h.endWait = make(chan struct{})
+	}
+	wait := h.endWait
+	h.mu.Unlock()
+	select {
+	case <-wait:
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return h.endOut
+	case <-ctx.Done():
+		return outcome{errs: fmt.Errorf("redlock: release still in flight: %w", ctx.Err())}
+	}
 }
 
 // setBit sets bits[i], making bits n long if it is nil.

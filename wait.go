@@ -194,8 +194,8 @@ func (m *Mutex) queueTTL() time.Duration {
 }
 
 // aliveTTL is how long a queued waiter counts as alive without calling
-// again: three of its polls. A release skips the ids of waiters past it,
-// whose process died without leaving the queue.
+// again: three of its polls. A release skips the ids of waiters whose mark
+// has expired: their process died without leaving the queue.
 func (m *Mutex) aliveTTL() time.Duration {
 	return 3 * queuedPollFactor * (m.cfg.retryDelay + m.cfg.retryJitter)
 }

@@ -1,15 +1,17 @@
 -- Releases the lock only while this holder still owns it, and wakes the next
 -- live waiter in the lock's queue.
--- KEYS[1] lock key; KEYS[2] the lock's queue of waiters; KEYS[3] the
--- queue's deadlines (see enqueue.lua; all in one hash slot).
+-- KEYS[1] lock key; KEYS[2] the lock's queue of waiters (same hash slot).
 -- ARGV[1] holder's value; ARGV[2] the prefix of the channels of waking
 -- Clients, or '' to release without waking anyone (undoing a failed
 -- attempt's grants); ARGV[3] the holder's own waiter id, or '' if it did not
 -- wait.
--- Waiters whose deadline has passed died without leaving the queue; they
--- are dropped. The first live one is woken by publishing its id on the
--- channel of its Client, whose id starts the waiter's id up to a '.', so
--- that one release wakes one waiter and reaches one Client.
+-- Each queued waiter has a mark, KEYS[2] .. ':' .. its id (see enqueue.lua),
+-- in the same hash slot though not named in KEYS, since which waiter comes
+-- next is known only here. A waiter whose mark is gone stopped calling: its
+-- process died without leaving the queue, and it is dropped. The first live
+-- one is woken by publishing its id on the channel of its Client, whose id
+-- starts the waiter's id up to a '.', so that one release wakes one waiter
+-- and reaches one Client.
 -- Returns 0 if the key is gone or owned by another holder, 1 if deleted,
 -- 2 if deleted and a waiter woken, 3 if deleted but the wake-up could not be
 -- published (an ACL without channel permissions, say): the waiter is then
@@ -20,21 +22,17 @@ end
 redis.call('DEL', KEYS[1])
 if ARGV[3] ~= '' then
   redis.call('LREM', KEYS[2], 0, ARGV[3])
-  redis.call('ZREM', KEYS[3], ARGV[3])
 end
 if ARGV[2] == '' then
   return 1
 end
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 for _ = 1, 100 do
   local next = redis.call('LPOP', KEYS[2])
   if not next then
     return 1
   end
-  local alive = tonumber(redis.call('ZSCORE', KEYS[3], next))
   local client = string.match(next, '^([^.]+)%.')
-  if alive and alive >= now and client then
+  if client and redis.call('GET', KEYS[2] .. ':' .. next) == 'alive' then
     local published = redis.pcall('PUBLISH', ARGV[2] .. client, next)
     if type(published) == 'table' and published.err then
       redis.call('LPUSH', KEYS[2], next)
@@ -42,6 +40,5 @@ for _ = 1, 100 do
     end
     return 2
   end
-  redis.call('ZREM', KEYS[3], next)
 end
 return 1
