@@ -39,9 +39,9 @@ type holding struct {
 	state   holdingState
 	until   time.Time // end of validity
 	token   uint64
-	cause   error     // why it was lost
-	endedAt time.Time // when it stopped being held
-	timer   *time.Timer
+	cause   error       // why it was lost
+	endedAt time.Time   // when it stopped being held
+	timer   *time.Timer // the Mutex's, which serves one holding at a time
 	cancel  context.CancelCauseFunc
 	unsure  []bool // nodes where a repair may have landed unseen
 	// The final release, run once, by Unlock or after a loss, whichever
@@ -156,7 +156,9 @@ func (h *holding) hold(ctx context.Context, until time.Time, token uint64) conte
 	h.mu.Lock()
 	h.state, h.until, h.token, h.cancel = held, until, token, cancel
 	h.expires.Store(int64(until.Add(-h.lead).Sub(epoch)))
-	h.timer = time.AfterFunc(time.Until(until)-h.lead, h.expire)
+	h.m.expiring.Store(h)
+	h.timer = h.m.expiry
+	h.timer.Reset(time.Until(until) - h.lead)
 	watched := h.m.client.watchdog.add(h, h.start.Add(h.m.cfg.extendInterval()))
 	h.mu.Unlock()
 	if !watched {

@@ -28,6 +28,12 @@ type Mutex struct {
 	local chan struct{}
 	// current is the holding from a successful acquisition until Unlock.
 	current atomic.Pointer[holding]
+	// expiry is the expiry timer of the Mutex's holdings, which come one at
+	// a time: each arms it for itself, under its own lock, after naming
+	// itself in expiring, whose expire it calls. Reusing one timer saves two
+	// allocations per acquisition.
+	expiry   *time.Timer
+	expiring atomic.Pointer[holding]
 	// queued is set when this Mutex's last release woke a queued waiter:
 	// its next Lock then queues behind it instead of trying first, so that
 	// a releaser does not snatch the lock back from the waiter it woke.
@@ -51,7 +57,7 @@ func (c *Client) NewMutex(name string, opts ...Option) *Mutex {
 		err = errors.Join(fmt.Errorf("redlock: mutex name %q has a brace, which would break the hash tag of its keys", name), err)
 	}
 	key := cfg.keyPrefix + "{" + name + "}"
-	return &Mutex{
+	m := &Mutex{
 		client: c,
 		name:   name,
 		key:    key,
@@ -60,6 +66,9 @@ func (c *Client) NewMutex(name string, opts ...Option) *Mutex {
 		err:    err,
 		local:  make(chan struct{}, 1),
 	}
+	m.expiry = time.AfterFunc(time.Hour, func() { m.expiring.Load().expire() })
+	m.expiry.Stop()
+	return m
 }
 
 // Name returns the name the Mutex was made with.

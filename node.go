@@ -195,8 +195,11 @@ func (n *node) answered(err error) {
 // fromServer reports whether a call that ended with err got a reply from
 // the server.
 func fromServer(err error) bool {
+	if err == nil {
+		return true // before the variable below, which escapes: no allocation
+	}
 	var redisErr redis.Error
-	return err == nil || errors.As(err, &redisErr)
+	return errors.As(err, &redisErr)
 }
 
 func (n *node) errorf(err error) error {

@@ -37,6 +37,7 @@ type watchdog struct {
 	running bool                   // the scheduling goroutine has been started
 	stopped bool                   // the Client is closing: nothing more is watched
 	wake    chan struct{}          // the soonest extension moved earlier
+	free    []*dueEntry            // entries no round refers to, for reuse
 
 	ctx        context.Context // ends when the Client closes: rounds stop waiting
 	cancel     context.CancelFunc
@@ -65,7 +66,13 @@ func (w *watchdog) add(h *holding, at time.Time) bool {
 	if w.stopped {
 		return false
 	}
-	e := &dueEntry{h: h, at: at, index: -1}
+	var e *dueEntry
+	if n := len(w.free); n > 0 {
+		e, w.free = w.free[n-1], w.free[:n-1]
+		*e = dueEntry{h: h, at: at, index: -1}
+	} else {
+		e = &dueEntry{h: h, at: at, index: -1}
+	}
 	w.entries[h] = e
 	w.push(e)
 	if !w.running {
@@ -98,9 +105,16 @@ func (w *watchdog) remove(h *holding) {
 	}
 	delete(w.entries, h)
 	if e.index >= 0 {
+		// Not taken by a round, which would still refer to it: reuse it.
 		heap.Remove(&w.due, e.index)
+		if len(w.free) < maxFree {
+			w.free = append(w.free, e)
+		}
 	}
 }
+
+// maxFree bounds the entries kept for reuse.
+const maxFree = 64
 
 // reschedule queues e again for at, if its holding is still watched.
 func (w *watchdog) reschedule(e *dueEntry, at time.Time, retry bool) {
