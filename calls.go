@@ -58,13 +58,22 @@ func prepare(script *redis.Script, source string, keys []any, argv ...any) prepa
 
 // run runs the script on n, with EVAL if the server does not have it yet.
 func (p prepared) run(ctx context.Context, n *node) *redis.Cmd {
-	cmd, _ := send(ctx, n, redis.NewCmd, p.args)
+	cmd, _ := p.runResent(ctx, n)
+	return cmd
+}
+
+// runResent is run, and also reports whether the call was sent more than
+// once: an earlier copy, whose reply was lost, may have run.
+func (p prepared) runResent(ctx context.Context, n *node) (*redis.Cmd, bool) {
+	cmd, resent := send(ctx, n, redis.NewCmd, p.args)
 	if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		args := slices.Clone(p.args)
 		args[0], args[1] = "eval", p.source
-		cmd, _ = send(ctx, n, redis.NewCmd, args)
+		var again bool
+		cmd, again = send(ctx, n, redis.NewCmd, args)
+		resent = resent || again
 	}
-	return cmd
+	return cmd, resent
 }
 
 // mutexArgs are a Mutex's keys and TTL as command arguments, made once so
@@ -205,7 +214,13 @@ func (m *Mutex) releaseCall(value, waiter string, wake bool) nodeCall {
 	}
 	release := prepare(releaseScript, releaseSource, m.args.releaseKeys, value, channelPrefix, waiter)
 	return func(ctx context.Context, n *node) reply {
-		res, err := release.run(ctx, n).Int64()
+		cmd, resent := release.runResent(ctx, n)
+		res, err := cmd.Int64()
+		if err == nil && res == 0 && (resent || n.retries) {
+			// The key may be gone because an earlier copy, whose reply was
+			// lost, deleted it: not a sign that the lock was lost.
+			res = 1
+		}
 		return reply{ok: err == nil && res >= 1, woke: err == nil && res == 2, unheard: err == nil && res == 3, err: err}
 	}
 }

@@ -128,3 +128,21 @@ func TestGrantHiddenByGoRedisRetriesIsReleased(t *testing.T) {
 		t.Errorf("node 2 keeps the failed attempt's key %q (TTL %v) after the attempt was abandoned; it got no release", v, mrs[2].TTL(m.key))
 	}
 }
+
+// A release whose connection breaks after it ran is sent again, finds the
+// key gone, and does not make Unlock report a loss.
+func TestResentReleaseDoesNotReportALoss(t *testing.T) {
+	_, clients, hooks := faultyServers(t, 3, 16)
+	c := newClient(t, clients, WithLogger(slog.New(&records{})))
+	warm(t, c)
+	m := c.NewMutex("resent-release")
+	if _, err := m.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hooks[1:] {
+		h.add(&fault{match: isKind("release"), eof: true, times: 1})
+	}
+	if err := m.UnlockContext(t.Context()); err != nil {
+		t.Errorf("UnlockContext of a lock held until Unlock: %v", err)
+	}
+}

@@ -316,6 +316,9 @@ func copyReply(cmd redis.Cmder, shadow *redis.Cmd) {
 	case *redis.StatusCmd:
 		s, _ := shadow.Val().(string)
 		cmd.SetVal(s)
+	case *redis.StringCmd:
+		s, _ := shadow.Val().(string)
+		cmd.SetVal(s)
 	case *redis.BoolCmd:
 		if err == redis.Nil {
 			err = nil
@@ -370,6 +373,10 @@ func classify(node int, ctx context.Context, cmd redis.Cmder) call {
 			if len(argv) > 0 {
 				c.values = []string{fmt.Sprint(argv[0])}
 			}
+		case "forget":
+			for _, v := range argv {
+				c.values = append(c.values, fmt.Sprint(v))
+			}
 		}
 	default:
 		c.kind = c.name
@@ -419,6 +426,7 @@ func scriptKind(shaOrSource string) string {
 		{"extend", extendScript, extendSource},
 		{"enqueue", enqueueScript, enqueueSource},
 		{"identify", identifyScript, identifySource},
+		{"forget", forgetScript, forgetSource},
 	} {
 		if shaOrSource == s.script.Hash() || shaOrSource == s.source {
 			return s.kind

@@ -72,7 +72,7 @@ func (m *Mutex) newHolding(waiter string) *holding {
 func (h *holding) acquire(ctx context.Context) outcome {
 	m := h.m
 	h.start = time.Now()
-	h.round = m.client.launch(ctx, roundSpec{call: m.acquireCall(h.value), timeout: m.cfg.perNodeTimeout(), kind: acquireRound, holding: h})
+	h.round = m.client.launch(ctx, roundSpec{call: m.acquireCall(h.value), timeout: m.cfg.perNodeTimeout(), kind: acquireRound, holding: h, live: h.acquiringOrHeld})
 	return h.round.wait(ctx, nil)
 }
 
@@ -364,6 +364,14 @@ func (h *holding) extended(until time.Time) (time.Time, bool) {
 	return h.until, true
 }
 
+// acquiringOrHeld reports whether the holding has not ended: its grants
+// may still be sent.
+func (h *holding) acquiringOrHeld() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.state == acquiring || h.state == held
+}
+
 // isHeld reports whether the holding is still held.
 func (h *holding) isHeld() bool {
 	h.mu.Lock()
@@ -375,7 +383,9 @@ func (h *holding) isHeld() bool {
 // the holding is no longer held is released at once; one whose fate is
 // unknown is remembered, now if the holding has ended, or at its end.
 func (h *holding) repairReplied(n *node, rep reply) {
-	unsure := maybeRan(rep.err)
+	// A client that resends by itself can turn a repair that landed into
+	// a refusal.
+	unsure := maybeRan(rep.err) || (n.retries && rep.refused())
 	h.mu.Lock()
 	ended := h.state != held
 	if unsure && !ended {

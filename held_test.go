@@ -469,3 +469,36 @@ func TestRepairOfANodeWithAGrantInFlightIsReleased(t *testing.T) {
 			mrs[2].TTL(m.key), c.nodes[2].leftovers.count.Load())
 	}
 }
+
+// A grant whose connection broke before it ran is not sent again once
+// Unlock has ended the holding.
+func TestGrantIsNotResentAfterUnlock(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 14)
+	c := newClient(t, clients, WithTTL(2*time.Second), WithNodeTimeout(400*time.Millisecond), WithLogger(slog.New(&records{})))
+	warm(t, c)
+	m := c.NewMutex("acq-resent")
+	hooks[2].add(&fault{match: isKind("acquire"), before: 250 * time.Millisecond, fail: io.EOF, times: 1})
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	value := valueOf(m, held)
+	if err := m.UnlockContext(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	unlockReturned := time.Now()
+	var landed atomic.Bool
+	hooks[2].setOnRun(func(call call, at time.Time) {
+		if call.kind == "acquire" && slicesContains(call.values, value) && mrs[2].Exists(m.key) {
+			landed.Store(true)
+		}
+	})
+	time.Sleep(400 * time.Millisecond)
+	settle(t, c.nodes)
+	t.Logf("node 2 has the key after settling: %v", mrs[2].Exists(m.key))
+	for _, call := range hooks[2].sent(isKind("acquire")) {
+		if slicesContains(call.values, value) && call.at.After(unlockReturned) {
+			t.Errorf("node 2: SET NX for the ended holding sent %v after UnlockContext returned (result %q; key written: %v)", call.at.Sub(unlockReturned), call.result, landed.Load())
+		}
+	}
+}

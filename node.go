@@ -330,6 +330,17 @@ func (l *leftovers) flush(n *node, deadline time.Time) {
 	l.list = deleteAll(l.list, done)
 	l.count.Store(int32(len(l.list)))
 	l.flushing = false
+	// A leftover proven while this flush ran, for a lock it did not
+	// cover, would otherwise wait for the node's next answer.
+	for _, o := range l.list {
+		if !o.proof.IsZero() && byKey[o.key] == nil {
+			l.flushing = true
+			if !n.start(timeout, func() { l.flush(n, time.Now().Add(2*timeout)) }) {
+				l.flushing = false
+			}
+			return
+		}
+	}
 }
 
 // forget deletes key on n if it holds the value of any of list.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"runtime"
 	"sync"
@@ -229,4 +230,61 @@ func TestLeftoversWaitForAnAnswer(t *testing.T) {
 	mrs[0].SetError("")
 	n.answered(nil)
 	waitFor(t, "the leftover to be released", func() bool { return !mrs[0].Exists(m.key) && n.leftovers.count.Load() == 0 })
+}
+
+// A leftover proven while a flush runs is released when that flush ends,
+// without waiting for the node's next answer.
+func TestLeftoverProvenDuringAFlushIsReleased(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 15)
+	c := newClient(t, clients, WithTTL(10*time.Second), WithNodeTimeout(500*time.Millisecond), WithLogger(slog.New(&records{})))
+	warm(t, c)
+	for _, n := range c.nodes {
+		if err := forgetScript.Load(t.Context(), n.client).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cycle := func(name string) *Mutex {
+		m := c.NewMutex(name)
+		m.Lock()
+		m.Unlock()
+		return m
+	}
+	failRelease := func(name string) {
+		key := c.NewMutex(name).key
+		hooks[0].add(&fault{match: func(c call) bool { return c.kind == "release" && c.key == key }, fail: io.ErrClosedPipe, times: 1})
+	}
+	// L1: m1's release fails on node 0 without running.
+	failRelease("left-1")
+	m1 := cycle("left-1")
+	settle(t, c.nodes)
+	if !mrs[0].Exists(m1.key) || c.nodes[0].leftovers.count.Load() != 1 {
+		t.Fatal("setup: no leftover on node 0")
+	}
+	// The forget call that releases L1 runs, but its reply takes 300ms.
+	isForget := isKind("forget")
+	hooks[0].add(&fault{match: isForget, after: time.Second, times: 1})
+	cycle("left-2") // node 0 answers: L1 is proven, a flush starts
+	waitFor(t, "the forget call", func() bool { return len(hooks[0].sent(isForget)) == 1 })
+	// L2: m3's release fails on node 0 while the flush runs; node 0 then
+	// answers m4's calls, which proves L2.
+	failRelease("left-3")
+	m3 := cycle("left-3")
+	cycle("left-4")
+	if len(hooks[0].sent(isForget)) != 1 || !mrs[0].Exists(m3.key) {
+		t.Fatal("setup: the flush ended too early")
+	}
+	time.Sleep(2 * time.Second) // the flush ends; nothing else is sent
+	if mrs[0].Exists(m3.key) {
+		l := &c.nodes[0].leftovers
+		l.mu.Lock()
+		proven := 0
+		for _, o := range l.list {
+			if !o.proof.IsZero() {
+				proven++
+			}
+		}
+		l.mu.Unlock()
+		t.Errorf("node 0 still has %s (TTL %v; miniredis time does not run) 1.2s after the flush ended: %d leftovers remembered, %d of them proven, none being released; forget calls sent: %d",
+			m3.key, mrs[0].TTL(m3.key), l.count.Load(), proven, len(hooks[0].sent(isForget)))
+	}
 }

@@ -679,7 +679,9 @@ func (s *schedule) checkKeys() {
 			s.leftByClose++
 			s.mu.Unlock()
 		default:
-			s.violate("(b) node %d still has the key, of %s, after Close; the commands that named it:\n%s", i, short(value), s.callsOf(value))
+			stalled := s.stalls.during(s.t0, time.Now(), s.timeout/2)
+			s.violate("(b) node %d still has the key, of %s, after Close (the process stalled for half a node timeout or more during the schedule: %v); the commands that named it:\n%s",
+				i, short(value), stalled, s.callsOf(value))
 		}
 	}
 }

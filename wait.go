@@ -194,10 +194,11 @@ func (m *Mutex) queueTTL() time.Duration {
 }
 
 // aliveTTL is how long a queued waiter counts as alive without calling
-// again: three of its polls. A release skips the ids of waiters whose mark
-// has expired: their process died without leaving the queue.
+// again: three of its polls, each with an attempt and a queue call. A
+// release skips the ids of waiters whose mark has expired: their process
+// died without leaving the queue.
 func (m *Mutex) aliveTTL() time.Duration {
-	return 3 * queuedPollFactor * (m.cfg.retryDelay + m.cfg.retryJitter)
+	return 3 * (queuedPollFactor*(m.cfg.retryDelay+m.cfg.retryJitter) + 2*m.cfg.perNodeTimeout())
 }
 
 // joinQueue puts waiter in the lock's queue (or keeps it there) on the

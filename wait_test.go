@@ -307,3 +307,31 @@ func TestNoRetryLoggedWhenTheWaitEnds(t *testing.T) {
 		}
 	}
 }
+
+// A waiter with tiny retry delays still counts as alive between its polls,
+// which take a round to the nodes each: its mark lasts for them (and a mark
+// of under a millisecond would be refused by the server).
+func TestTinyRetryDelaysStillQueue(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	holder := newClient(t, clients).NewMutex("tiny")
+	holder.Lock()
+	defer holder.Unlock()
+	m := newClient(t, clients, WithRetryDelay(time.Microsecond), WithRetryJitter(0)).NewMutex("tiny")
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m.LockContext(ctx)
+	}()
+	waitFor(t, "the waiter to queue", func() bool { return len(queueOf(mrs[0], "tiny")) == 1 })
+	id := queueOf(mrs[0], "tiny")[0]
+	mark, _ := mrs[0].Get(m.key + markSuffix + id)
+	cancel()
+	<-done
+	if mark != "alive" {
+		t.Errorf("mark of a queued waiter = %q; want alive", mark)
+	}
+	if ttl := m.aliveTTL(); ttl < 2*m.cfg.perNodeTimeout() {
+		t.Errorf("aliveTTL() = %v; want at least two node timeouts, %v", ttl, 2*m.cfg.perNodeTimeout())
+	}
+}

@@ -211,6 +211,7 @@ func (w *watchdog) extend(batch []*dueEntry) {
 	if len(admitted) == 0 {
 		return
 	}
+	first := admitted[0].h.m.name // the entries may be reused once settled
 	tallies, out := w.extendRound(admitted, start)
 	if w.ctx.Err() != nil {
 		// The Client is closing: stop loses the locks.
@@ -226,7 +227,7 @@ func (w *watchdog) extend(batch []*dueEntry) {
 		}
 	}
 	if retried > 0 {
-		w.c.cfg.logger.Warn("redlock: extension failed; retrying", "locks", retried, "first", admitted[0].h.m.name, "error", out.round.nodeErrors(out.replies))
+		w.c.cfg.logger.Warn("redlock: extension failed; retrying", "locks", retried, "first", first, "error", out.round.nodeErrors(out.replies))
 	}
 }
 
@@ -237,23 +238,27 @@ func (w *watchdog) extendRound(batch []*dueEntry, start time.Time) ([]tally, out
 	c := w.c
 	keys := make([]any, len(batch))
 	argv := make([]any, 0, 2*len(batch))
+	holdings := make([]*holding, len(batch))
 	timeout := time.Duration(0)
 	for i, e := range batch {
 		m := e.h.m
 		keys[i] = m.args.key
 		argv = append(argv, e.h.value, m.args.ttlMillis)
+		holdings[i] = e.h
 		timeout = max(timeout, m.cfg.perNodeTimeout())
 	}
 	timeout += time.Duration(len(batch)-1) * batchKeyTime
 	call := extendCall(prepare(extendScript, extendSource, keys, argv...), len(batch))
 	tallies := make([]tally, len(batch))
+	// A call is sent again only while every lock it names is held: the
+	// copy would extend them all.
 	live := func() bool {
-		for _, e := range batch {
-			if e.h.isHeld() {
-				return true
+		for _, h := range holdings {
+			if !h.isHeld() {
+				return false
 			}
 		}
-		return false
+		return true
 	}
 	r := c.launch(w.ctx, roundSpec{call: call, timeout: timeout, start: start, live: live})
 	out := r.wait(w.ctx, func(i int, rep reply, pendingHung int) bool {

@@ -310,3 +310,124 @@ func TestRepairIsNotResentAfterUnlockBegan(t *testing.T) {
 		}
 	}
 }
+
+// An extension whose connection breaks after Unlock is not sent again, even
+// when the watchdog has given the lock's queue entry to another holding
+// meanwhile.
+func TestExtensionIsNotResentThroughAReusedEntry(t *testing.T) {
+	_, clients, hooks := faultyServers(t, 3, 11)
+	c := newClient(t, clients, WithTTL(900*time.Millisecond), WithNodeTimeout(400*time.Millisecond), WithLogger(slog.New(&records{})))
+	warm(t, c)
+	a := c.NewMutex("reuse-a")
+	b := c.NewMutex("reuse-b")
+	heldA, err := a.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	valueA := valueOf(a, heldA)
+	// Node 2: the first extension's connection breaks 250ms after it was
+	// sent, without running. Nodes 0 and 1 answer at once: the round is won.
+	hooks[2].add(&fault{match: isKind("extend"), before: 250 * time.Millisecond, fail: io.EOF, times: 1})
+	until0 := a.Until()
+	waitFor(t, "first extension decided", func() bool { return a.Until().After(until0) })
+	if err := a.UnlockContext(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	unlockReturned := time.Now()
+	// Another Mutex of the Client takes A's freed watchdog entry.
+	if _, err := b.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Unlock()
+	time.Sleep(400 * time.Millisecond)
+	settle(t, c.nodes)
+	for _, call := range hooks[2].sent(isKind("extend")) {
+		if slicesContains(call.values, valueA) && call.at.After(unlockReturned) {
+			t.Errorf("node 2: extension of A (PEXPIRE) sent %v after UnlockContext(A) returned (result %q)", call.at.Sub(unlockReturned), call.result)
+		}
+	}
+}
+
+// A batched extension whose connection breaks is sent again only while
+// every lock it names is held.
+func TestBatchedExtensionIsNotResentForAnUnlockedLock(t *testing.T) {
+	_, clients, hooks := faultyServers(t, 3, 12)
+	c := newClient(t, clients, WithTTL(900*time.Millisecond), WithNodeTimeout(400*time.Millisecond), WithLogger(slog.New(&records{})))
+	warm(t, c)
+	a := c.NewMutex("batch-a")
+	b := c.NewMutex("batch-b")
+	heldA, err := a.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Unlock()
+	valueA := valueOf(a, heldA)
+	hooks[2].add(&fault{match: isKind("extend"), before: 250 * time.Millisecond, fail: io.EOF, times: 1})
+	until0 := a.Until()
+	waitFor(t, "first extension decided", func() bool { return a.Until().After(until0) })
+	if n := len(hooks[2].sent(isKind("extend"))[0].values); n != 2 {
+		t.Fatalf("first extension carried %d locks; want both", n)
+	}
+	if err := a.UnlockContext(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	unlockReturned := time.Now()
+	time.Sleep(400 * time.Millisecond)
+	settle(t, c.nodes)
+	for _, call := range hooks[2].sent(isKind("extend")) {
+		if slicesContains(call.values, valueA) && call.at.After(unlockReturned) {
+			t.Errorf("node 2: extension of A (PEXPIRE) sent %v after UnlockContext(A) returned (result %q)", call.at.Sub(unlockReturned), call.result)
+		}
+	}
+}
+
+// The retry warning names a lock of the round, though its queue entry may
+// have gone to another lock before the warning is written.
+func TestRetryLogNamesALockOfTheRound(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 5, 13)
+	logs := &records{}
+	c := newClient(t, clients, WithTTL(1500*time.Millisecond), WithNodeTimeout(400*time.Millisecond), WithLogger(slog.New(logs)))
+	warm(t, c)
+	a, b, cc, d := c.NewMutex("log-a"), c.NewMutex("log-b"), c.NewMutex("log-c"), c.NewMutex("log-d")
+	for _, m := range []*Mutex{a, b, cc} {
+		if _, err := m.LockContext(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // A is first in the batch: admitted[0]
+	}
+	defer b.Unlock()
+	defer cc.Unlock()
+	waitFor(t, "all grants", func() bool {
+		return keysOn(mrs, a.key) == 5 && keysOn(mrs, b.key) == 5 && keysOn(mrs, cc.key) == 5
+	})
+	// Node 4 fails the extension for all three; B lost its key on node 3
+	// (a repair follows, slowed to 300ms); C lost it on nodes 1 and 2 (too
+	// few answers either way: a retry, which logs).
+	hooks[4].add(&fault{match: isKind("extend"), fail: io.ErrClosedPipe, times: 1})
+	hooks[3].add(&fault{match: isKind("repair"), before: 300 * time.Millisecond, times: 1})
+	mrs[3].Del(b.key)
+	mrs[1].Del(cc.key)
+	mrs[2].Del(cc.key)
+	waitFor(t, "the repair of B", func() bool { return len(hooks[3].sent(isKind("repair"))) > 0 })
+	if err := a.UnlockContext(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Unlock()
+	time.Sleep(400 * time.Millisecond)
+	logs.mu.Lock()
+	defer logs.mu.Unlock()
+	for _, r := range logs.list {
+		r.Attrs(func(at slog.Attr) bool {
+			if r.Message == "redlock: extension failed; retrying" && at.Key == "first" && at.Value.String() == "log-d" {
+				t.Errorf("%q names %s, a lock that was not in the round (it reused log-a's freed entry)", r.Message, at.Value)
+			}
+			return true
+		})
+	}
+}

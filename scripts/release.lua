@@ -16,13 +16,13 @@
 -- 2 if deleted and a waiter woken, 3 if deleted but the wake-up could not be
 -- published (an ACL without channel permissions, say): the waiter is then
 -- put back first in the queue.
+if ARGV[3] ~= '' then
+  redis.call('LREM', KEYS[2], 0, ARGV[3])
+end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 0
 end
 redis.call('DEL', KEYS[1])
-if ARGV[3] ~= '' then
-  redis.call('LREM', KEYS[2], 0, ARGV[3])
-end
 if ARGV[2] == '' then
   return 1
 end
