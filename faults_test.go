@@ -45,30 +45,41 @@ type fault struct {
 	times     int               // how many commands it applies to; 0: all
 }
 
-// faultHook is one node's fault layer.
+// faultHook is one node's fault layer. The commands the library sends reach
+// the server in the order they were sent, one at a time, as a
+// single-threaded Redis reads them: an executor goroutine runs them from a
+// queue. A paused node runs nothing; when it resumes, it runs what it was
+// sent meanwhile in an order drawn from the hook's seed (a thawed server
+// reads every socket that became readable at once), and then what comes
+// after, in order. The caller of a command waits for its reply, or for its
+// context, whichever comes first: a command whose caller gave up still
+// runs in its turn.
 type faultHook struct {
 	node int
-	rng  *rand.Rand // orders the commands a paused node runs at once when it resumes
+	rng  *rand.Rand // orders what a paused node runs when it resumes
 
-	mu      sync.Mutex
-	faults  []*fault
-	paused  bool
-	held    []*heldCommand // commands sent while paused, run when it resumes
-	serial  sync.Mutex     // runs delayed commands one at a time, in order
-	queued  int            // commands waiting for serial: later ones queue behind them
-	calls   []call
-	onRun   func(c call, at time.Time) // called when the server runs a command
-	running sync.WaitGroup             // commands run after their caller stopped waiting
+	mu       sync.Mutex
+	faults   []*fault
+	paused   bool
+	queue    []*queued                  // sent, not yet run, in order
+	batch    int                        // the first batch of queue to run in shuffled order
+	order    func(batch []*queued)      // orders that batch, if not shuffled
+	wake     chan struct{}              // the executor has something to do
+	stopping bool                       // the executor ends once the queue is empty
+	started  bool                       // the executor runs
+	calls    []call                     // every command sent
+	onRun    func(c call, at time.Time) // called when the server runs a command
+	running  sync.WaitGroup             // the executor, and replies delivered late
 }
 
-// heldCommand is a command waiting for a paused node.
-type heldCommand struct {
-	run  func()
-	done chan struct{}
+// queued is a command waiting for the server.
+type queued struct {
+	run       func()
+	notBefore time.Time
 }
 
 func newFaultHook(node int, seed uint64) *faultHook {
-	return &faultHook{node: node, rng: rand.New(rand.NewPCG(seed, uint64(node)))}
+	return &faultHook{node: node, rng: rand.New(rand.NewPCG(seed, uint64(node))), wake: make(chan struct{}, 1)}
 }
 
 // add applies f to the commands sent from now on.
@@ -97,43 +108,83 @@ func (h *faultHook) clear() {
 	h.faults = nil
 }
 
-// pause holds every command from now on until resume.
+// pause stops the node from running anything until resume.
 func (h *faultHook) pause() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.paused = true
 }
 
-// resume runs the commands held while the node was paused, in an order
-// drawn from the hook's seed, as a server thawed from SIGSTOP reads every
-// socket that became readable meanwhile; commands sent after that run
-// after them.
+// resume lets the node run again: first what it was sent while paused, in
+// an order drawn from the hook's seed.
 func (h *faultHook) resume() { h.resumeOrdered(nil) }
 
-// resumeOrdered is resume with the held commands run in the order order
-// gives (nil: shuffled).
-func (h *faultHook) resumeOrdered(order func(held []*heldCommand)) {
+// resumeOrdered is resume with the commands sent while paused run in the
+// order order gives them (nil: shuffled).
+func (h *faultHook) resumeOrdered(order func(batch []*queued)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.paused {
+		return
+	}
+	h.paused = false
+	h.batch, h.order = len(h.queue), order
+	h.signal()
+}
+
+// signal wakes the executor. h.mu is held.
+func (h *faultHook) signal() {
+	select {
+	case h.wake <- struct{}{}:
+	default:
+	}
+}
+
+// enqueue queues q for the server, starting the executor if need be. It
+// reports false once the executor has stopped: q then runs at once.
+func (h *faultHook) enqueue(q *queued) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stopping {
+		return false
+	}
+	h.queue = append(h.queue, q)
+	if !h.started {
+		h.started = true
+		h.running.Go(h.execute)
+	}
+	h.signal()
+	return true
+}
+
+// execute runs the queued commands, in turn, until the hook stops.
+func (h *faultHook) execute() {
 	for {
 		h.mu.Lock()
-		batch := h.held
-		h.held = nil
-		if len(batch) == 0 {
-			h.paused = false
+		for (len(h.queue) == 0 || h.paused) && !(h.stopping && len(h.queue) == 0) {
+			h.mu.Unlock()
+			<-h.wake
+			h.mu.Lock()
+		}
+		if len(h.queue) == 0 {
 			h.mu.Unlock()
 			return
 		}
-		if order != nil {
-			order(batch)
-			order = nil
-		} else {
-			h.rng.Shuffle(len(batch), func(i, j int) { batch[i], batch[j] = batch[j], batch[i] })
+		n := max(h.batch, 1)
+		run := append([]*queued(nil), h.queue[:n]...)
+		h.queue = h.queue[n:]
+		if h.batch > 0 {
+			if h.order != nil {
+				h.order(run)
+			} else {
+				h.rng.Shuffle(len(run), func(i, j int) { run[i], run[j] = run[j], run[i] })
+			}
+			h.batch, h.order = 0, nil
 		}
 		h.mu.Unlock()
-		for _, c := range batch {
-			c.run()
-		}
-		for _, c := range batch {
-			close(c.done)
+		for _, q := range run {
+			time.Sleep(time.Until(q.notBefore))
+			q.run()
 		}
 	}
 }
@@ -158,9 +209,14 @@ func (h *faultHook) sent(match func(c call) bool) []call {
 	return out
 }
 
-// wait waits for commands still running after their callers gave up.
+// wait lets the node run what it was sent, stops the executor, and waits
+// for the replies still to be delivered.
 func (h *faultHook) wait() {
 	h.resume()
+	h.mu.Lock()
+	h.stopping = true
+	h.signal()
+	h.mu.Unlock()
 	h.running.Wait()
 }
 
@@ -181,9 +237,8 @@ func (h *faultHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		index := len(h.calls)
 		h.calls = append(h.calls, c)
 		f := h.pick(c)
-		paused := h.paused || h.queued > 0
 		h.mu.Unlock()
-		err := h.process(ctx, next, cmd, c, f, paused)
+		err := h.process(ctx, next, cmd, c, f)
 		h.mu.Lock()
 		h.calls[index].result = replyText(cmd, err)
 		h.mu.Unlock()
@@ -191,20 +246,52 @@ func (h *faultHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	}
 }
 
-func (h *faultHook) process(ctx context.Context, next redis.ProcessHook, cmd redis.Cmder, c call, f *fault, paused bool) error {
-	switch {
-	case f != nil && f.fail != nil:
+// process sends cmd to the server through the queue, as f has it, and waits
+// for its reply or for ctx.
+func (h *faultHook) process(ctx context.Context, next redis.ProcessHook, cmd redis.Cmder, c call, f *fault) error {
+	if f == nil {
+		f = &fault{}
+	}
+	if f.fail != nil {
 		h.sleep(ctx, f.before)
 		return f.fail
-	case f != nil && f.eof:
-		if err := h.run(ctx, next, cmd, c); err != nil {
-			return err
-		}
-		return io.EOF
-	case f == nil && !paused:
-		return h.run(ctx, next, cmd, c)
 	}
-	return h.late(ctx, next, cmd, c, f)
+	shadow := redis.NewCmd(ctx, cmd.Args()...)
+	detached := context.WithoutCancel(ctx)
+	result := make(chan error, 1)
+	notBefore := time.Now().Add(f.before)
+	if f.notBefore.After(notBefore) {
+		notBefore = f.notBefore
+	}
+	q := &queued{notBefore: notBefore, run: func() {
+		runCtx, cancel := context.WithTimeout(detached, 5*time.Second)
+		shadow.SetErr(next(runCtx, shadow))
+		cancel()
+		h.ran(c)
+		switch {
+		case f.drop:
+		case f.after > 0:
+			h.running.Go(func() {
+				time.Sleep(f.after)
+				result <- shadow.Err()
+			})
+		default:
+			result <- shadow.Err()
+		}
+	}}
+	if !h.enqueue(q) {
+		q.run()
+	}
+	select {
+	case err := <-result:
+		copyReply(cmd, shadow)
+		if err == nil && f.eof {
+			return io.EOF
+		}
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // pick returns the first fault that matches c, and counts it. h.mu is held.
@@ -234,76 +321,12 @@ func (h *faultHook) sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// run runs cmd on the server now.
-func (h *faultHook) run(ctx context.Context, next redis.ProcessHook, cmd redis.Cmder, c call) error {
-	err := next(ctx, cmd)
-	h.ran(c)
-	return err
-}
-
 func (h *faultHook) ran(c call) {
 	h.mu.Lock()
 	onRun := h.onRun
 	h.mu.Unlock()
 	if onRun != nil {
 		onRun(c, time.Now())
-	}
-}
-
-// late runs a copy of cmd on the server when the fault (or a pause) lets
-// it, whether or not the caller is still waiting, and hands the result back
-// if the caller is.
-func (h *faultHook) late(ctx context.Context, next redis.ProcessHook, cmd redis.Cmder, c call, f *fault) error {
-	if f == nil {
-		f = &fault{}
-	}
-	shadow := redis.NewCmd(ctx, cmd.Args()...)
-	detached := context.WithoutCancel(ctx)
-	result := make(chan error, 1)
-	sentAt := time.Now()
-	h.running.Go(func() {
-		execute := func() {
-			if f.before > 0 {
-				time.Sleep(time.Until(sentAt.Add(f.before)))
-			}
-			if !f.notBefore.IsZero() {
-				time.Sleep(time.Until(f.notBefore))
-			}
-			runCtx, cancel := context.WithTimeout(detached, 5*time.Second)
-			shadow.SetErr(next(runCtx, shadow))
-			cancel()
-			h.ran(c)
-		}
-		h.mu.Lock()
-		if h.paused {
-			held := &heldCommand{run: execute, done: make(chan struct{})}
-			h.held = append(h.held, held)
-			h.mu.Unlock()
-			<-held.done
-		} else {
-			h.queued++
-			h.mu.Unlock()
-			// Delayed commands run one at a time, in the order sent, and
-			// the commands sent after them wait their turn.
-			h.serial.Lock()
-			execute()
-			h.serial.Unlock()
-			h.mu.Lock()
-			h.queued--
-			h.mu.Unlock()
-		}
-		if f.drop {
-			return
-		}
-		time.Sleep(f.after)
-		result <- shadow.Err()
-	})
-	select {
-	case err := <-result:
-		copyReply(cmd, shadow)
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 

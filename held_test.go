@@ -288,7 +288,7 @@ func TestGrantLandingAfterItsReleaseIsReleasedAgain(t *testing.T) {
 	}
 	settle(t, c.nodes)
 	// The server thaws and runs the release before the grant.
-	hooks[2].resumeOrdered(func(held []*heldCommand) {
+	hooks[2].resumeOrdered(func(held []*queued) {
 		for i, j := 0, len(held)-1; i < j; i, j = i+1, j-1 {
 			held[i], held[j] = held[j], held[i]
 		}

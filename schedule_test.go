@@ -663,7 +663,8 @@ func (s *schedule) checkOverlaps(holdings []*observed, ends map[string]time.Time
 				s.mu.Unlock()
 				continue
 			}
-			s.violate("(a) %s %s and %s %s were held at once", a.who, short(a.h.value), b.who, short(b.h.value))
+			s.violate("(a) %s %s and %s %s were held at once; the commands that named them:\n%s\n--\n%s", a.who, short(a.h.value), b.who, short(b.h.value),
+				s.callsOf(a.h.value), s.callsOf(b.h.value))
 		}
 	}
 }
@@ -756,7 +757,7 @@ func (s *schedule) closedUnreachable(i int, value string) bool {
 }
 
 // stalls records when the test process itself did not run on time: a
-// ticker's ticks more than stallGap apart. A held context that ends late
+// 1ms ticker's ticks more than stallGap apart. A held context that ends late
 // across such a stall says nothing about the library; Redlock assumes
 // bounded pauses.
 type stalls struct {
@@ -764,7 +765,7 @@ type stalls struct {
 	list []span
 }
 
-const stallGap = 10 * time.Millisecond
+const stallGap = 5 * time.Millisecond
 
 // watchStalls starts watching for stalls until the test ends.
 func watchStalls(t *testing.T) *stalls {
