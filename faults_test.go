@@ -31,6 +31,7 @@ type call struct {
 	px     int64     // SET: the PX argument, or 0
 	round  *round    // the round it belongs to, if it was sent as part of one
 	result string    // what the caller got back, once it did
+	ran    string    // when the server ran it, and what it answered
 }
 
 // fault is what happens to the commands it matches.
@@ -238,7 +239,7 @@ func (h *faultHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		h.calls = append(h.calls, c)
 		f := h.pick(c)
 		h.mu.Unlock()
-		err := h.process(ctx, next, cmd, c, f)
+		err := h.process(ctx, next, cmd, c, f, index)
 		h.mu.Lock()
 		h.calls[index].result = replyText(cmd, err)
 		h.mu.Unlock()
@@ -248,7 +249,7 @@ func (h *faultHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 
 // process sends cmd to the server through the queue, as f has it, and waits
 // for its reply or for ctx.
-func (h *faultHook) process(ctx context.Context, next redis.ProcessHook, cmd redis.Cmder, c call, f *fault) error {
+func (h *faultHook) process(ctx context.Context, next redis.ProcessHook, cmd redis.Cmder, c call, f *fault, index int) error {
 	if f == nil {
 		f = &fault{}
 	}
@@ -267,6 +268,9 @@ func (h *faultHook) process(ctx context.Context, next redis.ProcessHook, cmd red
 		runCtx, cancel := context.WithTimeout(detached, 5*time.Second)
 		shadow.SetErr(next(runCtx, shadow))
 		cancel()
+		h.mu.Lock()
+		h.calls[index].ran = fmt.Sprintf("ran %v after it was sent: %s", time.Since(c.at).Round(time.Microsecond), replyText(shadow, shadow.Err()))
+		h.mu.Unlock()
 		h.ran(c)
 		switch {
 		case f.drop:

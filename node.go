@@ -252,7 +252,7 @@ type leftover struct {
 
 // maxLeftovers bounds the keys remembered per node, for a node that never
 // answers again; the oldest are forgotten first, and expire with their TTL.
-const maxLeftovers = 1024
+const maxLeftovers = 4096
 
 // remember notes that key may still hold value on n; calls to release it
 // wait at most timeout.
@@ -260,6 +260,12 @@ func (n *node) remember(key, value string, timeout time.Duration) {
 	l := &n.leftovers
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	for _, o := range l.list {
+		if o.key == key && o.value == value {
+			o.since, o.proof = time.Now(), time.Time{} // the newest doubt counts
+			return
+		}
+	}
 	if len(l.list) == maxLeftovers {
 		l.list = l.list[1:]
 	}

@@ -334,9 +334,10 @@ func (r *round) nodeErrors(replies []reply) error {
 
 // abandon marks the round as undone: replies from now on are late, and its
 // holding undoes them as they come. It says which nodes had answered in a
-// way that may have left the holding's key (anything but a refusal: a
-// script can fail after it wrote), which must be released now, and of
-// those, which failed so that the command may yet land. Nodes not yet heard
+// way that may have left the holding's key (anything but a refusal or a
+// call never sent: a script can fail after it wrote), which must be
+// released now, and of those, which failed so that the command may yet
+// land. Nodes not yet heard
 // from are left to their late replies.
 func (r *round) abandon() (release, unsure []bool) {
 	r.mu.Lock()
@@ -346,7 +347,7 @@ func (r *round) abandon() (release, unsure []bool) {
 		if !rep.answered || rep.late {
 			continue
 		}
-		if !rep.refused() {
+		if !rep.refused() && !notSent(rep.err) {
 			release = setBit(release, i, len(r.replies))
 		}
 		if maybeRan(rep.err) {

@@ -81,7 +81,7 @@ func TestLifecycleSchedules(t *testing.T) {
 	if len(tally.failed) > 0 {
 		t.Errorf("%d of %d schedules failed: seeds %v", len(tally.failed), count, tally.failed)
 	}
-	t.Logf("%d schedules in %v; %d deleted keys behind a holder's back, with %d overlaps between them; %d keys left by a Client closed while their node had a fault; %d held contexts late while the test process itself stalled",
+	t.Logf("%d schedules in %v; %d deleted keys behind a holder's back, with %d overlaps between them; %d keys left by a Close that could not reach their node; %d held contexts late while the test process itself stalled",
 		count, time.Since(start).Round(time.Millisecond), tally.unsafe, tally.overlapsUnsafe, tally.leftByClose, tally.paused)
 }
 
@@ -726,16 +726,24 @@ func (s *schedule) callsOf(value string) string {
 		if len(result) > 300 {
 			result = result[:300]
 		}
-		lines = append(lines, fmt.Sprintf("%8.1fms node %d %s: %s", float64(c.at.Sub(s.t0).Microseconds())/1000, c.node, c.kind, result))
+		lines = append(lines, fmt.Sprintf("%8.1fms node %d %s: %s (%s)", float64(c.at.Sub(s.t0).Microseconds())/1000, c.node, c.kind, result, c.ran))
 	}
 	return strings.Join(lines, "\n")
 }
 
 // closedUnreachable reports whether value's Client was closed while node i
-// had a fault, or while the test process stalled: Close's last release may
-// not have reached the node in time, and the key is left to expire with its
-// TTL.
+// had a fault or did not answer Close's PING, or while the test process
+// stalled: Close's last release may not have reached the node in time, and
+// the key is left to expire with its TTL.
 func (s *schedule) closedUnreachable(i int, value string) bool {
+	unanswered := func(cl closeSpan) bool {
+		for _, c := range s.hooks[i].sent(isKind("ping")) {
+			if !c.at.Before(cl.start) && !c.at.After(cl.end) && strings.HasPrefix(c.result, "error:") {
+				return true
+			}
+		}
+		return false
+	}
 	var owner *Client
 	for _, h := range s.hooks {
 		for _, c := range h.sent(func(c call) bool { return slices.Contains(c.values, value) }) {
@@ -751,7 +759,7 @@ func (s *schedule) closedUnreachable(i int, value string) bool {
 			continue
 		}
 		// Close's last try waits a node timeout for each node.
-		if s.stalls.during(cl.start, cl.end, s.timeout/2) {
+		if s.stalls.during(cl.start, cl.end, s.timeout/2) || unanswered(cl) {
 			return true
 		}
 		for _, w := range s.windows[i] {
