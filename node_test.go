@@ -236,7 +236,7 @@ func TestLeftoversWaitForAnAnswer(t *testing.T) {
 // without waiting for the node's next answer.
 func TestLeftoverProvenDuringAFlushIsReleased(t *testing.T) {
 	mrs, clients, hooks := faultyServers(t, 3, 15)
-	c := newClient(t, clients, WithTTL(10*time.Second), WithNodeTimeout(500*time.Millisecond), WithLogger(slog.New(&records{})))
+	c := newClient(t, clients, WithTTL(10*time.Second), WithNodeTimeout(2*time.Second), WithLogger(slog.New(&records{})))
 	warm(t, c)
 	for _, n := range c.nodes {
 		if err := forgetScript.Load(t.Context(), n.client).Err(); err != nil {
@@ -260,9 +260,10 @@ func TestLeftoverProvenDuringAFlushIsReleased(t *testing.T) {
 	if !mrs[0].Exists(m1.key) || c.nodes[0].leftovers.count.Load() != 1 {
 		t.Fatal("setup: no leftover on node 0")
 	}
-	// The forget call that releases L1 runs, but its reply takes 300ms.
+	// The forget call that releases L1 runs, but its reply takes 1.5s: the
+	// flush lasts that long, well within the 2s node timeout.
 	isForget := isKind("forget")
-	hooks[0].add(&fault{match: isForget, after: time.Second, times: 1})
+	hooks[0].add(&fault{match: isForget, after: 1500 * time.Millisecond, times: 1})
 	cycle("left-2") // node 0 answers: L1 is proven, a flush starts
 	waitFor(t, "the forget call", func() bool { return len(hooks[0].sent(isForget)) == 1 })
 	// L2: m3's release fails on node 0 while the flush runs; node 0 then
@@ -273,7 +274,11 @@ func TestLeftoverProvenDuringAFlushIsReleased(t *testing.T) {
 	if len(hooks[0].sent(isForget)) != 1 || !mrs[0].Exists(m3.key) {
 		t.Fatal("setup: the flush ended too early")
 	}
-	time.Sleep(2 * time.Second) // the flush ends; nothing else is sent
+	// The flush ends after 1.5s; nothing else is sent. Give it 3s more.
+	deadline := time.Now().Add(4500 * time.Millisecond)
+	for mrs[0].Exists(m3.key) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if mrs[0].Exists(m3.key) {
 		l := &c.nodes[0].leftovers
 		l.mu.Lock()
@@ -284,7 +289,7 @@ func TestLeftoverProvenDuringAFlushIsReleased(t *testing.T) {
 			}
 		}
 		l.mu.Unlock()
-		t.Errorf("node 0 still has %s (TTL %v; miniredis time does not run) 1.2s after the flush ended: %d leftovers remembered, %d of them proven, none being released; forget calls sent: %d",
+		t.Errorf("node 0 still has %s (TTL %v; miniredis time does not run) 3s after the flush ended: %d leftovers remembered, %d of them proven, none being released; forget calls sent: %d",
 			m3.key, mrs[0].TTL(m3.key), l.count.Load(), proven, len(hooks[0].sent(isForget)))
 	}
 }
