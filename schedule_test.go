@@ -71,12 +71,18 @@ func TestLifecycleSchedules(t *testing.T) {
 	}
 	var tally scheduleTally
 	start := time.Now()
+	// Long runs report progress about every tenth of the way (seen as it
+	// happens with -v).
+	every := max(count/10, 500)
 	for first := 0; first < count; first += atOnce {
 		var seeds []uint64
 		for i := first; i < min(first+atOnce, count); i++ {
 			seeds = append(seeds, base+uint64(i))
 		}
 		tally.batch(t, seeds, stalls)
+		if done := first + len(seeds); done%every < len(seeds) && done < count {
+			t.Logf("%d of %d schedules run in %v; %d failed", done, count, time.Since(start).Round(time.Second), len(tally.failed))
+		}
 	}
 	if len(tally.failed) > 0 {
 		t.Errorf("%d of %d schedules failed: seeds %v", len(tally.failed), count, tally.failed)
