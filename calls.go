@@ -29,14 +29,27 @@ var (
 	//go:embed scripts/forget.lua
 	forgetSource string
 
-	acquireScript  = redis.NewScript(acquireSource)
-	fenceScript    = redis.NewScript(fenceSource)
-	enqueueScript  = redis.NewScript(enqueueSource)
-	extendScript   = redis.NewScript(extendSource)
-	releaseScript  = redis.NewScript(releaseSource)
-	identifyScript = redis.NewScript(identifySource)
-	forgetScript   = redis.NewScript(forgetSource)
+	acquireScript  = newScript(acquireSource)
+	fenceScript    = newScript(fenceSource)
+	enqueueScript  = newScript(enqueueSource)
+	extendScript   = newScript(extendSource)
+	releaseScript  = newScript(releaseSource)
+	identifyScript = newScript(identifySource)
+	forgetScript   = newScript(forgetSource)
 )
+
+// script is one of the library's Lua scripts, with its source for EVAL and
+// its SHA1 boxed once, for the first argument of every EVALSHA.
+type script struct {
+	*redis.Script
+	source string
+	hash   any
+}
+
+func newScript(source string) *script {
+	s := redis.NewScript(source)
+	return &script{Script: s, source: source, hash: s.Hash()}
+}
 
 // prepared is a script with its keys and arguments, as the arguments of one
 // EVALSHA command. A round builds it once and every node call shares it: the
@@ -44,16 +57,15 @@ var (
 // again for every node, and it does not send a command again after a dead
 // pooled connection fails it (see send).
 type prepared struct {
-	script *redis.Script
-	source string
+	script *script
 	args   []any
 }
 
-func prepare(script *redis.Script, source string, keys []any, argv ...any) prepared {
+func prepare(s *script, keys []any, argv ...any) prepared {
 	args := make([]any, 0, 3+len(keys)+len(argv))
-	args = append(args, "evalsha", script.Hash(), len(keys))
+	args = append(args, "evalsha", s.hash, len(keys))
 	args = append(args, keys...)
-	return prepared{script: script, source: source, args: append(args, argv...)}
+	return prepared{script: s, args: append(args, argv...)}
 }
 
 // run runs the script on n, with EVAL if the server does not have it yet.
@@ -68,7 +80,7 @@ func (p prepared) runResent(ctx context.Context, n *node) (*redis.Cmd, bool) {
 	cmd, resent := send(ctx, n, redis.NewCmd, p.args)
 	if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		args := slices.Clone(p.args)
-		args[0], args[1] = "eval", p.source
+		args[0], args[1] = "eval", p.script.source
 		var again bool
 		cmd, again = send(ctx, n, redis.NewCmd, args)
 		resent = resent || again
@@ -117,7 +129,7 @@ func (m *Mutex) acquireCall(value string) nodeCall {
 	if !fencing && guard == 0 && !m.client.retries {
 		return func(ctx context.Context, n *node) reply { return setNX(ctx, n, args) }
 	}
-	acquire := prepare(acquireScript, acquireSource, m.args.keyAndFence, value, m.args.ttlMillis, flag(fencing), flag(guard > 0))
+	acquire := prepare(acquireScript, m.args.keyAndFence, value, m.args.ttlMillis, flag(fencing), flag(guard > 0))
 	return func(ctx context.Context, n *node) reply {
 		if fencing || guard > 0 || n.retries {
 			return m.acquireScripted(ctx, n, acquire)
@@ -196,7 +208,7 @@ func (c *Client) noticeRestart(n *node, runID string, uptime int64) {
 
 // fenceCall records token on a node while value still holds the lock there.
 func (m *Mutex) fenceCall(value string, token uint64) nodeCall {
-	fence := prepare(fenceScript, fenceSource, m.args.keyAndFence, value, token)
+	fence := prepare(fenceScript, m.args.keyAndFence, value, token)
 	return func(ctx context.Context, n *node) reply {
 		res, err := fence.run(ctx, n).Int64()
 		return reply{ok: err == nil && res == 1, err: err}
@@ -208,21 +220,32 @@ func (m *Mutex) fenceCall(value string, token uint64) nodeCall {
 // the next live waiter, by publishing its id on the channel of the waiter's
 // Client, which the script finds from the id.
 func (m *Mutex) releaseCall(value, waiter string, wake bool) nodeCall {
-	channelPrefix := ""
+	release := m.prepareRelease(value, waiter, wake)
+	return func(ctx context.Context, n *node) reply { return release.release(ctx, n) }
+}
+
+// The release script's channel prefix argument, boxed once: "" wakes no one.
+var wakeArgs = [2]any{"", wakeChannelPrefix}
+
+// prepareRelease prepares the release script of releaseCall.
+func (m *Mutex) prepareRelease(value, waiter string, wake bool) prepared {
+	channelPrefix := wakeArgs[0]
 	if wake {
-		channelPrefix = wakeChannelPrefix
+		channelPrefix = wakeArgs[1]
 	}
-	release := prepare(releaseScript, releaseSource, m.args.releaseKeys, value, channelPrefix, waiter)
-	return func(ctx context.Context, n *node) reply {
-		cmd, resent := release.runResent(ctx, n)
-		res, err := cmd.Int64()
-		if err == nil && res == 0 && (resent || n.retries) {
-			// The key may be gone because an earlier copy, whose reply was
-			// lost, deleted it: not a sign that the lock was lost.
-			res = 1
-		}
-		return reply{ok: err == nil && res >= 1, woke: err == nil && res == 2, unheard: err == nil && res == 3, err: err}
+	return prepare(releaseScript, m.args.releaseKeys, value, channelPrefix, waiter)
+}
+
+// release runs a prepared release script on n.
+func (p prepared) release(ctx context.Context, n *node) reply {
+	cmd, resent := p.runResent(ctx, n)
+	res, err := cmd.Int64()
+	if err == nil && res == 0 && (resent || n.retries) {
+		// The key may be gone because an earlier copy, whose reply was
+		// lost, deleted it: not a sign that the lock was lost.
+		res = 1
 	}
+	return reply{ok: err == nil && res >= 1, woke: err == nil && res == 2, unheard: err == nil && res == 3, err: err}
 }
 
 // Modes of enqueueCall.
@@ -237,7 +260,7 @@ const (
 func (m *Mutex) enqueueCall(waiter, mode string) nodeCall {
 	key := m.key
 	keys := []any{key + queueSuffix, key, key + markSuffix + waiter}
-	enqueue := prepare(enqueueScript, enqueueSource, keys, waiter, mode, m.aliveTTL().Milliseconds(), m.queueTTL().Milliseconds())
+	enqueue := prepare(enqueueScript, keys, waiter, mode, m.aliveTTL().Milliseconds(), m.queueTTL().Milliseconds())
 	return func(ctx context.Context, n *node) reply {
 		holder, err := enqueue.run(ctx, n).Text()
 		if err == redis.Nil {
@@ -288,7 +311,7 @@ func (m *Mutex) repairCall(value string, until time.Time) nodeCall {
 func (c *Client) identifyCall() nodeCall {
 	mark := c.cfg.keyPrefix + identitySuffix + c.notifier.id
 	return func(ctx context.Context, n *node) reply {
-		identify := prepare(identifyScript, identifySource, []any{mark}, n.index, identityTTL.Milliseconds())
+		identify := prepare(identifyScript, []any{mark}, n.index, identityTTL.Milliseconds())
 		first, err := identify.run(ctx, n).Int64()
 		return reply{ok: err == nil, counter: uint64(first), err: err}
 	}

@@ -444,18 +444,17 @@ func faultyServers(t testing.TB, n int, seed uint64) ([]*miniredis.Miniredis, []
 func scriptKind(shaOrSource string) string {
 	for _, s := range []struct {
 		kind   string
-		script *redis.Script
-		source string
+		script *script
 	}{
-		{"acquire", acquireScript, acquireSource},
-		{"fence", fenceScript, fenceSource},
-		{"release", releaseScript, releaseSource},
-		{"extend", extendScript, extendSource},
-		{"enqueue", enqueueScript, enqueueSource},
-		{"identify", identifyScript, identifySource},
-		{"forget", forgetScript, forgetSource},
+		{"acquire", acquireScript},
+		{"fence", fenceScript},
+		{"release", releaseScript},
+		{"extend", extendScript},
+		{"enqueue", enqueueScript},
+		{"identify", identifyScript},
+		{"forget", forgetScript},
 	} {
-		if shaOrSource == s.script.Hash() || shaOrSource == s.source {
+		if shaOrSource == s.script.Hash() || shaOrSource == s.script.source {
 			return s.kind
 		}
 	}

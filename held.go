@@ -100,15 +100,17 @@ func (h *holding) releaseNow(n *node) {
 	timeout := h.m.cfg.perNodeTimeout()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if rep := h.undo()(ctx, n); rep.err != nil {
+	if rep := h.undo(ctx, n); rep.err != nil {
 		n.remember(h.m.key, h.value, timeout)
 	}
 }
 
-// undo is the call that deletes the holding's key where it is still there,
-// without waking a waiter: the lock was not released by its holder, and a
-// waiter queued behind a real holder must not be woken by it.
-func (h *holding) undo() nodeCall { return h.m.releaseCall(h.value, "", false) }
+// undo deletes the holding's key on n if it is still there, without waking
+// a waiter: the lock was not released by its holder, and a waiter queued
+// behind a real holder must not be woken by it.
+func (h *holding) undo(ctx context.Context, n *node) reply {
+	return h.m.prepareRelease(h.value, "", false).release(ctx, n)
+}
 
 // abandon gives up an attempt that failed: it releases, in the background,
 // the nodes that granted it or whose answer is unknown; nodes that answer

@@ -437,7 +437,7 @@ func TestRepairOfANodeWithAGrantInFlightIsReleased(t *testing.T) {
 		WithLogger(slog.New(&records{})))
 	// Load the scripts and fill the pools first.
 	for _, n := range c.nodes {
-		for _, s := range []*redis.Script{releaseScript, extendScript} {
+		for _, s := range []*script{releaseScript, extendScript} {
 			if err := s.Load(t.Context(), n.client).Err(); err != nil {
 				t.Fatal(err)
 			}

@@ -191,7 +191,7 @@ func panicMessage(f func()) (msg string) {
 func warm(t *testing.T, c *Client) {
 	t.Helper()
 	for _, n := range c.nodes {
-		for _, s := range []*redis.Script{acquireScript, fenceScript, releaseScript, extendScript, enqueueScript, identifyScript} {
+		for _, s := range []*script{acquireScript, fenceScript, releaseScript, extendScript, enqueueScript, identifyScript} {
 			if err := s.Load(t.Context(), n.client).Err(); err != nil {
 				t.Fatal(err)
 			}

@@ -355,7 +355,7 @@ func forget(ctx context.Context, n *node, key string, list []*leftover) error {
 	for i, o := range list {
 		argv[i] = o.value
 	}
-	return prepare(forgetScript, forgetSource, []any{key}, argv...).run(ctx, n).Err()
+	return prepare(forgetScript, []any{key}, argv...).run(ctx, n).Err()
 }
 
 func earliest(a, b time.Time) time.Time {

@@ -248,7 +248,7 @@ func (w *watchdog) extendRound(batch []*dueEntry, start time.Time) ([]tally, out
 		timeout = max(timeout, m.cfg.perNodeTimeout())
 	}
 	timeout += time.Duration(len(batch)-1) * batchKeyTime
-	call := extendCall(prepare(extendScript, extendSource, keys, argv...), len(batch))
+	call := extendCall(prepare(extendScript, keys, argv...), len(batch))
 	tallies := make([]tally, len(batch))
 	// A call is sent again only while every lock it names is held: the
 	// copy would extend them all.
