@@ -77,6 +77,7 @@ type faultHook struct {
 type queued struct {
 	run       func()
 	notBefore time.Time
+	kind      string // the call's kind, as classify names it
 }
 
 func newFaultHook(node int, seed uint64) *faultHook {
@@ -264,7 +265,7 @@ func (h *faultHook) process(ctx context.Context, next redis.ProcessHook, cmd red
 	if f.notBefore.After(notBefore) {
 		notBefore = f.notBefore
 	}
-	q := &queued{notBefore: notBefore, run: func() {
+	q := &queued{notBefore: notBefore, kind: c.kind, run: func() {
 		runCtx, cancel := context.WithTimeout(detached, 5*time.Second)
 		shadow.SetErr(next(runCtx, shadow))
 		cancel()

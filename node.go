@@ -177,10 +177,12 @@ func retriesItself(rc redis.UniversalClient) bool {
 	return true
 }
 
-// answered records how a call to the node ended: hung if it timed out.
-// Any answer also shows that the server has run what it had been sent
-// before, which lets leftovers be released for good.
-func (n *node) answered(err error) {
+// answered records how a call to the node, sent no earlier than sent,
+// ended: hung if it timed out. An answer also shows that the server has run
+// what it had been sent before sent, which lets leftovers remembered before
+// then be released for good. (A reply to an older command may have been
+// written before the server froze, and proves nothing of later ones.)
+func (n *node) answered(err error, sent time.Time) {
 	hung := timedOut(err)
 	n.hung.Store(hung)
 	if hung {
@@ -188,7 +190,7 @@ func (n *node) answered(err error) {
 	}
 	n.lastAnswer.Store(int64(time.Since(epoch)))
 	if n.leftovers.count.Load() > 0 && fromServer(err) {
-		n.leftovers.proven(n)
+		n.leftovers.proven(n, sent)
 	}
 }
 
@@ -230,7 +232,7 @@ func maybeRan(err error) bool {
 // leftovers are keys of ours that may still be on a node although nothing
 // holds them: a grant or a repair whose reply never came back, or a release
 // that got no answer. Such a command may sit unread in a paused server while
-// a release sent after it runs first. Once the node answers anything
+// a release sent after it runs first. Once the node answers a command sent
 // afterwards, it has run whatever it had been sent before; a release sent
 // from then on, and answered, is the last word. Leftovers of one lock are
 // released together, with one call for all their values.
@@ -274,15 +276,15 @@ func (n *node) remember(key, value string, timeout time.Duration) {
 	l.count.Store(int32(len(l.list)))
 }
 
-// proven records that n answered, and releases, in the background, the
-// leftovers that an answer has proven due.
-func (l *leftovers) proven(n *node) {
+// proven records that n answered a call sent no earlier than sent, and
+// releases, in the background, the leftovers remembered before sent.
+func (l *leftovers) proven(n *node, sent time.Time) {
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	due := false
 	for _, o := range l.list {
-		if o.proof.IsZero() && now.After(o.since) {
+		if o.proof.IsZero() && sent.After(o.since) {
 			o.proof = now
 		}
 		due = due || !o.proof.IsZero()

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -137,7 +138,7 @@ func TestBusyHealthyNodeIsNotBounded(t *testing.T) {
 	defer close(release)
 	// Thousands of locks extended at once keep many calls in flight to a
 	// node that answers: only a hung node is held to the small bound.
-	n.answered(nil)
+	n.answered(nil, time.Now())
 	for i := range 2 * maxCallsToHungNode {
 		if !n.start(time.Hour, func() { <-release }) {
 			t.Fatalf("call %d to a healthy node refused; want up to %d", i, maxCallsPerNode)
@@ -216,19 +217,19 @@ func TestLeftoversWaitForAnAnswer(t *testing.T) {
 	n := c.nodes[0]
 	mrs[0].Set(m.key, "stale")
 	n.remember(m.key, "stale", time.Second)
-	n.answered(context.DeadlineExceeded)
+	n.answered(context.DeadlineExceeded, time.Now())
 	settle(t, c.nodes)
 	if !mrs[0].Exists(m.key) {
 		t.Fatal("a timeout counted as the node's answer")
 	}
 	mrs[0].SetError("LOADING simulated")
-	n.answered(redis.Nil) // a reply proves the server is reading
+	n.answered(redis.Nil, time.Now()) // a reply proves the server is reading
 	settle(t, c.nodes)
 	if got := n.leftovers.count.Load(); got != 1 {
 		t.Fatalf("%d leftovers after a failed release; want 1, still remembered", got)
 	}
 	mrs[0].SetError("")
-	n.answered(nil)
+	n.answered(nil, time.Now())
 	waitFor(t, "the leftover to be released", func() bool { return !mrs[0].Exists(m.key) && n.leftovers.count.Load() == 0 })
 }
 
@@ -292,4 +293,64 @@ func TestLeftoverProvenDuringAFlushIsReleased(t *testing.T) {
 		t.Errorf("node 0 still has %s (TTL %v; miniredis time does not run) 3s after the flush ended: %d leftovers remembered, %d of them proven, none being released; forget calls sent: %d",
 			m3.key, mrs[0].TTL(m3.key), l.count.Load(), proven, len(hooks[0].sent(isForget)))
 	}
+}
+
+// A reply that the node sent before it froze, and that arrives late, proves
+// nothing about the commands sent to it since: only the answer to a command
+// sent after a leftover was remembered shows that the node has run the
+// commands sent before. (Found by the third review.)
+func TestLateReplyToAnEarlierCommandIsNoProof(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 41)
+	c := newClient(t, clients, WithTTL(10*time.Second), WithNodeTimeout(300*time.Millisecond))
+	warm(t, c)
+	for _, n := range c.nodes {
+		if err := forgetScript.Load(t.Context(), n.client).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := c.NewMutex("a")
+	// Another owner holds a on nodes 1 and 2: a's attempt fails at once,
+	// with its grant to node 0 in flight.
+	for _, mr := range mrs[1:] {
+		mr.Set(a.key, "another-owner")
+	}
+	// b's grant runs on node 0 at once; its reply takes 1.5s, within b's 3s
+	// node timeout.
+	b := c.NewMutex("b", WithTTL(30*time.Second), WithNodeTimeout(3*time.Second))
+	hooks[0].add(&fault{match: func(c call) bool { return c.kind == "acquire" && c.key == b.key }, after: 1500 * time.Millisecond, times: 1})
+	if _, err := b.TryLockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b's grant to run on node 0", func() bool { return mrs[0].Exists(b.key) })
+	hooks[0].pause() // node 0 freezes, with b's reply on its way
+	if _, err := a.TryLockContext(t.Context()); !errors.Is(err, ErrNotAcquired) {
+		t.Fatalf("a's attempt: %v; want ErrNotAcquired", err)
+	}
+	// a's grant and then its release get no answer (300ms each): a's value
+	// is remembered on node 0. b's reply then arrives (1.5s).
+	waitFor(t, "a's value remembered", func() bool { return c.nodes[0].leftovers.count.Load() == 1 })
+	isB := func(c call) bool { return c.kind == "acquire" && c.key == b.key }
+	waitFor(t, "b's late reply", func() bool { return hooks[0].sent(isB)[0].result != "" })
+	time.Sleep(50 * time.Millisecond) // for a forget call to be sent, if one would be
+	isForget := isKind("forget")
+	if sent := hooks[0].sent(isForget); len(sent) > 0 {
+		t.Errorf("a forget call was sent to the frozen node on the strength of a reply sent before it froze: %v", sent[0].values)
+	}
+	// Node 0 thaws and runs what it was sent while frozen with the grant
+	// last: a thawed server reads its sockets in any order.
+	hooks[0].resumeOrdered(func(batch []*queued) {
+		last := func(q *queued) int {
+			if q.kind == "acquire" {
+				return 1
+			}
+			return 0
+		}
+		slices.SortStableFunc(batch, func(x, y *queued) int { return last(x) - last(y) })
+	})
+	// Node 0 answers later calls; the leftover must be released.
+	b.Unlock()
+	other := c.NewMutex("other")
+	other.Lock()
+	other.Unlock()
+	waitFor(t, "a's key released on node 0", func() bool { return !mrs[0].Exists(a.key) })
 }

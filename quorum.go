@@ -188,9 +188,10 @@ func (c *Client) launch(ctx context.Context, spec roundSpec) *round {
 // call runs the round's call on n, records the reply, and passes it to the
 // round's holding.
 func (r *round) call(n *node) {
+	sent := time.Now()
 	rep := r.spec.call(r, n)
 	if !notSent(rep.err) {
-		n.answered(rep.err)
+		n.answered(rep.err, sent)
 	}
 	late, won := r.record(n.index, rep)
 	r.finished()
