@@ -45,11 +45,15 @@ var (
 	// errTooLate is the reply of a repair that would have been sent too
 	// late to leave any validity.
 	errTooLate = errors.New("not repaired: too little validity left")
+
+	// errEnded is the reply of a grant or repair not sent because its
+	// holding ended while the call waited for the node.
+	errEnded = errors.New("not sent: the attempt or holding had ended")
 )
 
 // notSent reports whether a call that failed with err was never sent.
 func notSent(err error) bool {
-	for _, never := range []error{errTooBusy, errReleaseOnAnswer, errNotRepaired, errTooLate, ErrClosed, redis.ErrClosed} {
+	for _, never := range []error{errTooBusy, errReleaseOnAnswer, errNotRepaired, errTooLate, errEnded, ErrClosed, redis.ErrClosed} {
 		if errors.Is(err, never) {
 			return true
 		}

@@ -83,7 +83,7 @@ func (h *holding) acquire(ctx context.Context) outcome {
 // release, unless the round was won: the key may then be the holding's
 // own, put back by a repair while the grant was on its way.
 func (h *holding) acquireReplied(n *node, rep reply, late, won bool) {
-	if !late || (rep.refused() && !won) {
+	if !late || (rep.refused() && !won) || notSent(rep.err) {
 		return
 	}
 	h.releaseNow(n)

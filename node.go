@@ -152,9 +152,9 @@ func send[C redis.Cmder](ctx context.Context, n *node, newCmd func(context.Conte
 	return cmd, resent
 }
 
-// stillWanted reports whether a round's call may be sent again: not once
-// the holding it extends or repairs has ended, since each copy is a new
-// send.
+// stillWanted reports whether a round's call may still be sent, or sent
+// again: not once the holding it is for has ended, since each copy is a
+// new send.
 func stillWanted(ctx context.Context) bool {
 	r, ok := ctx.(*round)
 	return !ok || r.spec.live == nil || r.spec.live()

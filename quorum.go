@@ -78,8 +78,10 @@ type roundSpec struct {
 	kind    roundKind
 	holding *holding  // the holding of an acquire, release or repair round
 	start   time.Time // when the round was decided on, if not at launch
-	// live, if set, says whether a call may still be sent again after its
-	// connection broke (see send): the holdings it is for are still held.
+	// live, if set, says whether the round's calls are still wanted: the
+	// holdings they are for have not ended. A grant or repair is not sent
+	// once it says no, and no call is sent again after its connection
+	// broke (see send).
 	live func() bool
 }
 
@@ -188,10 +190,17 @@ func (c *Client) launch(ctx context.Context, spec roundSpec) *round {
 // call runs the round's call on n, records the reply, and passes it to the
 // round's holding.
 func (r *round) call(n *node) {
-	sent := time.Now()
-	rep := r.spec.call(r, n)
-	if !notSent(rep.err) {
-		n.answered(rep.err, sent)
+	var rep reply
+	if (r.spec.kind == acquireRound || r.spec.kind == repairRound) && !stillWanted(r) {
+		// The holding ended while the call waited for the node: nothing
+		// writes its key any more.
+		rep = reply{err: errEnded}
+	} else {
+		sent := time.Now()
+		rep = r.spec.call(r, n)
+		if !notSent(rep.err) {
+			n.answered(rep.err, sent)
+		}
 	}
 	late, won := r.record(n.index, rep)
 	r.finished()

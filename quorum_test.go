@@ -154,3 +154,44 @@ func TestOutcomeToken(t *testing.T) {
 		t.Errorf("token() with no counters = %d; want %d", got, want)
 	}
 }
+
+// A grant or a repair whose holding ended while its call waited for the
+// node's worker is not sent: nothing writes the key after the end. (The
+// third review suspected the repair case: the watchdog checks that the
+// holding is held, then launches, and Unlock may begin in between.)
+func TestCallsOfAnEndedHoldingAreNotSent(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 7)
+	c := newClient(t, clients, WithTTL(10*time.Second))
+	m := c.NewMutex("ended")
+	m.Lock()
+	h := m.current.Load()
+	until, _ := h.validity()
+	m.Unlock()
+	settle(t, c.nodes)
+	before := make([]int, len(hooks))
+	for i, hook := range hooks {
+		before[i] = len(hook.sent(nil))
+	}
+	// As if the watchdog had decided on a repair, and the acquisition round
+	// on a grant, just before Unlock began: the calls reach the workers now.
+	timeout := m.cfg.perNodeTimeout()
+	for _, spec := range []roundSpec{
+		{call: m.repairCall(h.value, until), timeout: timeout, kind: repairRound, holding: h, live: h.isHeld},
+		{call: m.acquireCall(h.value), timeout: timeout, kind: acquireRound, holding: h, live: h.acquiringOrHeld},
+	} {
+		heard := 0
+		c.launch(t.Context(), spec).wait(t.Context(), func(int, reply, int) bool {
+			heard++
+			return heard == len(c.nodes)
+		})
+	}
+	settle(t, c.nodes)
+	for i, hook := range hooks {
+		if sent := hook.sent(nil)[before[i]:]; len(sent) > 0 {
+			t.Errorf("node %d: %d calls sent for a holding that had ended, the first %s %v", i, len(sent), sent[0].kind, sent[0].values)
+		}
+	}
+	if n := keysOn(mrs, m.key); n > 0 {
+		t.Errorf("%s on %d nodes after Unlock", m.key, n)
+	}
+}
