@@ -31,6 +31,7 @@ type call struct {
 	px     int64     // SET: the PX argument, or 0
 	round  *round    // the round it belongs to, if it was sent as part of one
 	result string    // what the caller got back, once it did
+	back   time.Time // when the caller got it
 	ran    string    // when the server ran it, and what it answered
 }
 
@@ -242,7 +243,7 @@ func (h *faultHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		h.mu.Unlock()
 		err := h.process(ctx, next, cmd, c, f, index)
 		h.mu.Lock()
-		h.calls[index].result = replyText(cmd, err)
+		h.calls[index].result, h.calls[index].back = replyText(cmd, err), time.Now()
 		h.mu.Unlock()
 		return err
 	}

@@ -39,7 +39,7 @@ type watchdog struct {
 	wake    chan struct{}          // the soonest extension moved earlier
 	free    []*dueEntry            // entries no round refers to, for reuse
 
-	ctx        context.Context // ends when the Client closes: rounds stop waiting
+	ctx        context.Context // ends when the Client closes: no round starts
 	cancel     context.CancelFunc
 	goroutines sync.WaitGroup // the scheduler and its rounds
 }
@@ -171,8 +171,10 @@ func (w *watchdog) takeDue(now time.Time) (batch []*dueEntry, next time.Time) {
 	return batch, now.Add(time.Hour)
 }
 
-// stop ends the watchdog, since the Client is closing: rounds in flight
-// stop waiting and are waited for, and every holding still watched is lost.
+// stop ends the watchdog, since the Client is closing: no round starts, the
+// rounds in flight (each bounded by the node timeout) are waited for, so
+// that no release overtakes a repair, and every holding still watched is
+// lost.
 func (w *watchdog) stop() {
 	w.mu.Lock()
 	w.stopped = true
@@ -260,8 +262,8 @@ func (w *watchdog) extendRound(batch []*dueEntry, start time.Time) ([]tally, out
 		}
 		return true
 	}
-	r := c.launch(w.ctx, roundSpec{call: call, timeout: timeout, start: start, live: live})
-	out := r.wait(w.ctx, func(i int, rep reply, pendingHung int) bool {
+	r := c.launch(context.Background(), roundSpec{call: call, timeout: timeout, start: start, live: live})
+	out := r.wait(context.Background(), func(i int, rep reply, pendingHung int) bool {
 		undecided := 0
 		for j := range tallies {
 			t := &tallies[j]
@@ -327,13 +329,13 @@ func (w *watchdog) repair(h *holding, until time.Time, lostKey []bool) {
 	m := h.m
 	timeout := m.cfg.perNodeTimeout()
 	start := time.Now()
-	if !h.isHeld() {
+	if w.ctx.Err() != nil || !h.isHeld() {
 		return
 	}
-	r := w.c.launch(w.ctx, roundSpec{call: m.repairCall(h.value, until), timeout: timeout, skip: skip, skipWhy: errNotRepaired,
+	r := w.c.launch(context.Background(), roundSpec{call: m.repairCall(h.value, until), timeout: timeout, skip: skip, skipWhy: errNotRepaired,
 		kind: repairRound, holding: h, start: start, live: h.isHeld})
 	heard := 0
-	out := r.wait(w.ctx, func(int, reply, int) bool {
+	out := r.wait(context.Background(), func(int, reply, int) bool {
 		heard++
 		return heard == len(lostKey)
 	})

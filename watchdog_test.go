@@ -242,6 +242,36 @@ func TestUnlockWaitsForARepairInFlight(t *testing.T) {
 	}
 }
 
+// Close stops the watchdog, but the holdings it loses are released only
+// once their repair rounds in flight are over, as Unlock's are.
+func TestCloseWaitsForARepairInFlight(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 23)
+	c := newClient(t, clients, WithTTL(time.Second), WithNodeTimeout(400*time.Millisecond))
+	warm(t, c)
+	m := c.NewMutex("closing")
+	if _, err := m.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "all grants", func() bool { return keysOn(mrs, m.key) == 3 })
+	hooks[0].add(&fault{match: isRepair, after: 150 * time.Millisecond})
+	mrs[0].Del(m.key)
+	waitFor(t, "a repair to be sent", func() bool { return len(hooks[0].sent(isRepair)) > 0 })
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	repair := hooks[0].sent(isRepair)[0]
+	releases := hooks[0].sent(func(c call) bool { return c.kind == "release" && c.key == m.key })
+	if len(releases) == 0 {
+		t.Fatal("no release sent to node 0")
+	}
+	if repair.back.IsZero() || releases[0].at.Before(repair.back) {
+		t.Errorf("the release was sent to node 0 %v before the repair in flight got its reply (%s)", repair.back.Sub(releases[0].at), repair.result)
+	}
+	if mrs[0].Exists(m.key) {
+		t.Errorf("node 0 still has %s after Close", m.key)
+	}
+}
+
 // isRepair matches the commands that put the key back on a node that lost
 // it.
 func isRepair(c call) bool { return c.kind == "repair" }
