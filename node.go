@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -240,16 +241,20 @@ type leftovers struct {
 	count atomic.Int32 // len(list), read on every answer
 
 	mu       sync.Mutex
-	list     []*leftover
+	list     []*leftover              // oldest first
+	byID     map[leftoverID]*leftover // the same, to find one at once
 	flushing bool
 	timeout  time.Duration // of the calls that release them
 }
 
+// leftoverID names a leftover: a key, and a value it may hold.
+type leftoverID struct{ key, value string }
+
 // leftover is one key of ours that may still be on a node.
 type leftover struct {
-	key, value string
-	since      time.Time // when it was remembered
-	proof      time.Time // when the node first answered after since; zero until then
+	leftoverID
+	since time.Time // when it was remembered
+	proof time.Time // when the node first answered after since; zero until then
 }
 
 // maxLeftovers bounds the keys remembered per node, for a node that never
@@ -260,18 +265,23 @@ const maxLeftovers = 4096
 // wait at most timeout.
 func (n *node) remember(key, value string, timeout time.Duration) {
 	l := &n.leftovers
+	id := leftoverID{key, value}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, o := range l.list {
-		if o.key == key && o.value == value {
-			o.since, o.proof = time.Now(), time.Time{} // the newest doubt counts
-			return
-		}
+	if o := l.byID[id]; o != nil {
+		o.since, o.proof = time.Now(), time.Time{} // the newest doubt counts
+		return
 	}
 	if len(l.list) == maxLeftovers {
+		delete(l.byID, l.list[0].leftoverID)
 		l.list = l.list[1:]
 	}
-	l.list = append(l.list, &leftover{key: key, value: value, since: time.Now()})
+	if l.byID == nil {
+		l.byID = make(map[leftoverID]*leftover)
+	}
+	o := &leftover{leftoverID: id, since: time.Now()}
+	l.list = append(l.list, o)
+	l.byID[id] = o
 	l.timeout = max(l.timeout, timeout)
 	l.count.Store(int32(len(l.list)))
 }
@@ -335,7 +345,10 @@ func (l *leftovers) flush(n *node, deadline time.Time) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.list = deleteAll(l.list, done)
+	for _, o := range done {
+		delete(l.byID, o.leftoverID)
+	}
+	l.list = slices.DeleteFunc(l.list, func(o *leftover) bool { return l.byID[o.leftoverID] != o })
 	l.count.Store(int32(len(l.list)))
 	l.flushing = false
 	// A leftover proven while this flush ran, for a lock it did not
@@ -365,25 +378,6 @@ func earliest(a, b time.Time) time.Time {
 		return a
 	}
 	return b
-}
-
-// deleteAll returns list without the elements of gone.
-func deleteAll[T comparable](list, gone []T) []T {
-	out := list[:0]
-	for _, x := range list {
-		keep := true
-		for _, g := range gone {
-			if x == g {
-				keep = false
-				break
-			}
-		}
-		if keep {
-			out = append(out, x)
-		}
-	}
-	clear(list[len(out):])
-	return out
 }
 
 // sweep makes a last attempt, at Close, once no call to n is in flight, to
@@ -419,6 +413,6 @@ func (n *node) sweep(timeout time.Duration) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.list = nil
+	l.list, l.byID = nil, nil
 	l.count.Store(0)
 }
