@@ -95,9 +95,15 @@ func (h *holding) acquireReplied(n *node, rep reply, late, won bool) {
 
 // releaseNow releases the holding's key on n, from n's goroutine. If the
 // release gets no answer, or an error, the key is remembered, to be
-// released again once n answers.
+// released again once n answers. A node that has stopped answering gets
+// no release now, which would only wait out the timeout: the key is
+// remembered at once.
 func (h *holding) releaseNow(n *node) {
 	timeout := h.m.cfg.perNodeTimeout()
+	if n.hung.Load() {
+		n.remember(h.m.key, h.value, timeout)
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if rep := h.undo(ctx, n); rep.err != nil {

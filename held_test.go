@@ -502,3 +502,31 @@ func TestGrantIsNotResentAfterUnlock(t *testing.T) {
 		}
 	}
 }
+
+// A grant whose reply did not come in time from a node that has stopped
+// answering is not released at once, which would only wait out another
+// timeout: it is remembered, and released once the node answers.
+func TestLateGrantOfAHungNodeIsReleasedOnceItAnswers(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 29)
+	c := newClient(t, clients, WithTTL(10*time.Second), WithNodeTimeout(200*time.Millisecond))
+	warm(t, c)
+	m := c.NewMutex("hung")
+	hooks[0].pause() // node 0 stops answering
+	m.Lock()
+	m.Unlock()
+	isGrant := func(c call) bool { return c.kind == "acquire" && c.key == m.key }
+	waitFor(t, "node 0's grant to time out", func() bool { return hooks[0].sent(isGrant)[0].result != "" })
+	settle(t, c.nodes)
+	if sent := hooks[0].sent(func(c call) bool { return c.kind == "release" && c.key == m.key }); len(sent) > 0 {
+		t.Errorf("%d releases sent to node 0 while it did not answer", len(sent))
+	}
+	if n := c.nodes[0].leftovers.count.Load(); n != 1 {
+		t.Fatalf("%d leftovers on node 0; want the grant remembered", n)
+	}
+	hooks[0].resume() // node 0 runs the grant
+	waitFor(t, "the grant to land", func() bool { return mrs[0].Exists(m.key) })
+	other := c.NewMutex("other")
+	other.Lock() // node 0 answers
+	other.Unlock()
+	waitFor(t, "the grant released", func() bool { return !mrs[0].Exists(m.key) })
+}
