@@ -44,7 +44,7 @@
 // acquiring, held, then lost or released. Every master that may have granted
 // a failed, lost or released acquisition gets a release, whenever its grant
 // arrives; a command whose reply never came back is released again once its
-// master has answered anything since.
+// master has answered a command sent after it.
 //
 // A waiter that fails its first attempt joins the lock's queue on every
 // master. A release wakes the waiter at the head of the queue by publishing
