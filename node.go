@@ -254,7 +254,7 @@ type leftoverID struct{ key, value string }
 type leftover struct {
 	leftoverID
 	since time.Time // when it was remembered
-	proof time.Time // when the node first answered after since; zero until then
+	proof time.Time // when the node first answered a command sent after since; zero until then
 }
 
 // maxLeftovers bounds the keys remembered per node, for a node that never
