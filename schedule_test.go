@@ -848,7 +848,8 @@ func latest(a, b time.Time) time.Time {
 
 // checkRepairs checks that Unlock waited for the repairs in flight: none ran
 // on a server after Unlock returned, unless its round gave up waiting for it
-// (a node that did not answer within the node timeout).
+// (a node that did not answer within the node timeout; the late repair is
+// then remembered and released, which (b) checks).
 func (s *schedule) checkRepairs(holdings []*observed) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -863,8 +864,11 @@ func (s *schedule) checkRepairs(holdings []*observed) {
 		if !ok || !c.at.After(end) {
 			continue
 		}
+		// The round gave up on the node when its wait timed out, or when
+		// the call itself did: at the round's deadline the call's timeout
+		// and the round's can come in either order.
 		c.round.mu.Lock()
-		gaveUp := c.round.timedOut
+		gaveUp := c.round.timedOut || timedOut(c.round.replies[c.node].err)
 		c.round.mu.Unlock()
 		if !gaveUp {
 			s.violations = append(s.violations, fmt.Sprintf("(c) node %d: a repair of %s ran %v after Unlock returned", c.node, short(c.values[0]), c.at.Sub(end)))
