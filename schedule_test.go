@@ -743,13 +743,16 @@ func (s *schedule) callsOf(value string) string {
 }
 
 // closedUnreachable reports whether value's Client was closed while node i
-// had a fault or did not answer Close's PING, or while the test process
+// had a fault or did not answer a call in time, or while the test process
 // stalled: Close's last release may not have reached the node in time, and
 // the key is left to expire with its TTL.
 func (s *schedule) closedUnreachable(i int, value string) bool {
+	// A call of Close's that got no answer in time: the node did not
+	// answer Close, and the key is left to its TTL, as documented. A
+	// server's error reply (NOSCRIPT, say) is an answer.
 	unanswered := func(cl closeSpan) bool {
-		for _, c := range s.hooks[i].sent(isKind("ping")) {
-			if !c.at.Before(cl.start) && !c.at.After(cl.end) && strings.HasPrefix(c.result, "error:") {
+		for _, c := range s.hooks[i].sent(nil) {
+			if !c.at.Before(cl.start) && !c.at.After(cl.end) && noAnswer(c.result) {
 				return true
 			}
 		}
@@ -874,4 +877,15 @@ func (s *schedule) checkRepairs(holdings []*observed) {
 			s.violations = append(s.violations, fmt.Sprintf("(c) node %d: a repair of %s ran %v after Unlock returned", c.node, short(c.values[0]), c.at.Sub(end)))
 		}
 	}
+}
+
+// noAnswer reports whether a call's result, as the fault layer records it,
+// says that no reply came: a timeout or a broken or refused connection.
+func noAnswer(result string) bool {
+	for _, sign := range []string{"deadline exceeded", "i/o timeout", "connection refused", "EOF", "connection reset", "broken pipe"} {
+		if strings.Contains(result, sign) {
+			return strings.HasPrefix(result, "error:")
+		}
+	}
+	return false
 }
