@@ -271,7 +271,7 @@ func (s *schedule) draw() {
 func (s *schedule) start() {
 	for i := range s.nodes {
 		mr := miniredis.NewMiniRedis()
-		if err := mr.Start(); err != nil {
+		if err := s.listen(mr); err != nil {
 			panic(err)
 		}
 		// A large pool keeps go-redis from failing dials from its cache of
@@ -504,6 +504,20 @@ func (s *schedule) restartNode(i int) {
 }
 
 func (s *schedule) key() string { return DefaultKeyPrefix + "{" + scheduleLock + "}" }
+
+// listen starts mr on a port below Linux's ephemeral range (32768-60999), so
+// that while the node is stopped no client's outgoing connection can take
+// its port and keep it from restarting there.
+func (s *schedule) listen(mr *miniredis.Miniredis) error {
+	var err error
+	for range 50 {
+		port := 20000 + rand.IntN(12000)
+		if err = mr.StartAddr(fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			return nil
+		}
+	}
+	return err
+}
 
 // maxClockStep bounds one step of the servers' clocks.
 const maxClockStep = 3 * time.Millisecond
