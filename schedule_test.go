@@ -195,8 +195,9 @@ type observed struct {
 	who      string
 	h        *holding
 	acquired time.Time
-	done     time.Time // when held's AfterFunc ran
-	unlocked time.Time // when UnlockContext returned, if it was called
+	done     time.Time     // when held's AfterFunc ran
+	ran      chan struct{} // closed once it has
+	unlocked time.Time     // when UnlockContext returned, if it was called
 }
 
 func (s *schedule) logf(format string, args ...any) {
@@ -341,13 +342,14 @@ func (s *schedule) work(who string, m *Mutex, rng *rand.Rand, stop context.Conte
 // acquired records a successful acquisition.
 func (s *schedule) acquired(who string, held context.Context) *observed {
 	h := held.(*heldContext).h
-	o := &observed{who: who, h: h, acquired: time.Now()}
+	o := &observed{who: who, h: h, acquired: time.Now(), ran: make(chan struct{})}
 	until, token := h.validity()
 	s.logf("%s: acquired %s, valid for %v, token %d", who, short(h.value), time.Until(until).Round(time.Millisecond), token)
 	context.AfterFunc(held, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		o.done = time.Now()
+		close(o.ran)
 	})
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -590,6 +592,15 @@ func (s *schedule) finish() {
 	}
 	for _, h := range s.hooks {
 		h.wait()
+	}
+	// Each held context has ended by now, unless (d) is broken, but the
+	// goroutine that notes when may not have run yet on a loaded machine.
+	wait := time.After(time.Second)
+	for _, o := range s.holdings {
+		select {
+		case <-o.ran:
+		case <-wait:
+		}
 	}
 	s.check()
 	for i, rc := range s.rcs {
