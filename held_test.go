@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -237,7 +238,7 @@ func TestLostLockIsNotExtendedOrRepaired(t *testing.T) {
 	held.(*heldContext).h.busy.Wait()
 	for _, h := range hooks {
 		for _, call := range h.sent(isKind("extend", "acquire", "repair", "set")) {
-			if call.at.After(lostAt) && slicesContains(call.values, value) {
+			if call.at.After(lostAt) && slices.Contains(call.values, value) {
 				t.Errorf("node %d: %s sent %v after the lock was lost", call.node, call.kind, call.at.Sub(lostAt))
 			}
 		}
@@ -489,7 +490,7 @@ func TestGrantIsNotResentAfterUnlock(t *testing.T) {
 	unlockReturned := time.Now()
 	var landed atomic.Bool
 	hooks[2].setOnRun(func(call call, at time.Time) {
-		if call.kind == "acquire" && slicesContains(call.values, value) && mrs[2].Exists(m.key) {
+		if call.kind == "acquire" && slices.Contains(call.values, value) && mrs[2].Exists(m.key) {
 			landed.Store(true)
 		}
 	})
@@ -497,7 +498,7 @@ func TestGrantIsNotResentAfterUnlock(t *testing.T) {
 	settle(t, c.nodes)
 	t.Logf("node 2 has the key after settling: %v", mrs[2].Exists(m.key))
 	for _, call := range hooks[2].sent(isKind("acquire")) {
-		if slicesContains(call.values, value) && call.at.After(unlockReturned) {
+		if slices.Contains(call.values, value) && call.at.After(unlockReturned) {
 			t.Errorf("node 2: SET NX for the ended holding sent %v after UnlockContext returned (result %q; key written: %v)", call.at.Sub(unlockReturned), call.result, landed.Load())
 		}
 	}

@@ -216,15 +216,6 @@ func warm(t *testing.T, c *Client) {
 	settle(t, c.nodes)
 }
 
-func slicesContains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
-
 // valueOf returns the value of the holding whose held context is held.
 func valueOf(_ *Mutex, held context.Context) string {
 	return held.(*heldContext).h.value

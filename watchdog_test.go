@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -189,7 +190,7 @@ func TestUnlockWaitsForAnExtensionInFlight(t *testing.T) {
 	defer mu.Unlock()
 	for _, h := range hooks {
 		for _, rel := range h.sent(isKind("release")) {
-			if !slicesContains(rel.values, value) {
+			if !slices.Contains(rel.values, value) {
 				continue
 			}
 			before := 0
@@ -343,7 +344,7 @@ func TestRepairIsNotResentAfterUnlockBegan(t *testing.T) {
 	}
 	settle(t, c.nodes)
 	for _, call := range hooks[0].sent(isKind("repair")) {
-		if call.at.After(unlockBegan) && slicesContains(call.values, value) {
+		if call.at.After(unlockBegan) && slices.Contains(call.values, value) {
 			t.Errorf("node 0: repair SET NX sent %v after Unlock began (result %q)", call.at.Sub(unlockBegan), call.result)
 		}
 	}
@@ -379,11 +380,7 @@ func TestExtensionIsNotResentThroughAReusedEntry(t *testing.T) {
 	defer b.Unlock()
 	time.Sleep(400 * time.Millisecond)
 	settle(t, c.nodes)
-	for _, call := range hooks[2].sent(isKind("extend")) {
-		if slicesContains(call.values, valueA) && call.at.After(unlockReturned) {
-			t.Errorf("node 2: extension of A (PEXPIRE) sent %v after UnlockContext(A) returned (result %q)", call.at.Sub(unlockReturned), call.result)
-		}
-	}
+	noExtensionAfter(t, hooks[2], valueA, unlockReturned)
 }
 
 // A batched extension whose connection breaks is sent again only while
@@ -415,11 +412,7 @@ func TestBatchedExtensionIsNotResentForAnUnlockedLock(t *testing.T) {
 	unlockReturned := time.Now()
 	time.Sleep(400 * time.Millisecond)
 	settle(t, c.nodes)
-	for _, call := range hooks[2].sent(isKind("extend")) {
-		if slicesContains(call.values, valueA) && call.at.After(unlockReturned) {
-			t.Errorf("node 2: extension of A (PEXPIRE) sent %v after UnlockContext(A) returned (result %q)", call.at.Sub(unlockReturned), call.result)
-		}
-	}
+	noExtensionAfter(t, hooks[2], valueA, unlockReturned)
 }
 
 // The retry warning names a lock of the round, though its queue entry may
@@ -467,5 +460,16 @@ func TestRetryLogNamesALockOfTheRound(t *testing.T) {
 			}
 			return true
 		})
+	}
+}
+
+// noExtensionAfter checks that hook's node was sent no extension of value
+// after since.
+func noExtensionAfter(t *testing.T, hook *faultHook, value string, since time.Time) {
+	t.Helper()
+	for _, call := range hook.sent(isKind("extend")) {
+		if slices.Contains(call.values, value) && call.at.After(since) {
+			t.Errorf("node %d: extension of %s (PEXPIRE) sent %v after UnlockContext returned (result %q)", hook.node, short(value), call.at.Sub(since), call.result)
+		}
 	}
 }
