@@ -347,8 +347,7 @@ func (r *round) nodeErrors(replies []reply) error {
 // way that may have left the holding's key (anything but a refusal or a
 // call never sent: a script can fail after it wrote), which must be
 // released now, and of those, which failed so that the command may yet
-// land. Nodes not yet heard
-// from are left to their late replies.
+// land. Nodes not yet heard from are left to their late replies.
 func (r *round) abandon() (release, unsure []bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
