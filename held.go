@@ -86,6 +86,13 @@ func (h *holding) acquireReplied(n *node, rep reply, late, won bool) {
 	if !late || (rep.refused() && !won) || notSent(rep.err) {
 		return
 	}
+	if timedOut(rep.err) {
+		// The node did not answer the grant in time: a release now would
+		// most likely wait out the timeout too. The grant may land later;
+		// it is released once the node answers.
+		n.remember(h.m.key, h.value, h.m.cfg.perNodeTimeout())
+		return
+	}
 	h.releaseNow(n)
 	if maybeRan(rep.err) {
 		// The grant itself may land later.
@@ -95,15 +102,9 @@ func (h *holding) acquireReplied(n *node, rep reply, late, won bool) {
 
 // releaseNow releases the holding's key on n, from n's goroutine. If the
 // release gets no answer, or an error, the key is remembered, to be
-// released again once n answers. A node that has stopped answering gets
-// no release now, which would only wait out the timeout: the key is
-// remembered at once.
+// released again once n answers.
 func (h *holding) releaseNow(n *node) {
 	timeout := h.m.cfg.perNodeTimeout()
-	if n.hung.Load() {
-		n.remember(h.m.key, h.value, timeout)
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if rep := h.undo(ctx, n); rep.err != nil {

@@ -531,3 +531,42 @@ func TestLateGrantOfAHungNodeIsReleasedOnceItAnswers(t *testing.T) {
 	other.Unlock()
 	waitFor(t, "the grant released", func() bool { return !mrs[0].Exists(m.key) })
 }
+
+// (Found by the fourth review.) A node's hung flag is shared by every call to it. A
+// timeout on one unrelated call, landing between a node's answered grant
+// and the abandon of the lost attempt, makes releaseNow skip the release of
+// a grant that is known to have landed, though the node answers. Nothing
+// releases it until some later command to that node is answered.
+func TestKnownGrantIsReleasedThoughAnotherCallTimedOut(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 7)
+	c := newClient(t, clients, WithTTL(10*time.Second), WithNodeTimeout(200*time.Millisecond))
+	warm(t, c)
+	m := c.NewMutex("m")
+	other := c.NewMutex("other")
+	for _, mr := range mrs[1:] {
+		mr.Set(m.key, "x")
+		mr.Set(other.key, "x")
+	}
+	// other's grant on node 0 runs, but its reply is 1s late: its call times out at 200ms and marks node 0 hung.
+	hooks[0].add(&fault{match: func(cl call) bool { return cl.kind == "acquire" && cl.key == other.key }, after: time.Second, times: 1})
+	// m's refusals from nodes 1 and 2 come after 250ms, so m's attempt is lost after node 0 is marked hung.
+	for _, h := range hooks[1:] {
+		h.add(&fault{match: func(cl call) bool { return cl.kind == "acquire" && cl.key == m.key }, after: 250 * time.Millisecond, times: 1})
+	}
+	go other.TryLockContext(t.Context())
+	time.Sleep(50 * time.Millisecond)
+	_, err := m.TryLockContext(t.Context())
+	if !errors.Is(err, ErrNotAcquired) {
+		t.Fatalf("m: %v", err)
+	}
+	for _, cl := range hooks[0].sent(nil) {
+		t.Logf("node 0: %s %s -> %s", cl.kind, cl.key, cl.result)
+	}
+	time.Sleep(1500 * time.Millisecond) // node 0 answers everything it is sent meanwhile
+	settle(t, c.nodes)
+	rel := hooks[0].sent(func(cl call) bool { return cl.key == m.key && (cl.kind == "release" || cl.kind == "forget") })
+	t.Logf("hung=%v leftovers=%d releases of m to node 0: %d", c.nodes[0].hung.Load(), c.nodes[0].leftovers.count.Load(), len(rel))
+	if mrs[0].Exists(m.key) {
+		t.Errorf("node 0 still holds m's key (TTL %v) from a failed attempt whose grant was answered; %d releases sent", mrs[0].TTL(m.key), len(rel))
+	}
+}
