@@ -101,7 +101,8 @@ func (m *Mutex) Token() uint64 {
 // It returns held, a context derived from ctx that ends when ctx ends, when
 // Unlock is called, or when the lock is lost; in the last case
 // context.Cause(held) wraps ErrLockLost. If ctx ends first, the error wraps
-// ErrNotAcquired and ctx.Err(). Transient node failures are retried; an error
+// ErrNotAcquired, ctx.Err(), and the reasons of the last attempt (ErrTaken,
+// ErrNoQuorum). Transient node failures are retried; an error
 // that retrying cannot fix on enough nodes to rule out a quorum (an ACL denial,
 // a closed client) is returned at once. With WithWaitTimeout the wait also
 // ends after that long, while held stays bounded by ctx alone. When ctx ends
@@ -122,18 +123,23 @@ func (m *Mutex) LockContext(ctx context.Context) (held context.Context, err erro
 }
 
 // TryLockContext makes one attempt to acquire the lock, bounded by ctx and the
-// node timeout. It returns an error wrapping ErrNotAcquired if the lock is
-// taken, locally or remotely, or if too few nodes granted it. On success,
-// held is as for LockContext. It panics if ctx is nil.
+// node timeout. If the attempt fails, its error wraps ErrTaken when another
+// owner holds the lock on some node (or another goroutine of this process
+// holds the Mutex), ErrNoQuorum with the node errors when some nodes failed
+// or did not answer in time, or both; and ctx.Err() if ctx ended. On
+// success, held is as for LockContext. It panics if ctx is nil.
 func (m *Mutex) TryLockContext(ctx context.Context) (held context.Context, err error) {
 	mustContext(ctx)
 	if err := m.usable(); err != nil {
 		return nil, err
 	}
+	if ctx.Err() != nil {
+		return nil, waitEnded(ctx, nil)
+	}
 	select {
 	case m.local <- struct{}{}:
 	default:
-		return nil, fmt.Errorf("%w: held by another goroutine of this process", ErrNotAcquired)
+		return nil, errTakenHere
 	}
 	if !m.client.enter() {
 		<-m.local
@@ -143,6 +149,9 @@ func (m *Mutex) TryLockContext(ctx context.Context) (held context.Context, err e
 	held, _, err = m.attempt(ctx, ctx, "")
 	if err != nil {
 		<-m.local
+		if ctx.Err() != nil {
+			err = waitEnded(ctx, err)
+		}
 		return nil, err
 	}
 	return held, nil
@@ -171,13 +180,11 @@ func (m *Mutex) usable() error {
 func newValue() string { return rand.Text() }
 
 // attempt makes one acquisition round, waiting for it no longer than waitCtx
-// allows; held derives from ctx. On failure the holding releases the nodes
+// allows; held derives from ctx. Its error names the round's reasons, not
+// the end of waitCtx: the caller adds that. On failure the holding releases the nodes
 // that may have granted the lock, and attempt reports whether the failure
 // is permanent. m.local is held.
 func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held context.Context, permanent bool, err error) {
-	if err := waitCtx.Err(); err != nil {
-		return nil, false, waitEnded(waitCtx, nil)
-	}
 	c := m.client
 	if err := c.identify(waitCtx); err != nil {
 		return nil, true, err
@@ -194,7 +201,7 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 		token = out.token()
 		fenced := c.fanOut(waitCtx, m.cfg.perNodeTimeout(), m.fenceCall(h.value, token))
 		if !fenced.won {
-			fenceErr = fmt.Errorf("%w: fencing token %d reached %d of %d nodes: %w", ErrNotAcquired, token, fenced.oks, len(c.nodes), fenced.errs)
+			fenceErr = fmt.Errorf("redlock: fencing token %d reached %d of %d nodes: %w", token, fenced.oks, len(c.nodes), notAcquired(fenced))
 		}
 	}
 	if out.won && fenceErr == nil && time.Now().Before(until) {
@@ -207,13 +214,19 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 	case fenceErr != nil:
 		return nil, false, fenceErr
 	case out.won:
-		return nil, false, fmt.Errorf("%w: acquisition took longer than the TTL allows", ErrNotAcquired)
-	case out.errs != nil:
-		permanent = out.permanentFailures() > len(c.nodes)-quorum(len(c.nodes))
-		return nil, permanent, fmt.Errorf("%w: %d of %d nodes granted it: %w", ErrNotAcquired, out.oks, len(c.nodes), out.errs)
-	default:
-		return nil, false, fmt.Errorf("%w: held by another owner", ErrNotAcquired)
+		return nil, false, fmt.Errorf("%w: acquisition took longer than the TTL allows", ErrNoQuorum)
 	}
+	permanent = out.permanentFailures() > len(c.nodes)-quorum(len(c.nodes))
+	return nil, permanent, notAcquired(out)
+}
+
+// notAcquired is the error of a lost round: its reasons, or if it has none
+// (the wait ended before any node answered) ErrNotAcquired alone.
+func notAcquired(out outcome) error {
+	if err := out.notAcquired(); err != nil {
+		return err
+	}
+	return ErrNotAcquired
 }
 
 // UnlockContext releases the lock: it stops the watchdog, ends the held

@@ -326,20 +326,54 @@ func (r *round) settle(ctxErr error, timedOut bool) outcome {
 func (r *round) nodeErrors(replies []reply) error {
 	var errs []error
 	for i, rep := range replies {
-		n := r.nodes[i]
-		switch {
-		case rep.answered && rep.err != nil:
-			errs = append(errs, n.errorf(rep.err))
-		case rep.answered:
-		case r.ctxErr != nil:
-			errs = append(errs, n.errorf(fmt.Errorf("no answer before the wait ended: %w", r.ctxErr)))
-		case r.timedOut:
-			errs = append(errs, n.errorf(fmt.Errorf("no answer within %v: %w", r.spec.timeout, context.DeadlineExceeded)))
-		case r.hungAtStart != nil && r.hungAtStart[i]:
-			errs = append(errs, n.errorf(fmt.Errorf("not waited for: no answer within %v in an earlier round: %w", r.spec.timeout, context.DeadlineExceeded)))
+		if err := r.nodeError(i, rep); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// nodeError is node i's *NodeError for nodeErrors, or nil.
+func (r *round) nodeError(i int, rep reply) error {
+	n := r.nodes[i]
+	switch {
+	case rep.answered && rep.err != nil:
+		return n.errorf(rep.err)
+	case rep.answered:
+		return nil
+	case r.ctxErr != nil:
+		return n.errorf(fmt.Errorf("no answer before the wait ended: %w", r.ctxErr))
+	case r.timedOut:
+		return n.errorf(fmt.Errorf("no answer within %v: %w", r.spec.timeout, context.DeadlineExceeded))
+	case r.hungAtStart != nil && r.hungAtStart[i]:
+		return n.errorf(fmt.Errorf("not waited for: no answer within %v in an earlier round: %w", r.spec.timeout, context.DeadlineExceeded))
+	}
+	return nil
+}
+
+// notAcquired says why a lost round did not get the lock: ErrTaken if any
+// node refused, and ErrNoQuorum, with the node errors, if any node failed or
+// did not answer in time; both, joined, when both apply. A node not heard
+// from because the caller's wait ended has not failed: the wait's end is
+// reported by itself. It returns nil if no node did either.
+func (o outcome) notAcquired() error {
+	nodes := len(o.replies)
+	var taken, failed error
+	if o.refusals > 0 {
+		taken = fmt.Errorf("%w: %d of %d nodes refused", ErrTaken, o.refusals, nodes)
+	}
+	var errs []error
+	for i, rep := range o.replies {
+		if rep.answered || o.round.ctxErr == nil {
+			if err := o.round.nodeError(i, rep); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if errs != nil {
+		failed = fmt.Errorf("%w: %d of %d nodes granted it: %w", ErrNoQuorum, o.oks, nodes, errors.Join(errs...))
+	}
+	return errors.Join(taken, failed)
 }
 
 // abandon marks the round as undone: replies from now on are late, and its

@@ -48,7 +48,7 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 	select {
 	case m.local <- struct{}{}:
 	case <-waitCtx.Done():
-		return nil, waitEnded(waitCtx, nil)
+		return nil, waitEnded(waitCtx, errTakenHere)
 	}
 	if !m.client.enter() {
 		<-m.local
@@ -82,7 +82,9 @@ func (w *waiter) wait() (context.Context, error) {
 		if permanent {
 			return nil, err
 		}
-		w.last = err
+		if err != ErrNotAcquired || w.last == nil {
+			w.last = err // a round the wait's end cut short says nothing new
+		}
 		if w.waitCtx.Err() != nil || m.client.isClosing() {
 			continue // not a failure to retry: the wait is over
 		}
@@ -246,15 +248,14 @@ func (m *Mutex) leaveQueue(waiter string) {
 	m.client.fanOut(context.Background(), m.cfg.perNodeTimeout(), m.enqueueCall(waiter, dequeue))
 }
 
-// waitEnded is the error of a wait that ctx ended; last is the last
-// attempt's error, kept when nodes failed in it.
+// waitEnded is the error of a wait that ctx ended; last is the error of the
+// last attempt, which says why it failed, or nil.
 func waitEnded(ctx context.Context, last error) error {
 	err := fmt.Errorf("%w: %w", ErrNotAcquired, ctx.Err())
 	if cause := context.Cause(ctx); cause != ctx.Err() {
 		err = fmt.Errorf("%w: %w", err, cause)
 	}
-	var nodeErr *NodeError
-	if errors.As(last, &nodeErr) {
+	if last != nil && last != ErrNotAcquired {
 		err = fmt.Errorf("%w; last attempt: %w", err, last)
 	}
 	return err
