@@ -43,7 +43,11 @@ type holding struct {
 	endedAt time.Time   // when it stopped being held
 	timer   *time.Timer // the Mutex's, which serves one holding at a time
 	cancel  context.CancelCauseFunc
-	unsure  []bool // nodes where a repair may have landed unseen
+	unsure  []bool    // nodes where a repair may have landed unseen
+	limit   time.Time // end of the maximum hold, or zero
+	// endNow is closed when the final release begins, if it was put off
+	// until the validity ends (see loseAtLimit).
+	endNow chan struct{}
 	// The final release, run once, by Unlock or after a loss, whichever
 	// comes first; a second caller waits on endWait, made only then.
 	ending  bool
@@ -51,9 +55,9 @@ type holding struct {
 	endOut  outcome
 	endWait chan struct{}
 
-	// expires is when held should end, in nanoseconds since epoch: lead
-	// before until while held, never otherwise. heldContext reads it
-	// without the lock.
+	// expires is when held should end, in nanoseconds since epoch: the
+	// deadline while held, never otherwise. heldContext reads it without
+	// the lock.
 	expires atomic.Int64
 	// busy counts the extension and repair rounds in flight, which the
 	// final release waits for. Only a held holding is admitted.
@@ -164,10 +168,14 @@ func (h *holding) hold(ctx context.Context, until time.Time, token uint64) conte
 	h.m.client.ends.Add(1) // Done when end finishes
 	h.mu.Lock()
 	h.state, h.until, h.token, h.cancel = held, until, token, cancel
-	h.expires.Store(int64(until.Add(-h.lead).Sub(epoch)))
+	if limit := h.m.cfg.maxHold; limit > 0 {
+		h.limit = h.start.Add(limit)
+	}
+	deadline := h.deadline()
+	h.expires.Store(int64(deadline.Sub(epoch)))
 	h.m.expiring.Store(h)
 	h.timer = h.m.expiry
-	h.timer.Reset(time.Until(until) - h.lead)
+	h.timer.Reset(time.Until(deadline))
 	watched := h.m.client.watchdog.add(h, h.start.Add(h.m.cfg.extendInterval()))
 	h.mu.Unlock()
 	if !watched {
@@ -176,28 +184,53 @@ func (h *holding) hold(ctx context.Context, until time.Time, token uint64) conte
 	return &h.ctx
 }
 
+// deadline is when the holding stops being held unless an extension moves
+// it: lead before the validity ends, or at the maximum hold if that comes
+// first. h.mu is held.
+func (h *holding) deadline() time.Time {
+	deadline := h.until.Add(-h.lead)
+	if !h.limit.IsZero() && h.limit.Before(deadline) {
+		return h.limit
+	}
+	return deadline
+}
+
 // expire ends the holding if its validity is about to end with no quorum
-// confirmed, unless an extension has moved the end since the timer was set.
+// confirmed, or its maximum hold has passed, unless an extension has moved
+// the deadline since the timer was set.
 func (h *holding) expire() {
 	h.mu.Lock()
 	if h.state != held {
 		h.mu.Unlock()
 		return
 	}
-	until := h.until
-	if left := time.Until(until) - h.lead; left > 0 {
+	now := time.Now()
+	if left := h.deadline().Sub(now); left > 0 {
 		h.timer.Reset(left)
 		h.mu.Unlock()
 		return
 	}
+	until := h.until
 	h.mu.Unlock()
+	if now.Before(until.Add(-h.lead)) {
+		h.loseAtLimit(fmt.Errorf("%w: held for its maximum of %v (WithMaxHold)", ErrLockLost, h.m.cfg.maxHold))
+		return
+	}
 	h.lose(fmt.Errorf("%w: no quorum confirmed it before its validity ended at %v", ErrLockLost, until.Format(time.RFC3339Nano)))
 }
 
 // lose ends a held holding with cause: the held context ends at once, and
 // the key is released on every node in the background, once the rounds in
 // flight for it are done.
-func (h *holding) lose(cause error) {
+func (h *holding) lose(cause error) { h.lost(cause, false) }
+
+// loseAtLimit ends a held holding that reached its maximum hold: the held
+// context ends at once, but the key is released only at the end of the
+// validity, or at Unlock or Close if they come first, so that a holder that
+// checks held between steps has the rest of the validity to stop.
+func (h *holding) loseAtLimit(cause error) { h.lost(cause, true) }
+
+func (h *holding) lost(cause error, keepKey bool) {
 	h.mu.Lock()
 	if h.state != held {
 		h.mu.Unlock()
@@ -205,6 +238,11 @@ func (h *holding) lose(cause error) {
 	}
 	h.state, h.cause = lost, cause
 	h.stop()
+	releaseAt := h.until
+	if keepKey {
+		h.endNow = make(chan struct{})
+	}
+	endNow := h.endNow
 	h.mu.Unlock()
 	h.m.client.watchdog.remove(h)
 	h.cancel(cause)
@@ -213,7 +251,27 @@ func (h *holding) lose(cause error) {
 		level = slog.LevelInfo
 	}
 	h.m.cfg.logger.Log(context.Background(), level, "redlock: lock lost", "lock", h.m.name, "cause", cause)
-	go h.end(context.Background()) // counted in the Client's ends since hold
+	// Counted in the Client's ends since hold.
+	if keepKey {
+		go h.endAt(releaseAt, endNow)
+	} else {
+		go h.end(context.Background())
+	}
+}
+
+// endAt makes the final release at the given time, the end of the
+// validity, or at once if the Client closes; unless the release begins
+// before then, at Unlock.
+func (h *holding) endAt(at time.Time, endNow <-chan struct{}) {
+	timer := time.NewTimer(time.Until(at))
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-h.m.client.closingCh:
+	case <-endNow:
+		return
+	}
+	h.end(context.Background())
 }
 
 // stop records the end of being held: no expiry, no held context reading
@@ -254,6 +312,9 @@ func (h *holding) end(ctx context.Context) (out outcome) {
 		return h.waitEnd(ctx)
 	}
 	h.ending = true
+	if h.endNow != nil {
+		close(h.endNow)
+	}
 	h.mu.Unlock()
 	defer func() {
 		h.mu.Lock()
@@ -342,10 +403,11 @@ func (h *holding) admit() bool {
 	return false
 }
 
-// expired reports whether the validity has ended, or is about to: the
-// expiry timer should have fired. h.mu is held.
+// expired reports whether the deadline has passed: the validity has ended,
+// or is about to, or the maximum hold has passed; the expiry timer should
+// have fired. h.mu is held.
 func (h *holding) expired() bool {
-	return !time.Now().Before(h.until.Add(-h.lead))
+	return !time.Now().Before(h.deadline())
 }
 
 func (h *holding) leave() { h.busy.Done() }
@@ -368,7 +430,7 @@ func (h *holding) extended(until time.Time) (time.Time, bool) {
 	}
 	if until.After(h.until) {
 		h.until = until
-		h.expires.Store(int64(until.Add(-h.lead).Sub(epoch)))
+		h.expires.Store(int64(h.deadline().Sub(epoch)))
 	}
 	return h.until, true
 }

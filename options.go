@@ -35,6 +35,7 @@ type config struct {
 	retryDelay       time.Duration
 	retryJitter      time.Duration
 	waitTimeout      time.Duration // 0: LockContext waits until ctx is done
+	maxHold          time.Duration // 0: extended until Unlock
 	keyPrefix        string
 	fencing          bool
 	restartGuard     time.Duration // 0: off
@@ -163,6 +164,25 @@ func WithWaitTimeout(d time.Duration) Option {
 			return
 		}
 		c.waitTimeout = d
+	}
+}
+
+// WithMaxHold bounds how long one acquisition may be held: d after the
+// acquisition began, the watchdog stops extending the lock and the held
+// context ends with a cause that wraps ErrLockLost and names the limit. The
+// key is not deleted then, so that a holder that checks held before each
+// step has the rest of the validity to stop: it expires, or is released,
+// at the end of the last validity a quorum confirmed, at most d plus the
+// TTL after the acquisition began, even if the holder is stuck and never
+// calls Unlock. Unlock releases it at once. Default 0, no limit; it must
+// not be negative.
+func WithMaxHold(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.fail("maximum hold %v must not be negative", d)
+			return
+		}
+		c.maxHold = d
 	}
 }
 
