@@ -287,6 +287,9 @@ func (h *holding) stop() {
 // flight for it are done. It returns what the release learned, and the
 // cause if the holding had been lost.
 func (h *holding) unlock(ctx context.Context) (outcome, error) {
+	// A validity that ended unnoticed (the process paused, say) is a loss,
+	// though the expiry timer has not fired yet.
+	h.overdue()
 	h.mu.Lock()
 	was, cause := h.state, h.cause
 	if was == held {

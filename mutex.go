@@ -241,7 +241,12 @@ func notAcquired(out outcome) error {
 // ctx is nil.
 func (m *Mutex) UnlockContext(ctx context.Context) error {
 	mustContext(ctx)
-	h := m.current.Swap(nil)
+	return m.unlock(ctx, m.current.Swap(nil))
+}
+
+// unlock ends h, which the caller has taken out of m.current, for
+// UnlockContext.
+func (m *Mutex) unlock(ctx context.Context, h *holding) error {
 	if h == nil {
 		return ErrNotHeld
 	}
