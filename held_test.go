@@ -667,6 +667,7 @@ func TestLockPastItsMaxHoldIsReleasedAtUnlockOrClose(t *testing.T) {
 				if err := m.UnlockContext(t.Context()); !errors.Is(err, ErrLockLost) {
 					t.Errorf("UnlockContext = %v; want ErrLockLost", err)
 				}
+				settle(t, c.nodes) // Unlock returns at a quorum
 			} else if err := c.Close(); err != nil {
 				t.Errorf("Close = %v", err)
 			}
