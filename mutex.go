@@ -18,7 +18,7 @@ import (
 type Mutex struct {
 	client *Client
 	name   string
-	key    string // prefix + "{" + name + "}": the lock's keys share a hash slot
+	key    string // prefix + "{" + name + "}", so that the lock's keys share a hash slot; or the name, with WithExactKey
 	cfg    config
 	err    error // bad configuration, reported by every call
 	args   mutexArgs
@@ -42,21 +42,23 @@ type Mutex struct {
 
 // NewMutex returns a Mutex for the lock called name. The options override the
 // Client's for this Mutex. An empty name, a name with a brace (which would
-// break the key's hash tag) or an invalid option is reported by every call on
-// the Mutex: LockContext, TryLockContext and UnlockContext return the error
+// break the key's hash tag; WithExactKey allows it) or an invalid option is
+// reported by every call on the Mutex: LockContext, TryLockContext and UnlockContext return the error
 // and Lock panics with it. NewMutex does not contact Redis.
 func (c *Client) NewMutex(name string, opts ...Option) *Mutex {
 	cfg := c.cfg
 	cfg.errs = nil
 	cfg.apply(opts)
 	err := cfg.validate()
+	key := cfg.keyPrefix + "{" + name + "}"
 	switch {
 	case name == "":
 		err = errors.Join(errors.New("redlock: mutex name is empty"), err)
+	case cfg.exactKey:
+		key = name
 	case strings.ContainsAny(name, "{}"):
-		err = errors.Join(fmt.Errorf("redlock: mutex name %q has a brace, which would break the hash tag of its keys", name), err)
+		err = errors.Join(fmt.Errorf("redlock: mutex name %q has a brace, which would break the hash tag of its keys; WithExactKey takes the name as it is", name), err)
 	}
-	key := cfg.keyPrefix + "{" + name + "}"
 	m := &Mutex{
 		client: c,
 		name:   name,
@@ -176,8 +178,13 @@ func (m *Mutex) usable() error {
 	return nil
 }
 
+// valuePrefix starts every holder's value this package makes, so that a
+// waiter can tell a holder whose release will wake it from a holder of
+// another Redlock client, which will not.
+const valuePrefix = "rl:"
+
 // newValue returns a fresh holder's value: 128 bits from crypto/rand.
-func newValue() string { return rand.Text() }
+func newValue() string { return valuePrefix + rand.Text() }
 
 // attempt makes one acquisition round, waiting for it no longer than waitCtx
 // allows; held derives from ctx. Its error names the round's reasons, not

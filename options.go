@@ -37,6 +37,7 @@ type config struct {
 	waitTimeout      time.Duration // 0: LockContext waits until ctx is done
 	maxHold          time.Duration // 0: extended until Unlock
 	keyPrefix        string
+	exactKey         bool // the name is the key
 	fencing          bool
 	restartGuard     time.Duration // 0: off
 	logger           *slog.Logger
@@ -198,6 +199,21 @@ func WithKeyPrefix(prefix string) Option {
 		}
 		c.keyPrefix = prefix
 	}
+}
+
+// WithExactKey makes the lock's name its Redis key, byte for byte, with no
+// prefix and no braces, so that the Mutex excludes, and is excluded by, any
+// other Redlock client that locks that key: redsync, node-redlock and the
+// Python redlock all hold a lock as a random value set with SET NX PX and
+// release it with a compare-and-delete, as this package does. The lock's
+// other keys are the name plus a suffix (":waiters", ":fence"); on a Redis
+// Cluster they share a hash slot with the lock only if the name has a hash
+// tag of its own, such as "{orders}:lock". Waiters queued here are woken by
+// this package's releases only; behind a holder of another client they poll
+// every retry delay. The key prefix still names the Client's own keys.
+// Default off.
+func WithExactKey() Option {
+	return func(c *config) { c.exactKey = true }
 }
 
 // WithFencing makes every acquisition earn a fencing token, Mutex.Token: a

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	mathrand "math/rand/v2"
+	"strings"
 	"time"
 )
 
@@ -112,8 +113,8 @@ func (w *waiter) ended() error {
 func (w *waiter) queueBehindWoken() {
 	w.listen()
 	delay := handoffGrace
-	if w.m.joinQueue(w.waitCtx, w.id, enqueueLast) {
-		delay = w.pollDelay(true)
+	if holder := w.m.joinQueue(w.waitCtx, w.id, enqueueLast); holder != "" {
+		delay = w.pollDelay(holder)
 	}
 	w.woken = w.await(delay)
 }
@@ -139,21 +140,22 @@ func (w *waiter) join() (delay time.Duration, now bool) {
 		mode = enqueueFirst
 	}
 	w.woken = false
-	heldByOne := w.m.joinQueue(w.waitCtx, w.id, mode)
-	if !heldByOne && !w.retried {
+	holder := w.m.joinQueue(w.waitCtx, w.id, mode)
+	if holder == "" && !w.retried {
 		w.retried = true
 		return 0, true
 	}
 	w.retried = false
-	return w.pollDelay(heldByOne), false
+	return w.pollDelay(holder), false
 }
 
-// pollDelay is how long to wait for a wake-up before trying again: a retry
-// delay, or ten while a holder has the lock and its release will wake the
-// waiter.
-func (w *waiter) pollDelay(heldByOne bool) time.Duration {
+// pollDelay is how long to wait for a wake-up before trying again, given
+// the value that holds the lock on a quorum of nodes, if any: a retry delay,
+// or ten while the holder is one of this package's, whose release will wake
+// the waiter. Other Redlock clients (see WithExactKey) do not.
+func (w *waiter) pollDelay(holder string) time.Duration {
 	delay := w.m.retryDelay()
-	if heldByOne && w.hears {
+	if strings.HasPrefix(holder, valuePrefix) && w.hears {
 		delay *= queuedPollFactor
 	}
 	return delay
@@ -204,10 +206,10 @@ func (m *Mutex) aliveTTL() time.Duration {
 }
 
 // joinQueue puts waiter in the lock's queue (or keeps it there) on the
-// nodes. It reports whether a quorum of nodes says that one holder has the
-// lock, in which case that holder's release will wake a waiter and there is
-// no point trying before then.
-func (m *Mutex) joinQueue(ctx context.Context, waiter, mode string) (heldByOne bool) {
+// nodes. It returns the holder's value if a quorum of nodes says that one
+// holder has the lock, in which case there is no point trying before it is
+// released; "" if not.
+func (m *Mutex) joinQueue(ctx context.Context, waiter, mode string) (holder string) {
 	c := m.client
 	r := c.launch(ctx, roundSpec{call: m.enqueueCall(waiter, mode), timeout: m.cfg.perNodeTimeout()})
 	var holders []string // the value each answering node named
@@ -217,29 +219,32 @@ func (m *Mutex) joinQueue(ctx context.Context, waiter, mode string) (heldByOne b
 		if rep.ok {
 			holders = append(holders, rep.holder)
 		}
-		most := mostCommon(holders)
-		heldByOne = most >= quorum(len(c.nodes))
-		return heldByOne || most+unanswered < quorum(len(c.nodes))
+		most, value := mostCommon(holders)
+		if most >= quorum(len(c.nodes)) {
+			holder = value
+		}
+		return holder != "" || most+unanswered < quorum(len(c.nodes))
 	})
-	return heldByOne
+	return holder
 }
 
-// mostCommon counts the most common non-empty value.
-func mostCommon(values []string) int {
-	most := 0
+// mostCommon returns the most common non-empty value, and its count.
+func mostCommon(values []string) (count int, value string) {
 	for i, v := range values {
 		if v == "" {
 			continue
 		}
-		count := 0
+		n := 0
 		for _, u := range values[i:] {
 			if u == v {
-				count++
+				n++
 			}
 		}
-		most = max(most, count)
+		if n > count {
+			count, value = n, v
+		}
 	}
-	return most
+	return count, value
 }
 
 // leaveQueue takes a waiter that gave up out of the queue. It waits for a
