@@ -11,14 +11,16 @@ import (
 
 // reply is one node's answer in a round.
 type reply struct {
-	ok       bool   // the node did what was asked
-	err      error  // the call failed, or its answer does not count; ok is false
-	answered bool   // the node answered, or its call could not be made
-	late     bool   // it came after the round was abandoned
-	counter  uint64 // acquire: the node's fencing counter; identify: the node index the server saw first
-	woke     bool   // release: the node woke a queued waiter
-	unheard  bool   // release: the node could not publish the wake-up
-	holder   string // enqueue: the value that holds the lock on the node, or ""
+	ok       bool          // the node did what was asked
+	err      error         // the call failed, or its answer does not count; ok is false
+	answered bool          // the node answered, or its call could not be made
+	late     bool          // it came after the round was abandoned
+	counter  uint64        // acquire: the node's fencing counter; identify: the node index the server saw first
+	woke     bool          // release: the node woke a queued waiter
+	unheard  bool          // release: the node could not publish the wake-up
+	holder   string        // enqueue, status: the value that holds the lock on the node, or ""
+	ttl      time.Duration // status: the key's PTTL
+	waiters  int           // status: the live waiters queued on the node
 	// extend: extended[j] says whether the node extended the round's j-th
 	// lock; meaningful where ok.
 	extended []bool
