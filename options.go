@@ -124,10 +124,12 @@ func WithWatchdogInterval(d time.Duration) Option {
 }
 
 // WithRetryDelay sets the base delay between acquisition attempts while the
-// lock is taken. A waiter queued behind a holder is woken by name when the
-// release makes it the next in line, and waits ten times as long between
-// attempts, since then the delay matters only when that message is lost or
-// the holder has died. Default 50ms; it must be positive.
+// lock is taken. A waiter queued behind a holder of this package is woken by
+// name when the release makes it the next in line, and waits ten times as
+// long between attempts, since then the delay matters only when that message
+// is lost or the holder has died; behind a holder of another Redlock client
+// (see WithExactKey), which wakes no one, it waits one delay. Default 50ms;
+// it must be positive.
 func WithRetryDelay(d time.Duration) Option {
 	return func(c *config) {
 		if d <= 0 {
