@@ -30,7 +30,7 @@ func (m *Mutex) Do(ctx context.Context, fn func(held context.Context) error) err
 	returned := false
 	defer func() {
 		if !returned { // fn panicked, or called runtime.Goexit
-			if err := m.release(ctx, h); err != nil {
+			if err := m.release(ctx, h); err != nil && !errors.Is(err, ErrNotHeld) {
 				m.cfg.logger.Warn("redlock: release after a panic in Do incomplete", "lock", m.name, "error", err)
 			}
 		}
@@ -40,10 +40,11 @@ func (m *Mutex) Do(ctx context.Context, fn func(held context.Context) error) err
 	return errors.Join(fnErr, m.release(ctx, h))
 }
 
-// release ends Do's holding h, unless fn already unlocked the Mutex.
+// release ends Do's holding h, unless fn already unlocked the Mutex; then
+// it reports that, with the loss if h had been lost.
 func (m *Mutex) release(ctx context.Context, h *holding) error {
 	if !m.current.CompareAndSwap(h, nil) {
-		return fmt.Errorf("%w: the Mutex was unlocked inside Do", ErrNotHeld)
+		return errors.Join(fmt.Errorf("%w: the Mutex was unlocked inside Do", ErrNotHeld), h.lostCause())
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*m.cfg.perNodeTimeout())
 	defer cancel()

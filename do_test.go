@@ -181,3 +181,56 @@ func TestDoNilArgumentsPanic(t *testing.T) {
 		t.Errorf("Do(nil, fn) panicked with %q; want \"redlock: nil Context\"", msg)
 	}
 }
+
+// TestDoReportsALossThoughFnUnlocked checks that a loss is reported when fn
+// saw it and unlocked the Mutex itself.
+func TestDoReportsALossThoughFnUnlocked(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	m := newClient(t, clients, WithTTL(time.Second), WithWatchdogInterval(50*time.Millisecond)).NewMutex("do")
+	err := m.Do(t.Context(), func(held context.Context) error {
+		waitFor(t, "all grants", func() bool { return keysOn(mrs, m.key) == 3 })
+		for _, mr := range mrs {
+			mr.Del(m.key)
+		}
+		<-held.Done()
+		m.Unlock() // a lost lock is not misuse: Unlock logs and returns
+		return nil
+	})
+	t.Logf("Do = %v", err)
+	if !errors.Is(err, ErrLockLost) {
+		t.Errorf("Do after a loss = %v; want ErrLockLost", err)
+	}
+}
+
+// TestReleaseMissingAQuorumIsNotALoss checks that a release that hears one
+// refusal of three, and does not wait for a node marked hung in an earlier
+// round, does not report a loss: a quorum (nodes 0 and 2) held the key
+// throughout.
+func TestReleaseMissingAQuorumIsNotALoss(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 1)
+	c := newClient(t, clients, WithTTL(10*time.Second), WithNodeTimeout(100*time.Millisecond))
+	m := c.NewMutex("do")
+	err := m.Do(t.Context(), func(held context.Context) error {
+		waitFor(t, "all grants", func() bool { return keysOn(mrs, m.key) == 3 })
+		mrs[1].Del(m.key) // node 1 restarted, say
+		hooks[2].pause()
+		other := c.NewMutex("other")
+		if !other.TryLock() {
+			t.Fatal("other TryLock failed")
+		}
+		waitFor(t, "node 2 marked hung", func() bool { return c.nodes[2].hung.Load() })
+		hooks[2].resume()
+		time.Sleep(50 * time.Millisecond)
+		// Node 2 answers releases within a fifth of the node timeout.
+		hooks[2].add(&fault{match: isKind("release"), before: 20 * time.Millisecond})
+		t.Cleanup(other.Unlock)
+		if held.Err() != nil || !mrs[0].Exists(m.key) || !mrs[2].Exists(m.key) {
+			t.Fatal("setup: the lock should still be held on nodes 0 and 2")
+		}
+		return nil
+	})
+	t.Logf("Do = %v", err)
+	if errors.Is(err, ErrLockLost) {
+		t.Errorf("Do = %v; want no ErrLockLost: a quorum held the key until fn returned", err)
+	}
+}

@@ -21,8 +21,11 @@ var (
 
 	// ErrNoQuorum is the reason of an attempt in which one or more nodes did
 	// not answer in time or answered with an error, so that too few granted
-	// the lock; the node errors are joined with it. It wraps ErrNotAcquired.
-	// An attempt that missed the quorum for both reasons reports both.
+	// the lock; the node errors are joined with it. It is also the reason of
+	// an attempt whose grants came too late to leave any validity, or, with
+	// WithFencing, had vanished from too many nodes when the token was
+	// recorded. It wraps ErrNotAcquired. An attempt that missed the quorum
+	// both for this reason and because of ErrTaken reports both.
 	ErrNoQuorum = fmt.Errorf("%w: nodes failed or did not answer in time", ErrNotAcquired)
 
 	// ErrLockLost is the cause of a held context that ended because the lock

@@ -131,3 +131,35 @@ func TestLastAttemptSaysWhy(t *testing.T) {
 		t.Errorf("LockContext with two nodes down = %v; want ErrNoQuorum and DeadlineExceeded, not ErrTaken", err)
 	}
 }
+
+// ErrTaken means "one or more nodes refused because another owner holds the
+// key". A fencing round refused because this attempt's own key vanished
+// (expired, node restarted) is reported as ErrTaken although no one holds
+// the key anywhere.
+// TestFencingRoundThatFindsNoGrantIsNotTaken checks that a fencing round
+// refused because the grants vanished (expired, a node restarted) is not
+// reported as taken by another owner.
+func TestFencingRoundThatFindsNoGrantIsNotTaken(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 1)
+	c := newClient(t, clients, WithFencing())
+	m := c.NewMutex("f")
+	for i := range 2 {
+		hooks[i].setOnRun(func(cl call, _ time.Time) {
+			if cl.kind == "acquire" {
+				mrs[i].Del(m.key) // the grant vanishes before the fence
+			}
+		})
+	}
+	_, err := m.TryLockContext(t.Context())
+	settle(t, c.nodes)
+	t.Logf("err = %v; key on %d nodes", err, keysOn(mrs, m.key))
+	if err == nil {
+		t.Fatal("TryLockContext succeeded")
+	}
+	if keysOn(mrs, m.key) == 0 && errors.Is(err, ErrTaken) {
+		t.Errorf("no node holds the key, yet the error wraps ErrTaken: %v", err)
+	}
+	if !errors.Is(err, ErrNoQuorum) {
+		t.Errorf("TryLockContext = %v; want ErrNoQuorum: the quorum's grants vanished", err)
+	}
+}

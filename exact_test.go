@@ -130,3 +130,24 @@ func TestWaiterPollsPromptlyBehindAForeignHolder(t *testing.T) {
 	}
 	m.Unlock()
 }
+
+// TestExactKeyOnAClusterNeedsAHashTag checks that on a Redis Cluster a name
+// used as the key must carry a hash tag, or the lock's suffixed keys would
+// land in other slots and its scripts fail.
+func TestExactKeyOnAClusterNeedsAHashTag(t *testing.T) {
+	mrs, _ := servers(t, 1)
+	cluster := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{mrs[0].Addr()}})
+	defer cluster.Close()
+	c := newClient(t, []redis.UniversalClient{cluster}, WithExactKey())
+	for name, ok := range map[string]bool{"{orders}:lock": true, "x{a}": true, "orders": false, "{}orders": false, "a{b": false, "a}b{": false} {
+		err := c.NewMutex(name).err
+		if got := err == nil; got != ok {
+			t.Errorf("NewMutex(%q) on a cluster with WithExactKey: error %v; want ok = %v", name, err, ok)
+		}
+	}
+	plain := redis.NewClient(&redis.Options{Addr: mrs[0].Addr()})
+	defer plain.Close()
+	if err := newClient(t, []redis.UniversalClient{plain}, WithExactKey()).NewMutex("orders").err; err != nil {
+		t.Errorf("NewMutex(%q) on a plain server with WithExactKey: %v; want no error", "orders", err)
+	}
+}

@@ -446,6 +446,13 @@ func (h *holding) acquiringOrHeld() bool {
 	return h.state == acquiring || h.state == held
 }
 
+// lostCause returns why the holding was lost, or nil if it was not.
+func (h *holding) lostCause() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.cause
+}
+
 // isHeld reports whether the holding is still held.
 func (h *holding) isHeld() bool {
 	h.mu.Lock()

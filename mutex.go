@@ -54,6 +54,8 @@ func (c *Client) NewMutex(name string, opts ...Option) *Mutex {
 	switch {
 	case name == "":
 		err = errors.Join(errors.New("redlock: mutex name is empty"), err)
+	case cfg.exactKey && c.sharded && !hasHashTag(name):
+		err = errors.Join(fmt.Errorf("redlock: mutex name %q has no hash tag: on a Redis Cluster, WithExactKey needs one, such as \"{%s}\", so that the lock's other keys share its slot", name, name), err)
 	case cfg.exactKey:
 		key = name
 	case strings.ContainsAny(name, "{}"):
@@ -71,6 +73,18 @@ func (c *Client) NewMutex(name string, opts ...Option) *Mutex {
 	m.expiry = time.AfterFunc(time.Hour, func() { m.expiring.Load().expire() })
 	m.expiry.Stop()
 	return m
+}
+
+// hasHashTag reports whether key has a Redis Cluster hash tag: a non-empty
+// part between the first "{" and the first "}" after it, which alone is
+// hashed, so that the key and the key plus any suffix share a slot.
+func hasHashTag(key string) bool {
+	_, rest, found := strings.Cut(key, "{")
+	if !found {
+		return false
+	}
+	tag, _, found := strings.Cut(rest, "}")
+	return found && tag != ""
 }
 
 // Name returns the name the Mutex was made with.
@@ -208,7 +222,12 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 		token = out.token()
 		fenced := c.fanOut(waitCtx, m.cfg.perNodeTimeout(), m.fenceCall(h.value, token))
 		if !fenced.won {
-			fenceErr = fmt.Errorf("redlock: fencing token %d reached %d of %d nodes: %w", token, fenced.oks, len(c.nodes), notAcquired(fenced))
+			// A node that refuses no longer has the grant (it expired, or
+			// the node restarted): the quorum did not hold.
+			fenceErr = fmt.Errorf("%w: fencing token %d reached %d of %d nodes, %d of which no longer had the grant", ErrNoQuorum, token, fenced.oks, len(c.nodes), fenced.refusals)
+			if fenced.errs != nil {
+				fenceErr = fmt.Errorf("%w: %w", fenceErr, fenced.errs)
+			}
 		}
 	}
 	if out.won && fenceErr == nil && time.Now().Before(until) {
@@ -266,11 +285,9 @@ func (m *Mutex) unlock(ctx context.Context, h *holding) error {
 		return errors.Join(lost, out.errs)
 	case out.won:
 		return nil
-	case out.refusals > 0:
+	case out.refusals >= quorum(nodes):
 		return errors.Join(fmt.Errorf("%w: %d of %d nodes no longer held it at unlock", ErrLockLost, out.refusals, nodes), out.errs)
-	case out.errs != nil:
-		return out.errs
 	default:
-		return fmt.Errorf("redlock: release confirmed by %d of %d nodes, less than a quorum", out.oks, nodes)
+		return errors.Join(fmt.Errorf("redlock: release confirmed by %d of %d nodes, less than a quorum; %d no longer held it", out.oks, nodes, out.refusals), out.errs)
 	}
 }

@@ -210,7 +210,8 @@ func WithKeyPrefix(prefix string) Option {
 // release it with a compare-and-delete, as this package does. The lock's
 // other keys are the name plus a suffix (":waiters", ":fence"); on a Redis
 // Cluster they share a hash slot with the lock only if the name has a hash
-// tag of its own, such as "{orders}:lock". Waiters queued here are woken by
+// tag of its own, such as "{orders}:lock", and a Client with a Cluster or
+// Ring node reports a name without one as an error. Waiters queued here are woken by
 // this package's releases only; behind a holder of another client they poll
 // every retry delay. The key prefix still names the Client's own keys.
 // Default off.

@@ -80,6 +80,9 @@ type roundSpec struct {
 	kind    roundKind
 	holding *holding  // the holding of an acquire, release or repair round
 	start   time.Time // when the round was decided on, if not at launch
+	// waitAll makes the wait hear every node, up to the timeout, even
+	// those that did not answer an earlier round in time.
+	waitAll bool
 	// live, if set, says whether the round's calls are still wanted: the
 	// holdings they are for have not ended. A grant or repair is not sent
 	// once it says no, and no call is sent again after its connection
@@ -246,7 +249,7 @@ func (r *round) wait(ctx context.Context, done func(i int, rep reply, pendingHun
 	oks, fails := 0, 0
 	var ctxErr error
 	timedOut := false
-	decidedYet := decided(0, 0, r.pendingHung, len(r.nodes))
+	decidedYet := !r.spec.waitAll && decided(0, 0, r.pendingHung, len(r.nodes))
 wait:
 	for !decidedYet {
 		select {

@@ -10,11 +10,13 @@ import (
 // Status is what the nodes say of a lock at one moment, as Mutex.Status
 // reads it. Its zero value is a free lock.
 type Status struct {
-	// Held says that a quorum of nodes holds the key for one owner,
-	// whoever it is: this Mutex, another process, or another Redlock
-	// client (see WithExactKey).
+	// Held says that a quorum of nodes holds the key, whoever the owner
+	// is: this Mutex, another process, another Redlock client (see
+	// WithExactKey), or contenders that split the nodes between them, none
+	// with a quorum. The lock cannot be acquired while it is held.
 	Held bool
-	// Mine says that the owner is this Mutex, in its current acquisition.
+	// Mine says that this Mutex holds the lock, in its current acquisition,
+	// on a quorum of nodes.
 	Mine bool
 	// TTL is how long a quorum of the nodes that hold the key will keep
 	// it without an extension: the quorum-th longest of their PTTLs. It is
@@ -46,16 +48,19 @@ func (m *Mutex) Status(ctx context.Context) (Status, error) {
 		return Status{}, ErrClosed
 	}
 	defer c.leave()
+	if err := ctx.Err(); err != nil {
+		return Status{}, fmt.Errorf("redlock: status: %w", err)
+	}
 	heard := 0
-	r := c.launch(ctx, roundSpec{call: m.statusCall(), timeout: m.cfg.perNodeTimeout()})
-	out := r.wait(ctx, func(_ int, _ reply, pendingHung int) bool {
+	r := c.launch(ctx, roundSpec{call: m.statusCall(), timeout: m.cfg.perNodeTimeout(), waitAll: true})
+	out := r.wait(ctx, func(int, reply, int) bool {
 		heard++
-		return heard+pendingHung >= len(c.nodes)
+		return heard == len(c.nodes)
 	})
+	if r.ctxErr != nil {
+		return Status{}, fmt.Errorf("redlock: status: %d of %d nodes had answered: %w", heard, len(c.nodes), r.ctxErr)
+	}
 	if out.oks < quorum(len(c.nodes)) {
-		if err := ctx.Err(); err != nil {
-			return Status{}, fmt.Errorf("redlock: status: %w", err)
-		}
 		return Status{}, fmt.Errorf("redlock: status read from %d of %d nodes, fewer than a quorum: %w", out.oks, len(c.nodes), r.nodeErrors(out.replies))
 	}
 	return m.status(out.replies), nil
@@ -75,21 +80,21 @@ func (m *Mutex) status(replies []reply) Status {
 	var s Status
 	slices.Sort(waiters)
 	s.Waiters = waiters[len(waiters)-quorum(nodes)]
-	count, holder := mostCommon(holders)
-	if count < quorum(nodes) {
-		return s
-	}
-	s.Held = true
-	if h := m.current.Load(); h != nil && h.value == holder && h.isHeld() {
-		s.Mine = true
-	}
 	var ttls []time.Duration
 	for _, rep := range replies {
-		if rep.answered && rep.ok && rep.holder == holder {
+		if rep.answered && rep.ok && rep.holder != "" {
 			ttls = append(ttls, rep.ttl)
 		}
 	}
+	if len(ttls) < quorum(nodes) {
+		return s
+	}
+	s.Held = true
 	slices.Sort(ttls)
 	s.TTL = ttls[len(ttls)-quorum(nodes)]
+	count, holder := mostCommon(holders)
+	if h := m.current.Load(); h != nil && count >= quorum(nodes) && h.value == holder && h.isHeld() {
+		s.Mine = true
+	}
 	return s
 }

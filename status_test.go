@@ -74,10 +74,11 @@ func TestStatus(t *testing.T) {
 	if got := status(m); got.Held {
 		t.Errorf("Status with the key on 1 of 3 nodes = %+v; want not Held", got)
 	}
-	// Keys of different owners on a quorum of nodes are not held either.
+	// Keys of different owners on a quorum of nodes: held, by nobody in
+	// particular, and nobody can acquire it until they expire.
 	mrs[1].Set(m.key, "someone else")
-	if got := status(m); got.Held {
-		t.Errorf("Status with two owners on 1 node each = %+v; want not Held", got)
+	if got := status(m); !got.Held || got.Mine {
+		t.Errorf("Status with two owners on 1 node each = %+v; want Held, not Mine", got)
 	}
 	// A foreign key with no expiry counts as the longest TTL.
 	mrs[1].Set(m.key, "someone")
@@ -108,5 +109,64 @@ func TestStatusOfAClosedClient(t *testing.T) {
 	}
 	if _, err := c.NewMutex("").Status(t.Context()); err == nil {
 		t.Error("Status of a Mutex with an empty name = nil error; want the configuration error")
+	}
+}
+
+// Status waits for every node's answer, each for no longer than the node
+// timeout, even from a node an earlier round marked hung: here nodes 0 and
+// 2 hold the key, and node 2, marked hung, has recovered.
+func TestStatusWaitsForANodeMarkedHung(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 1)
+	c := newClient(t, clients, WithTTL(10*time.Second), WithNodeTimeout(100*time.Millisecond))
+	m := c.NewMutex("s")
+	m.Lock()
+	defer m.Unlock()
+	settle(t, c.nodes)
+	mrs[1].Del(m.key) // node 1 lost the key (restarted, say); nodes 0 and 2 still hold it
+
+	// One call to node 2 times out: node 2 is marked hung.
+	hooks[2].pause()
+	other := c.NewMutex("other")
+	if !other.TryLock() {
+		t.Fatal("other TryLock failed")
+	}
+	defer other.Unlock()
+	waitFor(t, "node 2 marked hung", func() bool { return c.nodes[2].hung.Load() })
+	hooks[2].resume()
+	time.Sleep(50 * time.Millisecond)
+	// Node 2 answers within a fifth of the node timeout from now on.
+	hooks[2].add(&fault{match: isKind("script"), before: 20 * time.Millisecond})
+	if !c.nodes[2].hung.Load() {
+		t.Fatal("node 2 no longer marked hung")
+	}
+
+	start := time.Now()
+	s, err := m.Status(t.Context())
+	t.Logf("Status = %+v, err = %v, took %v; node 2 holds key: %v", s, err, time.Since(start), mrs[2].Exists(m.key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Held || !s.Mine {
+		t.Errorf("Status = %+v; want Held and Mine: nodes 0 and 2 (a quorum) hold this Mutex's key, and node 2 answers within the node timeout", s)
+	}
+}
+
+// Status fails if ctx ends before every node has answered, and at once if
+// it ended before the call.
+func TestStatusWithAnEndedContextFails(t *testing.T) {
+	_, clients := servers(t, 3)
+	c := newClient(t, clients)
+	m := c.NewMutex("s")
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	ok := 0
+	for range 200 {
+		if _, err := m.Status(ctx); err == nil {
+			ok++
+		}
+		settle(t, c.nodes)
+	}
+	if ok > 0 {
+		t.Errorf("Status with a ctx cancelled before the call succeeded %d times of 200; want an error every time", ok)
 	}
 }
