@@ -32,6 +32,7 @@ type holding struct {
 	value  string    // random, unique to this acquisition
 	waiter string    // the id under which it waited in the lock's queue, or ""
 	start  time.Time // start of the acquisition round: the validity counts from here
+	heldAt time.Time // when the round was won; set by hold, read only after
 	lead   time.Duration
 	round  *round // the acquisition round, whose late grants it undoes
 
@@ -165,6 +166,7 @@ func (h *holding) abandon() {
 func (h *holding) hold(ctx context.Context, until time.Time, token uint64) context.Context {
 	inner, cancel := context.WithCancelCause(ctx)
 	h.ctx = heldContext{Context: inner, h: h}
+	h.heldAt = time.Now()
 	h.m.client.ends.Add(1) // Done when end finishes
 	h.mu.Lock()
 	h.state, h.until, h.token, h.cancel = held, until, token, cancel
@@ -179,7 +181,7 @@ func (h *holding) hold(ctx context.Context, until time.Time, token uint64) conte
 	watched := h.m.client.watchdog.add(h, h.start.Add(h.m.cfg.extendInterval()))
 	h.mu.Unlock()
 	if !watched {
-		h.lose(fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
+		h.lose(LostClosed, fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
 	}
 	return &h.ctx
 }
@@ -213,24 +215,20 @@ func (h *holding) expire() {
 	until := h.until
 	h.mu.Unlock()
 	if now.Before(until.Add(-h.lead)) {
-		h.loseAtLimit(fmt.Errorf("%w: held for its maximum of %v (WithMaxHold)", ErrLockLost, h.m.cfg.maxHold))
+		h.lose(LostMaxHold, fmt.Errorf("%w: held for its maximum of %v (WithMaxHold)", ErrLockLost, h.m.cfg.maxHold))
 		return
 	}
-	h.lose(fmt.Errorf("%w: no quorum confirmed it before its validity ended at %v", ErrLockLost, until.Format(time.RFC3339Nano)))
+	h.lose(LostDeadline, fmt.Errorf("%w: no quorum confirmed it before its validity ended at %v", ErrLockLost, until.Format(time.RFC3339Nano)))
 }
 
-// lose ends a held holding with cause: the held context ends at once, and
-// the key is released on every node in the background, once the rounds in
-// flight for it are done.
-func (h *holding) lose(cause error) { h.lost(cause, false) }
-
-// loseAtLimit ends a held holding that reached its maximum hold: the held
-// context ends at once, but the key is released only at the end of the
-// validity, or at Unlock or Close if they come first, so that a holder that
-// checks held between steps has the rest of the validity to stop.
-func (h *holding) loseAtLimit(cause error) { h.lost(cause, true) }
-
-func (h *holding) lost(cause error, keepKey bool) {
+// lose ends a held holding with cause, for the reason why: the held context
+// ends at once, and the key is released on every node in the background,
+// once the rounds in flight for it are done. A holding that reached its
+// maximum hold keeps its key until the end of its validity, or until Unlock
+// or Close if they come first, so that a holder that checks held between
+// steps has the rest of the validity to stop.
+func (h *holding) lose(why LossCause, cause error) {
+	keepKey := why == LostMaxHold
 	h.mu.Lock()
 	if h.state != held {
 		h.mu.Unlock()
@@ -243,6 +241,7 @@ func (h *holding) lost(cause error, keepKey bool) {
 		h.endNow = make(chan struct{})
 	}
 	endNow := h.endNow
+	heldFor := h.endedAt.Sub(h.heldAt)
 	h.mu.Unlock()
 	h.m.client.watchdog.remove(h)
 	h.cancel(cause)
@@ -256,6 +255,9 @@ func (h *holding) lost(cause error, keepKey bool) {
 		go h.endAt(releaseAt, endNow)
 	} else {
 		go h.end(context.Background())
+	}
+	if o := h.m.cfg.observer; o != nil && o.Lost != nil {
+		observe(h.m.cfg.logger, "Lost", o.Lost, LostEvent{Name: h.m.name, Cause: why, Held: heldFor, Err: cause})
 	}
 }
 

@@ -146,20 +146,33 @@ func (m *Mutex) LockContext(ctx context.Context) (held context.Context, err erro
 // success, held is as for LockContext. It panics if ctx is nil.
 func (m *Mutex) TryLockContext(ctx context.Context) (held context.Context, err error) {
 	mustContext(ctx)
+	if m.cfg.observer == nil {
+		held, _, err := m.try(ctx)
+		return held, err
+	}
+	start := time.Now()
+	held, attempts, err := m.try(ctx)
+	m.observeAcquisition(ctx, start, attempts, err)
+	return held, err
+}
+
+// try is TryLockContext without the observer: it also says whether it made
+// an attempt.
+func (m *Mutex) try(ctx context.Context) (held context.Context, attempts int, err error) {
 	if err := m.usable(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if ctx.Err() != nil {
-		return nil, waitEnded(ctx, nil)
+		return nil, 0, waitEnded(ctx, nil)
 	}
 	select {
 	case m.local <- struct{}{}:
 	default:
-		return nil, errTakenHere
+		return nil, 0, errTakenHere
 	}
 	if !m.client.enter() {
 		<-m.local
-		return nil, ErrClosed
+		return nil, 0, ErrClosed
 	}
 	defer m.client.leave()
 	held, _, err = m.attempt(ctx, ctx, "")
@@ -168,9 +181,21 @@ func (m *Mutex) TryLockContext(ctx context.Context) (held context.Context, err e
 		if ctx.Err() != nil {
 			err = waitEnded(ctx, err)
 		}
-		return nil, err
+		return nil, 1, err
 	}
-	return held, nil
+	return held, 1, nil
+}
+
+// observeAcquisition tells the observer, which is set, how an acquiring
+// call that began at start ended.
+func (m *Mutex) observeAcquisition(ctx context.Context, start time.Time, attempts int, err error) {
+	o := m.cfg.observer
+	switch {
+	case err == nil && o.Acquired != nil:
+		observe(m.cfg.logger, "Acquired", o.Acquired, AcquiredEvent{Context: ctx, Name: m.name, Start: start, Wait: time.Since(start), Attempts: attempts, Token: m.Token()})
+	case err != nil && o.NotAcquired != nil:
+		observe(m.cfg.logger, "NotAcquired", o.NotAcquired, NotAcquiredEvent{Context: ctx, Name: m.name, Start: start, Wait: time.Since(start), Attempts: attempts, Err: err})
+	}
 }
 
 // mustContext panics, as the standard library does, on a nil context: it
@@ -277,8 +302,23 @@ func (m *Mutex) unlock(ctx context.Context, h *holding) error {
 		return ErrNotHeld
 	}
 	defer func() { <-m.local }()
+	var start time.Time
+	if m.cfg.observer != nil {
+		start = time.Now()
+	}
 	out, lost := h.unlock(ctx)
 	m.queued.Store(out.woke())
+	err := m.unlockError(out, lost)
+	if o := m.cfg.observer; o != nil && o.Released != nil {
+		observe(m.cfg.logger, "Released", o.Released, ReleasedEvent{Context: ctx, Name: m.name, Start: start, Duration: time.Since(start),
+			Held: start.Sub(h.heldAt), Lost: lost != nil, Err: err})
+	}
+	return err
+}
+
+// unlockError is UnlockContext's error, given what the release learned and
+// the cause of the loss, if the lock had been lost.
+func (m *Mutex) unlockError(out outcome, lost error) error {
 	nodes := len(m.client.nodes)
 	switch {
 	case lost != nil:

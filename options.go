@@ -41,7 +41,8 @@ type config struct {
 	fencing          bool
 	restartGuard     time.Duration // 0: off
 	logger           *slog.Logger
-	noRepair         bool // the watchdog does not repair; only tests set it
+	observer         *Observer // nil: none
+	noRepair         bool      // the watchdog does not repair; only tests set it
 	errs             []error
 }
 

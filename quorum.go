@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,6 +112,9 @@ type round struct {
 	hungAtStart []bool // nodes that had not answered in time in an earlier round
 	pendingHung int    // of those, the ones not heard from yet
 
+	observer *Observer    // the Client's, for NodeError, if it has one
+	logger   *slog.Logger // the Client's
+
 	parent   context.Context
 	deadline time.Time
 	expired  chan struct{} // closed at the deadline
@@ -155,6 +159,7 @@ func (c *Client) launch(ctx context.Context, spec roundSpec) *round {
 		notify:  make(chan int, len(c.nodes)),
 		nodes:   c.nodes, spec: spec, start: start,
 		parent: ctx, deadline: now.Add(spec.timeout), expired: make(chan struct{}),
+		observer: c.cfg.observer, logger: c.cfg.logger,
 	}
 	r.running.Store(int32(len(c.nodes)))
 	r.expiry = time.AfterFunc(spec.timeout, r.expire)
@@ -167,8 +172,8 @@ func (c *Client) launch(ctx context.Context, spec roundSpec) *round {
 			r.pendingHung++
 		}
 	}
+	var busy []*node // nodes to tell the observer of, once c.mu is released
 	c.mu.RLock()
-	defer c.mu.RUnlock()
 	for _, n := range c.nodes {
 		skipped := spec.skip != nil && spec.skip[n.index]
 		if !skipped && !c.closed && n.submit(spec.timeout, task{round: r}) {
@@ -185,9 +190,16 @@ func (c *Client) launch(ctx context.Context, spec roundSpec) *round {
 		}
 		r.record(n.index, reply{err: err})
 		r.finished()
+		if err == errTooBusy && r.observer != nil {
+			busy = append(busy, n)
+		}
 		if !skipped && spec.kind == releaseRound {
 			spec.holding.releaseReplied(n, reply{err: err})
 		}
+	}
+	c.mu.RUnlock()
+	for _, n := range busy {
+		r.observeNodeError(n, errTooBusy)
 	}
 	return r
 }
@@ -205,6 +217,9 @@ func (r *round) call(n *node) {
 		rep = r.spec.call(r, n)
 		if !notSent(rep.err) {
 			n.answered(rep.err, sent)
+			if rep.err != nil && r.observer != nil {
+				r.observeNodeError(n, rep.err)
+			}
 		}
 	}
 	late, won := r.record(n.index, rep)
@@ -216,6 +231,13 @@ func (r *round) call(n *node) {
 		r.spec.holding.releaseReplied(n, rep)
 	case repairRound:
 		r.spec.holding.repairReplied(n, rep)
+	}
+}
+
+// observeNodeError tells the Client's observer of a node call that failed.
+func (r *round) observeNodeError(n *node, err error) {
+	if f := r.observer.NodeError; f != nil {
+		observe(r.logger, "NodeError", f, NodeErrorEvent{Node: n.index, Addr: n.addr, Err: err})
 	}
 }
 

@@ -27,6 +27,7 @@ type waiter struct {
 	retried  bool      // the last attempt was made at once, without waiting
 	logged   bool      // a node error of this wait was logged at Warn
 	last     error     // the last attempt's error
+	attempts int       // attempts made
 }
 
 // queuedPollFactor is how many retry delays a waiter waits between attempts
@@ -43,17 +44,30 @@ const handoffGrace = 5 * time.Millisecond
 // lock acquires the lock, waiting until waitCtx is done; held derives from
 // ctx.
 func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
+	if m.cfg.observer == nil {
+		held, _, err := m.waitFor(ctx, waitCtx)
+		return held, err
+	}
+	start := time.Now()
+	held, attempts, err := m.waitFor(ctx, waitCtx)
+	m.observeAcquisition(ctx, start, attempts, err)
+	return held, err
+}
+
+// waitFor is lock without the observer: it also says how many attempts it
+// made.
+func (m *Mutex) waitFor(ctx, waitCtx context.Context) (context.Context, int, error) {
 	if err := m.usable(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	select {
 	case m.local <- struct{}{}:
 	case <-waitCtx.Done():
-		return nil, waitEnded(waitCtx, errTakenHere)
+		return nil, 0, waitEnded(waitCtx, errTakenHere)
 	}
 	if !m.client.enter() {
 		<-m.local
-		return nil, ErrClosed
+		return nil, 0, ErrClosed
 	}
 	defer m.client.leave()
 	w := &waiter{m: m, ctx: ctx, waitCtx: waitCtx}
@@ -62,7 +76,7 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 	if err != nil {
 		<-m.local
 	}
-	return held, err
+	return held, w.attempts, err
 }
 
 // wait makes attempts until one succeeds, one fails in a way retrying
@@ -76,6 +90,7 @@ func (w *waiter) wait() (context.Context, error) {
 		if err := w.ended(); err != nil {
 			return nil, err
 		}
+		w.attempts++
 		held, permanent, err := m.attempt(w.waitCtx, w.ctx, w.id)
 		if err == nil {
 			return held, nil
