@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,7 +34,9 @@ import (
 //	(e) no goroutine is left (checked after each batch of schedules run at
 //	    once);
 //	(f) Do returned an error wrapping ErrLockLost whenever the lock was lost
-//	    by the time its func returned, and nil only if it was not lost.
+//	    by the time its func returned, and nil only if it was not lost;
+//	(g) the Observer heard one Acquired per acquisition, and each ended
+//	    once: with Lost, or with a Released that was not lost.
 //
 // Some schedules set WithMaxHold, and some of the Mutexes' sections use Do.
 //
@@ -162,6 +165,7 @@ type schedule struct {
 	mu          sync.Mutex
 	events      []string
 	holdings    []*observed
+	observed    eventCounts
 	maxHold     time.Duration // 0: none
 	unsafe      bool          // keys were deleted behind a holder's back
 	overlaps    int           // in an unsafe schedule
@@ -259,7 +263,7 @@ func (s *schedule) draw() {
 	s.duration = s.ttl/2 + time.Duration(s.rng.Int64N(int64(2*s.ttl)))
 	// A wide drift allowance: the schedules test the lifecycle, not how
 	// late a loaded machine's timers fire.
-	s.opts = []Option{WithTTL(s.ttl), WithNodeTimeout(s.timeout), WithDriftFactor(0.1),
+	s.opts = []Option{WithObserver(s.observed.observer()), WithTTL(s.ttl), WithNodeTimeout(s.timeout), WithDriftFactor(0.1),
 		WithRetryDelay(time.Duration(1+s.rng.IntN(20)) * time.Millisecond), WithRetryJitter(5 * time.Millisecond),
 		WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}
 	if s.rng.IntN(2) == 0 {
@@ -662,11 +666,40 @@ func (s *schedule) finish() {
 	}
 }
 
+// eventCounts counts the Observer's events of a schedule.
+type eventCounts struct {
+	acquired, lost, released, releasedLost atomic.Int64
+}
+
+func (e *eventCounts) observer() *Observer {
+	return &Observer{
+		Acquired: func(AcquiredEvent) { e.acquired.Add(1) },
+		Lost:     func(LostEvent) { e.lost.Add(1) },
+		Released: func(r ReleasedEvent) {
+			if r.Lost {
+				e.releasedLost.Add(1)
+			} else {
+				e.released.Add(1)
+			}
+		},
+	}
+}
+
+// checkEvents checks (g), once every Client is closed.
+func (s *schedule) checkEvents(holdings int) {
+	e := &s.observed
+	acquired, lost, released, releasedLost := e.acquired.Load(), e.lost.Load(), e.released.Load(), e.releasedLost.Load()
+	if acquired != int64(holdings) || lost+released != acquired || releasedLost > lost {
+		s.violate("(g) %d acquisitions seen; events: %d Acquired, %d Lost, %d Released not lost, %d Released lost", holdings, acquired, lost, released, releasedLost)
+	}
+}
+
 // check checks invariants (a) to (d).
 func (s *schedule) check() {
 	s.mu.Lock()
 	holdings := slices.Clone(s.holdings)
 	s.mu.Unlock()
+	s.checkEvents(len(holdings))
 	ends := make(map[string]time.Time)
 	for _, o := range holdings {
 		ends[o.h.value] = s.checkEnd(o)
