@@ -55,6 +55,12 @@
 // WithExactKey the name is the key, so that redsync, node-redlock and the
 // Python redlock exclude, and are excluded by, a Mutex on the same name.
 //
+// WithObserver reports each lock's events (acquired, not acquired, released,
+// extended, lost with its cause, and node errors) to optional funcs, which
+// cost nothing when unset; the nested module
+// github.com/seed62cefe0a/redlock/otel turns them into OpenTelemetry
+// metrics and spans. Logs go to a *slog.Logger (WithLogger).
+//
 // A waiter that fails its first attempt joins the lock's queue on every
 // master. A release wakes the waiter at the head of the queue by publishing
 // its id on its Client's own channel, so one release costs one new attempt
