@@ -47,7 +47,7 @@ type holding struct {
 	unsure  []bool    // nodes where a repair may have landed unseen
 	limit   time.Time // end of the maximum hold, or zero
 	// endNow is closed when the final release begins, if it was put off
-	// until the validity ends (see loseAtLimit).
+	// until the validity ends (see lose).
 	endNow chan struct{}
 	// The final release, run once, by Unlock or after a loss, whichever
 	// comes first; a second caller waits on endWait, made only then.

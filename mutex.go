@@ -43,8 +43,9 @@ type Mutex struct {
 // NewMutex returns a Mutex for the lock called name. The options override the
 // Client's for this Mutex. An empty name, a name with a brace (which would
 // break the key's hash tag; WithExactKey allows it) or an invalid option is
-// reported by every call on the Mutex: LockContext, TryLockContext and UnlockContext return the error
-// and Lock panics with it. NewMutex does not contact Redis.
+// reported by every call on the Mutex: LockContext, TryLockContext and
+// UnlockContext return the error and Lock panics with it. NewMutex does not
+// contact Redis.
 func (c *Client) NewMutex(name string, opts ...Option) *Mutex {
 	cfg := c.cfg
 	cfg.errs = nil
@@ -227,10 +228,13 @@ func newValue() string { return valuePrefix + rand.Text() }
 
 // attempt makes one acquisition round, waiting for it no longer than waitCtx
 // allows; held derives from ctx. Its error names the round's reasons, not
-// the end of waitCtx: the caller adds that. On failure the holding releases the nodes
-// that may have granted the lock, and attempt reports whether the failure
-// is permanent. m.local is held.
+// the end of waitCtx: the caller adds that. On failure the holding releases
+// the nodes that may have granted the lock, and attempt reports whether the
+// failure is permanent. m.local is held.
 func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held context.Context, permanent bool, err error) {
+	if waitCtx.Err() != nil {
+		return nil, false, ErrNotAcquired // no attempt: the caller says why
+	}
 	c := m.client
 	if err := c.identify(waitCtx); err != nil {
 		return nil, true, err
