@@ -81,7 +81,9 @@ func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 			seenAddr[addr] = i
 		}
 		unaddressed = unaddressed || len(addrs) == 0
-		nodes = append(nodes, newNode(i, strings.Join(addrs, ","), rc, closing))
+		n := newNode(i, strings.Join(addrs, ","), rc, closing)
+		n.observer, n.logger = cfg.observer, cfg.logger
+		nodes = append(nodes, n)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err

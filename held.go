@@ -63,7 +63,10 @@ type holding struct {
 	// busy counts the extension and repair rounds in flight, which the
 	// final release waits for. Only a held holding is admitted.
 	busy sync.WaitGroup
-	ctx  heldContext
+	// observing counts the Lost event in delivery, which Unlock waits for
+	// before it reports the release.
+	observing sync.WaitGroup
+	ctx       heldContext
 }
 
 // newHolding starts an acquisition for m.
@@ -113,6 +116,7 @@ func (h *holding) releaseNow(n *node) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if rep := h.undo(ctx, n); rep.err != nil {
+		n.failed(rep.err)
 		n.remember(h.m.key, h.value, timeout)
 	}
 }
@@ -242,6 +246,10 @@ func (h *holding) lose(why LossCause, cause error) {
 	}
 	endNow := h.endNow
 	heldFor := h.endedAt.Sub(h.heldAt)
+	o := h.m.cfg.observer
+	if o != nil && o.Lost != nil {
+		h.observing.Add(1)
+	}
 	h.mu.Unlock()
 	h.m.client.watchdog.remove(h)
 	h.cancel(cause)
@@ -256,8 +264,20 @@ func (h *holding) lose(why LossCause, cause error) {
 	} else {
 		go h.end(context.Background())
 	}
-	if o := h.m.cfg.observer; o != nil && o.Lost != nil {
+	if o != nil && o.Lost != nil {
+		defer h.observing.Done()
 		observe(h.m.cfg.logger, "Lost", o.Lost, LostEvent{Name: h.m.name, Cause: why, Held: heldFor, Err: cause})
+	}
+}
+
+// lostAtRelease records that the release found the key gone from a quorum
+// of nodes, though the holding was held when it began: the lock had been
+// lost unnoticed.
+func (h *holding) lostAtRelease(cause error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.cause == nil {
+		h.cause = cause
 	}
 }
 

@@ -148,18 +148,21 @@ func (m *Mutex) LockContext(ctx context.Context) (held context.Context, err erro
 func (m *Mutex) TryLockContext(ctx context.Context) (held context.Context, err error) {
 	mustContext(ctx)
 	if m.cfg.observer == nil {
-		held, _, err := m.try(ctx)
+		held, _, err := m.try(ctx, time.Time{})
 		return held, err
 	}
 	start := time.Now()
-	held, attempts, err := m.try(ctx)
-	m.observeAcquisition(ctx, start, attempts, err)
+	held, attempts, err := m.try(ctx, start)
+	if err != nil {
+		m.observeAcquisition(ctx, start, attempts, err)
+	}
 	return held, err
 }
 
-// try is TryLockContext without the observer: it also says whether it made
-// an attempt.
-func (m *Mutex) try(ctx context.Context) (held context.Context, attempts int, err error) {
+// try is TryLockContext, which began at start: it tells the observer of an
+// acquisition before the Client can close, and leaves a failure to
+// TryLockContext. It also says whether it made an attempt.
+func (m *Mutex) try(ctx context.Context, start time.Time) (held context.Context, attempts int, err error) {
 	if err := m.usable(); err != nil {
 		return nil, 0, err
 	}
@@ -183,6 +186,9 @@ func (m *Mutex) try(ctx context.Context) (held context.Context, attempts int, er
 			err = waitEnded(ctx, err)
 		}
 		return nil, 1, err
+	}
+	if m.cfg.observer != nil {
+		m.observeAcquisition(ctx, start, 1, nil)
 	}
 	return held, 1, nil
 }
@@ -313,9 +319,19 @@ func (m *Mutex) unlock(ctx context.Context, h *holding) error {
 	out, lost := h.unlock(ctx)
 	m.queued.Store(out.woke())
 	err := m.unlockError(out, lost)
-	if o := m.cfg.observer; o != nil && o.Released != nil {
-		observe(m.cfg.logger, "Released", o.Released, ReleasedEvent{Context: ctx, Name: m.name, Start: start, Duration: time.Since(start),
-			Held: start.Sub(h.heldAt), Lost: lost != nil, Err: err})
+	foundLost := lost == nil && !out.won && out.refusals >= quorum(len(m.client.nodes))
+	if foundLost {
+		h.lostAtRelease(err)
+	}
+	if o := m.cfg.observer; o != nil {
+		h.observing.Wait() // a Lost event comes before the Released
+		if foundLost && o.Lost != nil {
+			observe(m.cfg.logger, "Lost", o.Lost, LostEvent{Name: m.name, Cause: LostRefused, Held: start.Sub(h.heldAt), Err: err})
+		}
+		if o.Released != nil {
+			observe(m.cfg.logger, "Released", o.Released, ReleasedEvent{Context: ctx, Name: m.name, Start: start, Duration: time.Since(start),
+				Held: start.Sub(h.heldAt), Lost: lost != nil || foundLost, Err: err})
+		}
 	}
 	return err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"slices"
 	"sync"
@@ -39,6 +40,9 @@ type node struct {
 	// cleared by any answer. Rounds do not wait for hung nodes to decide
 	// that they are lost.
 	hung atomic.Bool
+	// observer and logger are the Client's, for NodeError events.
+	observer *Observer
+	logger   *slog.Logger
 	// calls owns the node's goroutines; its limit is maxCallsPerNode.
 	calls errgroup.Group
 	// inFlight counts the calls running in calls.
@@ -63,6 +67,14 @@ func newNode(i int, addr string, rc redis.UniversalClient, closing <-chan struct
 	n.calls.SetLimit(maxCallsPerNode)
 	n.lastAnswer.Store(int64(time.Since(epoch))) // not hung before it is tried
 	return n
+}
+
+// failed tells the Client's observer, if it has one, that a call to n
+// failed or got no answer in time.
+func (n *node) failed(err error) {
+	if n.observer != nil && n.observer.NodeError != nil {
+		observe(n.logger, "NodeError", n.observer.NodeError, NodeErrorEvent{Node: n.index, Addr: n.addr, Err: err})
+	}
 }
 
 // A task is one call to a node: a round's call, or any other.
@@ -336,6 +348,9 @@ func (l *leftovers) flush(n *node, deadline time.Time) {
 		ctx, cancel := context.WithDeadline(context.Background(), earliest(deadline, time.Now().Add(timeout)))
 		err := forget(ctx, n, key, byKey[key])
 		cancel()
+		if err != nil {
+			n.failed(err)
+		}
 		if err == nil {
 			done = append(done, byKey[key]...)
 		}
@@ -393,7 +408,11 @@ func (n *node) sweep(timeout time.Duration) {
 	answered := false
 	for !answered && time.Now().Before(deadline) {
 		ctx, cancel := context.WithDeadline(context.Background(), earliest(deadline, time.Now().Add(timeout)))
-		answered = fromServer(n.client.Ping(ctx).Err())
+		err := n.client.Ping(ctx).Err()
+		answered = fromServer(err)
+		if err != nil {
+			n.failed(err)
+		}
 		if !answered {
 			<-ctx.Done() // a refused connection fails at once: try again a timeout later
 		}

@@ -166,6 +166,7 @@ func (n *notifier) run(sub *subscription) {
 			cancel()
 			pinged = true
 		case err != nil:
+			sub.node.failed(err)
 			denied := isDenied(err)
 			n.update(sub, func(s *subscription) { s.confirmed, s.denied = false, denied })
 			wait := backoff

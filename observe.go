@@ -15,7 +15,11 @@ import (
 // timing: the watchdog's, which extends every lock of the Client, and the
 // expiry timer's. A func must therefore return quickly and must not block:
 // record a metric, end a span, or hand the event to a goroutine of your own.
-// It must not call the Mutex's methods. A panic in a func is recovered and
+// It must not call methods of the Client or of its mutexes, which may wait
+// for it. The events of one acquisition come in order: Acquired, then at
+// most one Lost, then Released if Unlock is called; a Lost can come before
+// its Acquired only if the validity ran out before the acquiring call
+// returned (the process paused). A panic in a func is recovered and
 // logged at Error with the event's name, and the lock carries on as if the
 // func had returned.
 type Observer struct {
@@ -30,11 +34,15 @@ type Observer struct {
 	// lock, on the caller's goroutine, whether or not the lock had been lost.
 	Released func(ReleasedEvent)
 	// Extended is called once per lock for each extension round, on the
-	// watchdog's goroutine, when the round's outcome for that lock is known.
+	// watchdog's goroutine, when the round's outcome for that lock is known,
+	// unless the lock is no longer held by then.
 	Extended func(ExtendedEvent)
 	// Lost is called once when a held lock is lost, on the goroutine that
 	// found out: the expiry timer's, the watchdog's, Close's, or one that
-	// called held.Err, held.Done or Unlock after the validity had ended.
+	// called held.Err, held.Done or Unlock after the validity had ended,
+	// or Unlock's when its release finds the key gone from a quorum of
+	// nodes (LostRefused). It comes after held has ended, and before the
+	// Released event of the same acquisition: Unlock waits for it.
 	Lost func(LostEvent)
 	// NodeError is called for each call to a node that failed or did not
 	// answer in time, on that node's goroutine, or for a node that has too
@@ -69,8 +77,11 @@ type ReleasedEvent struct {
 	Start    time.Time     // when the release began
 	Duration time.Duration // how long the release took
 	Held     time.Duration // from the acquisition to Start
-	Lost     bool          // the lock had been lost before the release began
-	Err      error         // what UnlockContext returned
+	// Lost says that the lock had been lost, before the release began or
+	// as the release found (a quorum of nodes no longer had the key); a
+	// Lost event came first.
+	Lost bool
+	Err  error // what UnlockContext returned
 }
 
 // ExtendOutcome is the outcome of an extension round for one lock.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -112,9 +111,6 @@ type round struct {
 	hungAtStart []bool // nodes that had not answered in time in an earlier round
 	pendingHung int    // of those, the ones not heard from yet
 
-	observer *Observer    // the Client's, for NodeError, if it has one
-	logger   *slog.Logger // the Client's
-
 	parent   context.Context
 	deadline time.Time
 	expired  chan struct{} // closed at the deadline
@@ -159,7 +155,6 @@ func (c *Client) launch(ctx context.Context, spec roundSpec) *round {
 		notify:  make(chan int, len(c.nodes)),
 		nodes:   c.nodes, spec: spec, start: start,
 		parent: ctx, deadline: now.Add(spec.timeout), expired: make(chan struct{}),
-		observer: c.cfg.observer, logger: c.cfg.logger,
 	}
 	r.running.Store(int32(len(c.nodes)))
 	r.expiry = time.AfterFunc(spec.timeout, r.expire)
@@ -190,7 +185,7 @@ func (c *Client) launch(ctx context.Context, spec roundSpec) *round {
 		}
 		r.record(n.index, reply{err: err})
 		r.finished()
-		if err == errTooBusy && r.observer != nil {
+		if err == errTooBusy && n.observer != nil {
 			busy = append(busy, n)
 		}
 		if !skipped && spec.kind == releaseRound {
@@ -199,7 +194,7 @@ func (c *Client) launch(ctx context.Context, spec roundSpec) *round {
 	}
 	c.mu.RUnlock()
 	for _, n := range busy {
-		r.observeNodeError(n, errTooBusy)
+		n.failed(errTooBusy)
 	}
 	return r
 }
@@ -217,8 +212,8 @@ func (r *round) call(n *node) {
 		rep = r.spec.call(r, n)
 		if !notSent(rep.err) {
 			n.answered(rep.err, sent)
-			if rep.err != nil && r.observer != nil {
-				r.observeNodeError(n, rep.err)
+			if rep.err != nil {
+				n.failed(rep.err)
 			}
 		}
 	}
@@ -231,13 +226,6 @@ func (r *round) call(n *node) {
 		r.spec.holding.releaseReplied(n, rep)
 	case repairRound:
 		r.spec.holding.repairReplied(n, rep)
-	}
-}
-
-// observeNodeError tells the Client's observer of a node call that failed.
-func (r *round) observeNodeError(n *node, err error) {
-	if f := r.observer.NodeError; f != nil {
-		observe(r.logger, "NodeError", f, NodeErrorEvent{Node: n.index, Addr: n.addr, Err: err})
 	}
 }
 
@@ -266,9 +254,11 @@ func (r *round) finished() {
 // timeout passes, or ctx is done, and returns what the round learned. done is
 // called with each reply as it comes, and the number of nodes hung at the
 // start that have still not answered. If done is nil, the round is decided
-// when a quorum of nodes did what was asked, or can no longer do so.
+// when a quorum of nodes did what was asked, or can no longer do so; a
+// release round also waits while a quorum may yet say that the key was
+// gone, which means the lock had been lost.
 func (r *round) wait(ctx context.Context, done func(i int, rep reply, pendingHung int) bool) outcome {
-	oks, fails := 0, 0
+	oks, fails, refusals := 0, 0, 0
 	var ctxErr error
 	timedOut := false
 	decidedYet := !r.spec.waitAll && decided(0, 0, r.pendingHung, len(r.nodes))
@@ -290,8 +280,15 @@ wait:
 				oks++
 			} else {
 				fails++
+				if rep.refused() {
+					refusals++
+				}
 			}
 			decidedYet = decided(oks, fails, r.pendingHung, len(r.nodes))
+			if r.spec.kind == releaseRound && decidedYet && oks < quorum(len(r.nodes)) {
+				open := len(r.nodes) - oks - fails - r.pendingHung
+				decidedYet = refusals >= quorum(len(r.nodes)) || refusals+open < quorum(len(r.nodes))
+			}
 		case <-r.expired:
 			if len(r.notify) > 0 {
 				continue // every node answered; count the replies

@@ -45,18 +45,21 @@ const handoffGrace = 5 * time.Millisecond
 // ctx.
 func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 	if m.cfg.observer == nil {
-		held, _, err := m.waitFor(ctx, waitCtx)
+		held, _, err := m.waitFor(ctx, waitCtx, time.Time{})
 		return held, err
 	}
 	start := time.Now()
-	held, attempts, err := m.waitFor(ctx, waitCtx)
-	m.observeAcquisition(ctx, start, attempts, err)
+	held, attempts, err := m.waitFor(ctx, waitCtx, start)
+	if err != nil {
+		m.observeAcquisition(ctx, start, attempts, err)
+	}
 	return held, err
 }
 
-// waitFor is lock without the observer: it also says how many attempts it
-// made.
-func (m *Mutex) waitFor(ctx, waitCtx context.Context) (context.Context, int, error) {
+// waitFor is lock, which began at start: it tells the observer of an
+// acquisition before the Client can close, and leaves a failure to lock.
+// It also says how many attempts it made.
+func (m *Mutex) waitFor(ctx, waitCtx context.Context, start time.Time) (context.Context, int, error) {
 	if err := m.usable(); err != nil {
 		return nil, 0, err
 	}
@@ -75,6 +78,8 @@ func (m *Mutex) waitFor(ctx, waitCtx context.Context) (context.Context, int, err
 	w.close(err == nil)
 	if err != nil {
 		<-m.local
+	} else if m.cfg.observer != nil {
+		m.observeAcquisition(ctx, start, w.attempts, nil)
 	}
 	return held, w.attempts, err
 }

@@ -298,38 +298,43 @@ func (w *watchdog) settle(e *dueEntry, t tally, start time.Time) bool {
 	m := h.m
 	nodes := len(w.c.nodes)
 	interval := m.cfg.extendInterval()
-	if o := m.cfg.observer; o != nil && o.Extended != nil {
-		outcome := ExtendFailed
-		switch {
-		case t.extended >= quorum(nodes):
-			outcome = ExtendOK
-		case t.refused >= quorum(nodes):
-			outcome = ExtendRefused
-		}
-		decidedAt := t.decided
-		if decidedAt.IsZero() { // the round timed out before it was decided
-			decidedAt = time.Now()
-		}
-		observe(m.cfg.logger, "Extended", o.Extended, ExtendedEvent{Name: m.name, Latency: decidedAt.Sub(start), Outcome: outcome})
-	}
 	switch {
 	case t.extended >= quorum(nodes):
 		until, stillHeld := h.extended(validityEnd(start, m.cfg.ttl, m.cfg.drift()))
 		if !stillHeld {
 			return true
 		}
+		observeExtension(h, t, start, ExtendOK)
 		if t.refusedBy != nil && !m.cfg.noRepair {
 			w.repair(h, until, t.refusedBy)
 		}
 		w.reschedule(e, start.Add(interval), false)
 	case t.refused >= quorum(nodes):
+		observeExtension(h, t, start, ExtendRefused)
 		h.lose(LostRefused, fmt.Errorf("%w: %d of %d nodes no longer hold it", ErrLockLost, t.refused, nodes))
 	default:
 		// Too few answers: try again sooner, while validity remains.
+		observeExtension(h, t, start, ExtendFailed)
 		w.reschedule(e, time.Now().Add(max(interval/4, time.Millisecond)), true)
 		return false
 	}
 	return true
+}
+
+// observeExtension tells the holding's observer, if it has one, what an
+// extension round that began at start learned of the lock, unless the lock
+// is no longer held.
+func observeExtension(h *holding, t tally, start time.Time, outcome ExtendOutcome) {
+	m := h.m
+	o := m.cfg.observer
+	if o == nil || o.Extended == nil || !h.isHeld() {
+		return
+	}
+	decidedAt := t.decided
+	if decidedAt.IsZero() { // the round timed out before it was decided
+		decidedAt = time.Now()
+	}
+	observe(m.cfg.logger, "Extended", o.Extended, ExtendedEvent{Name: m.name, Latency: decidedAt.Sub(start), Outcome: outcome})
 }
 
 // repair sets the key again, with SET NX, on the nodes that said in a won
