@@ -62,6 +62,42 @@ func BenchmarkLockUnlockEmbedded(b *testing.B) {
 	}
 }
 
+// BenchmarkDo measures Do's cycle against the LockContext and UnlockContext
+// cycle it wraps, on three embedded servers.
+func BenchmarkDo(b *testing.B) {
+	_, clients := servers(b, 3)
+	c, err := New(clients)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	m := c.NewMutex("bench")
+	ctx := context.Background()
+	b.Run("LockContext+UnlockContext", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			held, err := m.LockContext(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := held.Err(); err != nil {
+				b.Fatal(err)
+			}
+			if err := m.UnlockContext(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Do", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := m.Do(ctx, func(held context.Context) error { return held.Err() }); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
 // BenchmarkReleaseCall compares the release call as redlock makes it, a
 // prepared EVALSHA whose arguments every node call shares, with
 // redis.Script.Run, which boxes the keys and arguments again for every node

@@ -4,6 +4,7 @@ import (
 	"context"
 	_ "embed"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"time"
@@ -28,6 +29,8 @@ var (
 	identifySource string
 	//go:embed scripts/forget.lua
 	forgetSource string
+	//go:embed scripts/status.lua
+	statusSource string
 
 	acquireScript  = newScript(acquireSource)
 	fenceScript    = newScript(fenceSource)
@@ -36,6 +39,7 @@ var (
 	releaseScript  = newScript(releaseSource)
 	identifyScript = newScript(identifySource)
 	forgetScript   = newScript(forgetSource)
+	statusScript   = newScript(statusSource)
 )
 
 // script is one of the library's Lua scripts, with its source for EVAL and
@@ -302,6 +306,31 @@ func (m *Mutex) repairCall(value string, until time.Time) nodeCall {
 			return reply{err: errTooLate}
 		}
 		return setNX(ctx, n, []any{"set", m.args.key, value, "px", px, "nx"})
+	}
+}
+
+// statusCall reads the lock's value, its PTTL and its live waiters on a node.
+func (m *Mutex) statusCall() nodeCall {
+	status := prepare(statusScript, m.args.releaseKeys, maxStatusWaiters)
+	return func(ctx context.Context, n *node) reply {
+		res, err := status.run(ctx, n).Slice()
+		if err == nil && len(res) != 3 {
+			err = fmt.Errorf("status script returned %d values; want 3", len(res))
+		}
+		if err != nil {
+			return reply{err: err}
+		}
+		value, _ := res[0].(string)
+		pttl, _ := res[1].(int64)
+		live, _ := res[2].(int64)
+		ttl := time.Duration(pttl) * time.Millisecond
+		switch {
+		case value == "":
+			ttl = 0
+		case pttl == -1: // no expiry
+			ttl = math.MaxInt64
+		}
+		return reply{ok: true, holder: value, ttl: ttl, waiters: int(live)}
 	}
 }
 

@@ -33,6 +33,7 @@ type Client struct {
 
 	watchdog   *watchdog
 	batchLimit int  // locks one extension call may carry; see batchLimit
+	sharded    bool // some node is a Redis Cluster or Ring: keys hash to slots
 	retries    bool // some node's client sends commands again by itself
 	notifier   *notifier
 	identity   identity
@@ -89,6 +90,7 @@ func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 	c.notifier = newNotifier(c)
 	c.watchdog = newWatchdog(c)
 	c.batchLimit = batchLimit(nodes)
+	c.sharded = sharded(nodes)
 	for _, n := range nodes {
 		c.retries = c.retries || n.retries
 	}
@@ -234,4 +236,16 @@ func (c *Client) identify(ctx context.Context) error {
 		id.pending.Store(false)
 	}
 	return id.err
+}
+
+// sharded reports whether some node spreads keys over servers by their hash
+// slot: a Redis Cluster or a Ring.
+func sharded(nodes []*node) bool {
+	for _, n := range nodes {
+		switch n.client.(type) {
+		case *redis.ClusterClient, *redis.Ring:
+			return true
+		}
+	}
+	return false
 }

@@ -19,7 +19,7 @@
 //
 //	held, err := m.LockContext(ctx)
 //	if err != nil {
-//		return err // wraps ErrNotAcquired and ctx.Err()
+//		return err // wraps ErrNotAcquired, ctx.Err() and why: ErrTaken, ErrNoQuorum
 //	}
 //	defer m.Unlock()
 //	return work(held) // context.Cause(held) wraps ErrLockLost if the lock is lost
@@ -46,13 +46,28 @@
 // arrives; a command whose reply never came back is released again once its
 // master has answered a command sent after it.
 //
+// Do scopes a critical section: it runs a func under the lock and releases
+// the lock after, and its error wraps ErrLockLost whenever the lock was not
+// held until the func returned. WithMaxHold caps how long the watchdog keeps
+// a lock alive. A failed attempt says why: ErrTaken when another owner holds
+// the key on some master, ErrNoQuorum when masters failed or did not answer,
+// joined when both apply. Status reads a lock without taking it. With
+// WithExactKey the name is the key, so that redsync, node-redlock and the
+// Python redlock exclude, and are excluded by, a Mutex on the same name.
+//
+// WithObserver reports each lock's events (acquired, not acquired, released,
+// extended, lost with its cause, and node errors) to optional funcs, which
+// cost nothing when unset; the nested module
+// github.com/seed62cefe0a/redlock/otel turns them into OpenTelemetry
+// metrics and spans. Logs go to a *slog.Logger (WithLogger).
+//
 // A waiter that fails its first attempt joins the lock's queue on every
 // master. A release wakes the waiter at the head of the queue by publishing
 // its id on its Client's own channel, so one release costs one new attempt
 // and reaches one process, not every waiter. Polling is the fallback for lost
 // messages and holders that died: every 50–100ms (WithRetryDelay,
 // WithRetryJitter) while a waiter is not queued, ten times less often while
-// it is.
+// it is queued behind a holder of this package, whose release will wake it.
 //
 // # What Redlock does not promise
 //

@@ -9,10 +9,24 @@ import (
 )
 
 var (
-	// ErrNotAcquired means the lock was not acquired: another holder has it,
-	// too few nodes granted it, or the wait ended. It is joined with the
-	// context's error and with node errors where those played a part.
+	// ErrNotAcquired means the lock was not acquired: another holder has it
+	// (ErrTaken), too few nodes answered (ErrNoQuorum), or the wait ended. It
+	// is joined with the context's error and with the last attempt's reasons.
 	ErrNotAcquired = errors.New("redlock: lock not acquired")
+
+	// ErrTaken is the reason of an attempt in which one or more nodes refused
+	// the lock because another owner holds it there, or in which another
+	// goroutine of this process holds the Mutex. It wraps ErrNotAcquired.
+	ErrTaken = fmt.Errorf("%w: taken by another owner", ErrNotAcquired)
+
+	// ErrNoQuorum is the reason of an attempt in which one or more nodes did
+	// not answer in time or answered with an error, so that too few granted
+	// the lock; the node errors are joined with it. It is also the reason of
+	// an attempt whose grants came too late to leave any validity, or, with
+	// WithFencing, had vanished from too many nodes when the token was
+	// recorded. It wraps ErrNotAcquired. An attempt that missed the quorum
+	// both for this reason and because of ErrTaken reports both.
+	ErrNoQuorum = fmt.Errorf("%w: nodes failed or did not answer in time", ErrNotAcquired)
 
 	// ErrLockLost is the cause of a held context that ended because the lock
 	// could no longer be confirmed on a quorum of nodes before its validity
@@ -25,6 +39,10 @@ var (
 	// ErrClosed is returned by calls on a Client, or on its mutexes, after
 	// Client.Close.
 	ErrClosed = errors.New("redlock: client closed")
+
+	// errTakenHere is the reason of an attempt that found the Mutex held by
+	// another goroutine of this process.
+	errTakenHere = fmt.Errorf("%w: held by another goroutine of this process", ErrTaken)
 
 	// errRecentlyRestarted is reported for a node whose uptime is below the
 	// restart guard: it may have forgotten locks it granted before.

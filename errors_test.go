@@ -3,7 +3,9 @@ package redlock
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -42,5 +44,122 @@ func TestPermanent(t *testing.T) {
 		if got := permanent(tt.err); got != tt.want {
 			t.Errorf("permanent(%v) = %v; want %v", tt.err, got, tt.want)
 		}
+	}
+}
+
+// TestNotAcquiredSaysWhy checks that a failed attempt names each cause that
+// applies: refusals (ErrTaken), failed nodes (ErrNoQuorum), or both.
+func TestNotAcquiredSaysWhy(t *testing.T) {
+	tests := []struct {
+		name                    string
+		taken, down             int // nodes of 3 where another owner holds the key, nodes stopped
+		wantTaken, wantNoQuorum bool
+	}{
+		{"two refusals", 2, 0, true, false},
+		{"three refusals", 3, 0, true, false},
+		{"two nodes down", 0, 2, false, true},
+		{"one refusal and one node down", 1, 1, true, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mrs, clients := servers(t, 3)
+			c := newClient(t, clients, WithTTL(time.Second))
+			m := c.NewMutex("why")
+			for i := range tt.taken {
+				mrs[i].Set(m.key, "another owner")
+			}
+			for i := range tt.down {
+				mrs[len(mrs)-1-i].Close()
+			}
+			_, err := m.TryLockContext(t.Context())
+			if !errors.Is(err, ErrNotAcquired) {
+				t.Fatalf("TryLockContext = %v; want ErrNotAcquired", err)
+			}
+			if got := errors.Is(err, ErrTaken); got != tt.wantTaken {
+				t.Errorf("errors.Is(%v, ErrTaken) = %v; want %v", err, got, tt.wantTaken)
+			}
+			if got := errors.Is(err, ErrNoQuorum); got != tt.wantNoQuorum {
+				t.Errorf("errors.Is(%v, ErrNoQuorum) = %v; want %v", err, got, tt.wantNoQuorum)
+			}
+			if tt.wantNoQuorum {
+				var nodeErr *NodeError
+				if !errors.As(err, &nodeErr) {
+					t.Errorf("TryLockContext = %v; want a *NodeError for a node down", err)
+				}
+			}
+		})
+	}
+}
+
+func TestSentinelsWrapErrNotAcquired(t *testing.T) {
+	for _, err := range []error{ErrTaken, ErrNoQuorum} {
+		if !errors.Is(err, ErrNotAcquired) {
+			t.Errorf("errors.Is(%v, ErrNotAcquired) = false; want true", err)
+		}
+		if !strings.HasPrefix(err.Error(), "redlock: ") {
+			t.Errorf("%q lacks the redlock: prefix", err)
+		}
+	}
+	if errors.Is(ErrTaken, ErrNoQuorum) || errors.Is(ErrNoQuorum, ErrTaken) {
+		t.Error("ErrTaken and ErrNoQuorum wrap each other; want them distinct")
+	}
+}
+
+// TestLastAttemptSaysWhy checks that LockContext, when its wait ends, returns
+// the reason of its last attempt with the context's error, and that a lock
+// held by another goroutine of the process counts as taken.
+func TestLastAttemptSaysWhy(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	c := newClient(t, clients, WithTTL(time.Second), WithWaitTimeout(150*time.Millisecond))
+	holder := c.NewMutex("last")
+	holder.Lock()
+	defer holder.Unlock()
+	_, err := c.NewMutex("last").LockContext(t.Context())
+	if !errors.Is(err, ErrTaken) || !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrNoQuorum) {
+		t.Errorf("LockContext of a held lock = %v; want ErrTaken and DeadlineExceeded, not ErrNoQuorum", err)
+	}
+	if _, err := holder.TryLockContext(t.Context()); !errors.Is(err, ErrTaken) {
+		t.Errorf("TryLockContext while another goroutine holds the Mutex = %v; want ErrTaken", err)
+	}
+	if _, err := holder.LockContext(t.Context()); !errors.Is(err, ErrTaken) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("LockContext while another goroutine holds the Mutex = %v; want ErrTaken and DeadlineExceeded", err)
+	}
+	mrs[1].Close()
+	mrs[2].Close()
+	_, err = c.NewMutex("down").LockContext(t.Context())
+	if !errors.Is(err, ErrNoQuorum) || !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrTaken) {
+		t.Errorf("LockContext with two nodes down = %v; want ErrNoQuorum and DeadlineExceeded, not ErrTaken", err)
+	}
+}
+
+// ErrTaken means "one or more nodes refused because another owner holds the
+// key". A fencing round refused because this attempt's own key vanished
+// (expired, node restarted) is reported as ErrTaken although no one holds
+// the key anywhere.
+// TestFencingRoundThatFindsNoGrantIsNotTaken checks that a fencing round
+// refused because the grants vanished (expired, a node restarted) is not
+// reported as taken by another owner.
+func TestFencingRoundThatFindsNoGrantIsNotTaken(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 1)
+	c := newClient(t, clients, WithFencing())
+	m := c.NewMutex("f")
+	for i := range 2 {
+		hooks[i].setOnRun(func(cl call, _ time.Time) {
+			if cl.kind == "acquire" {
+				mrs[i].Del(m.key) // the grant vanishes before the fence
+			}
+		})
+	}
+	_, err := m.TryLockContext(t.Context())
+	settle(t, c.nodes)
+	t.Logf("err = %v; key on %d nodes", err, keysOn(mrs, m.key))
+	if err == nil {
+		t.Fatal("TryLockContext succeeded")
+	}
+	if keysOn(mrs, m.key) == 0 && errors.Is(err, ErrTaken) {
+		t.Errorf("no node holds the key, yet the error wraps ErrTaken: %v", err)
+	}
+	if !errors.Is(err, ErrNoQuorum) {
+		t.Errorf("TryLockContext = %v; want ErrNoQuorum: the quorum's grants vanished", err)
 	}
 }

@@ -204,3 +204,92 @@ func ExampleMutex_Token() {
 	// current holder's write accepted: true
 	// stale holder's write accepted: false
 }
+
+// embeddedMasters starts n embedded Redis servers for the examples, and
+// returns their URLs and a func that stops them.
+func embeddedMasters(n int) (urls []string, stop func()) {
+	var servers []*miniredis.Miniredis
+	for range n {
+		server := miniredis.NewMiniRedis()
+		if err := server.Start(); err != nil {
+			log.Fatal(err)
+		}
+		servers = append(servers, server)
+		urls = append(urls, "redis://"+server.Addr())
+	}
+	return urls, func() {
+		for _, server := range servers {
+			server.Close()
+		}
+	}
+}
+
+// A scoped critical section: Do acquires the lock, runs the func while it
+// is held, and releases it, even if the func fails or panics. The error says
+// whether the job failed, the lock was lost while it ran, or both.
+func ExampleMutex_Do() {
+	urls, stop := embeddedMasters(3)
+	defer stop()
+	client, err := redlock.Dial(urls, redlock.WithMaxHold(time.Hour))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	m := client.NewMutex("nightly-report")
+	err = m.Do(context.Background(), func(held context.Context) error {
+		for step := range 3 {
+			if err := held.Err(); err != nil {
+				return err // the lock was lost: stop before the next step
+			}
+			fmt.Println("step", step)
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, redlock.ErrLockLost):
+		fmt.Println("lost the lock while the report ran:", err)
+	case errors.Is(err, redlock.ErrNotAcquired):
+		fmt.Println("did not run:", err)
+	case err != nil:
+		fmt.Println("the report failed:", err)
+	default:
+		fmt.Println("done")
+	}
+	// Output:
+	// step 0
+	// step 1
+	// step 2
+	// done
+}
+
+// Status reads a lock without taking it: whether it is held, whether by this
+// Mutex, for how long a quorum will keep it, and how many wait for it.
+func ExampleMutex_Status() {
+	urls, stop := embeddedMasters(3)
+	defer stop()
+	client, err := redlock.Dial(urls, redlock.WithTTL(10*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	ctx := context.Background()
+	m := client.NewMutex("migrations")
+	s, err := m.Status(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("free: held=%v\n", s.Held)
+
+	m.Lock()
+	defer m.Unlock()
+	s, err = client.NewMutex("migrations").Status(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("locked elsewhere: held=%v mine=%v ttl>9s=%v waiters=%d\n", s.Held, s.Mine, s.TTL > 9*time.Second, s.Waiters)
+	// Output:
+	// free: held=false
+	// locked elsewhere: held=true mine=false ttl>9s=true waiters=0
+}

@@ -32,6 +32,7 @@ type holding struct {
 	value  string    // random, unique to this acquisition
 	waiter string    // the id under which it waited in the lock's queue, or ""
 	start  time.Time // start of the acquisition round: the validity counts from here
+	heldAt time.Time // when the round was won; set by hold, read only after
 	lead   time.Duration
 	round  *round // the acquisition round, whose late grants it undoes
 
@@ -43,7 +44,11 @@ type holding struct {
 	endedAt time.Time   // when it stopped being held
 	timer   *time.Timer // the Mutex's, which serves one holding at a time
 	cancel  context.CancelCauseFunc
-	unsure  []bool // nodes where a repair may have landed unseen
+	unsure  []bool    // nodes where a repair may have landed unseen
+	limit   time.Time // end of the maximum hold, or zero
+	// endNow is closed when the final release begins, if it was put off
+	// until the validity ends (see lose).
+	endNow chan struct{}
 	// The final release, run once, by Unlock or after a loss, whichever
 	// comes first; a second caller waits on endWait, made only then.
 	ending  bool
@@ -51,9 +56,9 @@ type holding struct {
 	endOut  outcome
 	endWait chan struct{}
 
-	// expires is when held should end, in nanoseconds since epoch: lead
-	// before until while held, never otherwise. heldContext reads it
-	// without the lock.
+	// expires is when held should end, in nanoseconds since epoch: the
+	// deadline while held, never otherwise. heldContext reads it without
+	// the lock.
 	expires atomic.Int64
 	// busy counts the extension and repair rounds in flight, which the
 	// final release waits for. Only a held holding is admitted.
@@ -161,43 +166,69 @@ func (h *holding) abandon() {
 func (h *holding) hold(ctx context.Context, until time.Time, token uint64) context.Context {
 	inner, cancel := context.WithCancelCause(ctx)
 	h.ctx = heldContext{Context: inner, h: h}
+	h.heldAt = time.Now()
 	h.m.client.ends.Add(1) // Done when end finishes
 	h.mu.Lock()
 	h.state, h.until, h.token, h.cancel = held, until, token, cancel
-	h.expires.Store(int64(until.Add(-h.lead).Sub(epoch)))
+	if limit := h.m.cfg.maxHold; limit > 0 {
+		h.limit = h.start.Add(limit)
+	}
+	deadline := h.deadline()
+	h.expires.Store(int64(deadline.Sub(epoch)))
 	h.m.expiring.Store(h)
 	h.timer = h.m.expiry
-	h.timer.Reset(time.Until(until) - h.lead)
+	h.timer.Reset(time.Until(deadline))
 	watched := h.m.client.watchdog.add(h, h.start.Add(h.m.cfg.extendInterval()))
 	h.mu.Unlock()
 	if !watched {
-		h.lose(fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
+		h.lose(LostClosed, fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
 	}
 	return &h.ctx
 }
 
+// deadline is when the holding stops being held unless an extension moves
+// it: lead before the validity ends, or at the maximum hold if that comes
+// first. h.mu is held.
+func (h *holding) deadline() time.Time {
+	deadline := h.until.Add(-h.lead)
+	if !h.limit.IsZero() && h.limit.Before(deadline) {
+		return h.limit
+	}
+	return deadline
+}
+
 // expire ends the holding if its validity is about to end with no quorum
-// confirmed, unless an extension has moved the end since the timer was set.
+// confirmed, or its maximum hold has passed, unless an extension has moved
+// the deadline since the timer was set.
 func (h *holding) expire() {
 	h.mu.Lock()
 	if h.state != held {
 		h.mu.Unlock()
 		return
 	}
-	until := h.until
-	if left := time.Until(until) - h.lead; left > 0 {
+	now := time.Now()
+	if left := h.deadline().Sub(now); left > 0 {
 		h.timer.Reset(left)
 		h.mu.Unlock()
 		return
 	}
+	until := h.until
 	h.mu.Unlock()
-	h.lose(fmt.Errorf("%w: no quorum confirmed it before its validity ended at %v", ErrLockLost, until.Format(time.RFC3339Nano)))
+	if now.Before(until.Add(-h.lead)) {
+		h.lose(LostMaxHold, fmt.Errorf("%w: held for its maximum of %v (WithMaxHold)", ErrLockLost, h.m.cfg.maxHold))
+		return
+	}
+	h.lose(LostDeadline, fmt.Errorf("%w: no quorum confirmed it before its validity ended at %v", ErrLockLost, until.Format(time.RFC3339Nano)))
 }
 
-// lose ends a held holding with cause: the held context ends at once, and
-// the key is released on every node in the background, once the rounds in
-// flight for it are done.
-func (h *holding) lose(cause error) {
+// lose ends a held holding with cause, for the reason why: the held context
+// ends at once, and the key is released on every node in the background,
+// once the rounds in flight for it are done. A holding that reached its
+// maximum hold keeps its key until the end of its validity, or until Unlock
+// or Close if they come first, so that a holder that checks held between
+// steps has the rest of the validity to stop.
+func (h *holding) lose(why LossCause, cause error) {
+	keepKey := why == LostMaxHold
 	h.mu.Lock()
 	if h.state != held {
 		h.mu.Unlock()
@@ -205,6 +236,12 @@ func (h *holding) lose(cause error) {
 	}
 	h.state, h.cause = lost, cause
 	h.stop()
+	releaseAt := h.until
+	if keepKey {
+		h.endNow = make(chan struct{})
+	}
+	endNow := h.endNow
+	heldFor := h.endedAt.Sub(h.heldAt)
 	h.mu.Unlock()
 	h.m.client.watchdog.remove(h)
 	h.cancel(cause)
@@ -213,7 +250,30 @@ func (h *holding) lose(cause error) {
 		level = slog.LevelInfo
 	}
 	h.m.cfg.logger.Log(context.Background(), level, "redlock: lock lost", "lock", h.m.name, "cause", cause)
-	go h.end(context.Background()) // counted in the Client's ends since hold
+	// Counted in the Client's ends since hold.
+	if keepKey {
+		go h.endAt(releaseAt, endNow)
+	} else {
+		go h.end(context.Background())
+	}
+	if o := h.m.cfg.observer; o != nil && o.Lost != nil {
+		observe(h.m.cfg.logger, "Lost", o.Lost, LostEvent{Name: h.m.name, Cause: why, Held: heldFor, Err: cause})
+	}
+}
+
+// endAt makes the final release at the given time, the end of the
+// validity, or at once if the Client closes; unless the release begins
+// before then, at Unlock.
+func (h *holding) endAt(at time.Time, endNow <-chan struct{}) {
+	timer := time.NewTimer(time.Until(at))
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+	case <-h.m.client.closingCh:
+	case <-endNow:
+		return
+	}
+	h.end(context.Background())
 }
 
 // stop records the end of being held: no expiry, no held context reading
@@ -229,6 +289,9 @@ func (h *holding) stop() {
 // flight for it are done. It returns what the release learned, and the
 // cause if the holding had been lost.
 func (h *holding) unlock(ctx context.Context) (outcome, error) {
+	// A validity that ended unnoticed (the process paused, say) is a loss,
+	// though the expiry timer has not fired yet.
+	h.overdue()
 	h.mu.Lock()
 	was, cause := h.state, h.cause
 	if was == held {
@@ -254,6 +317,9 @@ func (h *holding) end(ctx context.Context) (out outcome) {
 		return h.waitEnd(ctx)
 	}
 	h.ending = true
+	if h.endNow != nil {
+		close(h.endNow)
+	}
 	h.mu.Unlock()
 	defer func() {
 		h.mu.Lock()
@@ -342,10 +408,11 @@ func (h *holding) admit() bool {
 	return false
 }
 
-// expired reports whether the validity has ended, or is about to: the
-// expiry timer should have fired. h.mu is held.
+// expired reports whether the deadline has passed: the validity has ended,
+// or is about to, or the maximum hold has passed; the expiry timer should
+// have fired. h.mu is held.
 func (h *holding) expired() bool {
-	return !time.Now().Before(h.until.Add(-h.lead))
+	return !time.Now().Before(h.deadline())
 }
 
 func (h *holding) leave() { h.busy.Done() }
@@ -368,7 +435,7 @@ func (h *holding) extended(until time.Time) (time.Time, bool) {
 	}
 	if until.After(h.until) {
 		h.until = until
-		h.expires.Store(int64(until.Add(-h.lead).Sub(epoch)))
+		h.expires.Store(int64(h.deadline().Sub(epoch)))
 	}
 	return h.until, true
 }
@@ -379,6 +446,13 @@ func (h *holding) acquiringOrHeld() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.state == acquiring || h.state == held
+}
+
+// lostCause returns why the holding was lost, or nil if it was not.
+func (h *holding) lostCause() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.cause
 }
 
 // isHeld reports whether the holding is still held.

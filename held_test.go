@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -568,5 +570,113 @@ func TestKnownGrantIsReleasedThoughAnotherCallTimedOut(t *testing.T) {
 	t.Logf("hung=%v leftovers=%d releases of m to node 0: %d", c.nodes[0].hung.Load(), c.nodes[0].leftovers.count.Load(), len(rel))
 	if mrs[0].Exists(m.key) {
 		t.Errorf("node 0 still holds m's key (TTL %v) from a failed attempt whose grant was answered; %d releases sent", mrs[0].TTL(m.key), len(rel))
+	}
+}
+
+// TestMaxHoldEndsHeldAndTheKeyLivesOutItsValidity checks WithMaxHold: held
+// ends with a cause naming the limit once the limit has passed, before the
+// validity ends; the watchdog no longer extends the key; others get the lock
+// once the last confirmed validity has ended, and not before.
+func TestMaxHoldEndsHeldAndTheKeyLivesOutItsValidity(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	const maxHold = 400 * time.Millisecond
+	c := newClient(t, clients, WithTTL(time.Second), WithWatchdogInterval(100*time.Millisecond))
+	m := c.NewMutex("capped", WithMaxHold(maxHold))
+	start := time.Now()
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	extensions := &commandCounter{script: extendScript}
+	clients[0].AddHook(extensions)
+	var until time.Time
+	for held.Err() == nil && time.Since(start) < 5*time.Second {
+		if u := m.Until(); !u.IsZero() {
+			until = u
+		}
+		time.Sleep(time.Millisecond)
+	}
+	endedAt := time.Now()
+	cause := context.Cause(held)
+	if !errors.Is(cause, ErrLockLost) || !strings.Contains(fmt.Sprint(cause), "400ms") {
+		t.Fatalf("Cause(held) = %v; want ErrLockLost naming the limit of 400ms", cause)
+	}
+	if got := endedAt.Sub(start); got < maxHold || got > maxHold+300*time.Millisecond {
+		t.Errorf("held ended %v after the acquisition began; want soon after the maximum hold of %v", got, maxHold)
+	}
+	if !endedAt.Before(until) {
+		t.Errorf("held ended at %v; want before the validity it had, which ended at %v", endedAt, until)
+	}
+	other := newClient(t, clients).NewMutex("capped")
+	if _, err := other.TryLockContext(t.Context()); !errors.Is(err, ErrTaken) {
+		t.Fatalf("TryLockContext by another right after the maximum hold = %v; want ErrTaken: the validity has not ended", err)
+	}
+	// An extension in flight when held ended may still be answered within
+	// the node timeout (100ms); none may start after.
+	time.Sleep(150 * time.Millisecond)
+	afterEnd := extensions.count.Load()
+	var freeAt time.Time
+	for time.Since(start) < 5*time.Second {
+		if _, err := other.TryLockContext(t.Context()); err == nil {
+			freeAt = time.Now()
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if freeAt.IsZero() {
+		t.Fatal("the lock was not free to others within 5s")
+	}
+	t.Logf("held ended %v after the start, %v before its validity ended; free to others %v after the maximum hold, %v after the validity ended",
+		endedAt.Sub(start), until.Sub(endedAt), freeAt.Sub(start.Add(maxHold)), freeAt.Sub(until))
+	if freeAt.Before(until) {
+		t.Errorf("free to others %v before the validity ended", until.Sub(freeAt))
+	}
+	if got := extensions.count.Load() - afterEnd; got > 0 {
+		t.Errorf("%d extensions sent to node 0 after held ended; want none", got)
+	}
+	other.Unlock()
+	if err := m.UnlockContext(t.Context()); !errors.Is(err, ErrLockLost) {
+		t.Errorf("UnlockContext after the maximum hold = %v; want ErrLockLost", err)
+	}
+	if n := keysOn(mrs, m.key); n != 0 {
+		t.Errorf("key on %d nodes after both Unlocks; want 0", n)
+	}
+}
+
+// TestLockPastItsMaxHoldIsReleasedAtUnlockOrClose checks that the key a
+// holding keeps after its maximum hold is released at once by Unlock, or by
+// Client.Close, rather than at the end of its validity.
+func TestLockPastItsMaxHoldIsReleasedAtUnlockOrClose(t *testing.T) {
+	for _, by := range []string{"Unlock", "Close"} {
+		t.Run(by, func(t *testing.T) {
+			mrs, clients := servers(t, 3)
+			c, err := New(clients, WithTTL(10*time.Second), WithMaxHold(50*time.Millisecond))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			m := c.NewMutex("capped")
+			held, err := m.LockContext(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			<-held.Done()
+			waitFor(t, "all grants", func() bool { return keysOn(mrs, m.key) == 3 })
+			start := time.Now()
+			if by == "Unlock" {
+				if err := m.UnlockContext(t.Context()); !errors.Is(err, ErrLockLost) {
+					t.Errorf("UnlockContext = %v; want ErrLockLost", err)
+				}
+				settle(t, c.nodes) // Unlock returns at a quorum
+			} else if err := c.Close(); err != nil {
+				t.Errorf("Close = %v", err)
+			}
+			if n := keysOn(mrs, m.key); n != 0 {
+				t.Errorf("key on %d nodes once %s returned; want 0", n, by)
+			}
+			if took := time.Since(start); took > 2*time.Second {
+				t.Errorf("%s took %v; want it well within the 10s TTL", by, took)
+			}
+		})
 	}
 }

@@ -155,16 +155,24 @@ func queueOf(mr *miniredis.Miniredis, name string) []string {
 }
 
 // commandCounter is a go-redis hook that counts the commands sent: those
-// named in only, if it is not nil.
+// named in only, if it is not nil, and runs of script, if it is not nil.
 type commandCounter struct {
-	only  map[string]bool
-	count atomic.Int64
+	only   map[string]bool
+	script *script
+	count  atomic.Int64
 }
 
 func (c *commandCounter) add(cmd redis.Cmder) {
-	if c.only == nil || c.only[cmd.Name()] {
-		c.count.Add(1)
+	if c.only != nil && !c.only[cmd.Name()] {
+		return
 	}
+	if c.script != nil {
+		args := cmd.Args()
+		if len(args) < 2 || (args[1] != c.script.hash && args[1] != c.script.source) {
+			return
+		}
+	}
+	c.count.Add(1)
 }
 
 func (*commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }

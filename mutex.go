@@ -18,7 +18,7 @@ import (
 type Mutex struct {
 	client *Client
 	name   string
-	key    string // prefix + "{" + name + "}": the lock's keys share a hash slot
+	key    string // prefix + "{" + name + "}", so that the lock's keys share a hash slot; or the name, with WithExactKey
 	cfg    config
 	err    error // bad configuration, reported by every call
 	args   mutexArgs
@@ -42,21 +42,26 @@ type Mutex struct {
 
 // NewMutex returns a Mutex for the lock called name. The options override the
 // Client's for this Mutex. An empty name, a name with a brace (which would
-// break the key's hash tag) or an invalid option is reported by every call on
-// the Mutex: LockContext, TryLockContext and UnlockContext return the error
-// and Lock panics with it. NewMutex does not contact Redis.
+// break the key's hash tag; WithExactKey allows it) or an invalid option is
+// reported by every call on the Mutex: LockContext, TryLockContext and
+// UnlockContext return the error and Lock panics with it. NewMutex does not
+// contact Redis.
 func (c *Client) NewMutex(name string, opts ...Option) *Mutex {
 	cfg := c.cfg
 	cfg.errs = nil
 	cfg.apply(opts)
 	err := cfg.validate()
+	key := cfg.keyPrefix + "{" + name + "}"
 	switch {
 	case name == "":
 		err = errors.Join(errors.New("redlock: mutex name is empty"), err)
+	case cfg.exactKey && c.sharded && !hasHashTag(name):
+		err = errors.Join(fmt.Errorf("redlock: mutex name %q has no hash tag: on a Redis Cluster, WithExactKey needs one, such as \"{%s}\", so that the lock's other keys share its slot", name, name), err)
+	case cfg.exactKey:
+		key = name
 	case strings.ContainsAny(name, "{}"):
-		err = errors.Join(fmt.Errorf("redlock: mutex name %q has a brace, which would break the hash tag of its keys", name), err)
+		err = errors.Join(fmt.Errorf("redlock: mutex name %q has a brace, which would break the hash tag of its keys; WithExactKey takes the name as it is", name), err)
 	}
-	key := cfg.keyPrefix + "{" + name + "}"
 	m := &Mutex{
 		client: c,
 		name:   name,
@@ -69,6 +74,18 @@ func (c *Client) NewMutex(name string, opts ...Option) *Mutex {
 	m.expiry = time.AfterFunc(time.Hour, func() { m.expiring.Load().expire() })
 	m.expiry.Stop()
 	return m
+}
+
+// hasHashTag reports whether key has a Redis Cluster hash tag: a non-empty
+// part between the first "{" and the first "}" after it, which alone is
+// hashed, so that the key and the key plus any suffix share a slot.
+func hasHashTag(key string) bool {
+	_, rest, found := strings.Cut(key, "{")
+	if !found {
+		return false
+	}
+	tag, _, found := strings.Cut(rest, "}")
+	return found && tag != ""
 }
 
 // Name returns the name the Mutex was made with.
@@ -101,7 +118,8 @@ func (m *Mutex) Token() uint64 {
 // It returns held, a context derived from ctx that ends when ctx ends, when
 // Unlock is called, or when the lock is lost; in the last case
 // context.Cause(held) wraps ErrLockLost. If ctx ends first, the error wraps
-// ErrNotAcquired and ctx.Err(). Transient node failures are retried; an error
+// ErrNotAcquired, ctx.Err(), and the reasons of the last attempt (ErrTaken,
+// ErrNoQuorum). Transient node failures are retried; an error
 // that retrying cannot fix on enough nodes to rule out a quorum (an ACL denial,
 // a closed client) is returned at once. With WithWaitTimeout the wait also
 // ends after that long, while held stays bounded by ctx alone. When ctx ends
@@ -122,30 +140,63 @@ func (m *Mutex) LockContext(ctx context.Context) (held context.Context, err erro
 }
 
 // TryLockContext makes one attempt to acquire the lock, bounded by ctx and the
-// node timeout. It returns an error wrapping ErrNotAcquired if the lock is
-// taken, locally or remotely, or if too few nodes granted it. On success,
-// held is as for LockContext. It panics if ctx is nil.
+// node timeout. If the attempt fails, its error wraps ErrTaken when another
+// owner holds the lock on some node (or another goroutine of this process
+// holds the Mutex), ErrNoQuorum with the node errors when some nodes failed
+// or did not answer in time, or both; and ctx.Err() if ctx ended. On
+// success, held is as for LockContext. It panics if ctx is nil.
 func (m *Mutex) TryLockContext(ctx context.Context) (held context.Context, err error) {
 	mustContext(ctx)
+	if m.cfg.observer == nil {
+		held, _, err := m.try(ctx)
+		return held, err
+	}
+	start := time.Now()
+	held, attempts, err := m.try(ctx)
+	m.observeAcquisition(ctx, start, attempts, err)
+	return held, err
+}
+
+// try is TryLockContext without the observer: it also says whether it made
+// an attempt.
+func (m *Mutex) try(ctx context.Context) (held context.Context, attempts int, err error) {
 	if err := m.usable(); err != nil {
-		return nil, err
+		return nil, 0, err
+	}
+	if ctx.Err() != nil {
+		return nil, 0, waitEnded(ctx, nil)
 	}
 	select {
 	case m.local <- struct{}{}:
 	default:
-		return nil, fmt.Errorf("%w: held by another goroutine of this process", ErrNotAcquired)
+		return nil, 0, errTakenHere
 	}
 	if !m.client.enter() {
 		<-m.local
-		return nil, ErrClosed
+		return nil, 0, ErrClosed
 	}
 	defer m.client.leave()
 	held, _, err = m.attempt(ctx, ctx, "")
 	if err != nil {
 		<-m.local
-		return nil, err
+		if ctx.Err() != nil {
+			err = waitEnded(ctx, err)
+		}
+		return nil, 1, err
 	}
-	return held, nil
+	return held, 1, nil
+}
+
+// observeAcquisition tells the observer, which is set, how an acquiring
+// call that began at start ended.
+func (m *Mutex) observeAcquisition(ctx context.Context, start time.Time, attempts int, err error) {
+	o := m.cfg.observer
+	switch {
+	case err == nil && o.Acquired != nil:
+		observe(m.cfg.logger, "Acquired", o.Acquired, AcquiredEvent{Context: ctx, Name: m.name, Start: start, Wait: time.Since(start), Attempts: attempts, Token: m.Token()})
+	case err != nil && o.NotAcquired != nil:
+		observe(m.cfg.logger, "NotAcquired", o.NotAcquired, NotAcquiredEvent{Context: ctx, Name: m.name, Start: start, Wait: time.Since(start), Attempts: attempts, Err: err})
+	}
 }
 
 // mustContext panics, as the standard library does, on a nil context: it
@@ -167,16 +218,22 @@ func (m *Mutex) usable() error {
 	return nil
 }
 
+// valuePrefix starts every holder's value this package makes, so that a
+// waiter can tell a holder whose release will wake it from a holder of
+// another Redlock client, which will not.
+const valuePrefix = "rl:"
+
 // newValue returns a fresh holder's value: 128 bits from crypto/rand.
-func newValue() string { return rand.Text() }
+func newValue() string { return valuePrefix + rand.Text() }
 
 // attempt makes one acquisition round, waiting for it no longer than waitCtx
-// allows; held derives from ctx. On failure the holding releases the nodes
-// that may have granted the lock, and attempt reports whether the failure
-// is permanent. m.local is held.
+// allows; held derives from ctx. Its error names the round's reasons, not
+// the end of waitCtx: the caller adds that. On failure the holding releases
+// the nodes that may have granted the lock, and attempt reports whether the
+// failure is permanent. m.local is held.
 func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held context.Context, permanent bool, err error) {
-	if err := waitCtx.Err(); err != nil {
-		return nil, false, waitEnded(waitCtx, nil)
+	if waitCtx.Err() != nil {
+		return nil, false, ErrNotAcquired // no attempt: the caller says why
 	}
 	c := m.client
 	if err := c.identify(waitCtx); err != nil {
@@ -194,7 +251,12 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 		token = out.token()
 		fenced := c.fanOut(waitCtx, m.cfg.perNodeTimeout(), m.fenceCall(h.value, token))
 		if !fenced.won {
-			fenceErr = fmt.Errorf("%w: fencing token %d reached %d of %d nodes: %w", ErrNotAcquired, token, fenced.oks, len(c.nodes), fenced.errs)
+			// A node that refuses no longer has the grant (it expired, or
+			// the node restarted): the quorum did not hold.
+			fenceErr = fmt.Errorf("%w: fencing token %d reached %d of %d nodes, %d of which no longer had the grant", ErrNoQuorum, token, fenced.oks, len(c.nodes), fenced.refusals)
+			if fenced.errs != nil {
+				fenceErr = fmt.Errorf("%w: %w", fenceErr, fenced.errs)
+			}
 		}
 	}
 	if out.won && fenceErr == nil && time.Now().Before(until) {
@@ -207,13 +269,19 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 	case fenceErr != nil:
 		return nil, false, fenceErr
 	case out.won:
-		return nil, false, fmt.Errorf("%w: acquisition took longer than the TTL allows", ErrNotAcquired)
-	case out.errs != nil:
-		permanent = out.permanentFailures() > len(c.nodes)-quorum(len(c.nodes))
-		return nil, permanent, fmt.Errorf("%w: %d of %d nodes granted it: %w", ErrNotAcquired, out.oks, len(c.nodes), out.errs)
-	default:
-		return nil, false, fmt.Errorf("%w: held by another owner", ErrNotAcquired)
+		return nil, false, fmt.Errorf("%w: acquisition took longer than the TTL allows", ErrNoQuorum)
 	}
+	permanent = out.permanentFailures() > len(c.nodes)-quorum(len(c.nodes))
+	return nil, permanent, notAcquired(out)
+}
+
+// notAcquired is the error of a lost round: its reasons, or if it has none
+// (the wait ended before any node answered) ErrNotAcquired alone.
+func notAcquired(out outcome) error {
+	if err := out.notAcquired(); err != nil {
+		return err
+	}
+	return ErrNotAcquired
 }
 
 // UnlockContext releases the lock: it stops the watchdog, ends the held
@@ -228,24 +296,42 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 // ctx is nil.
 func (m *Mutex) UnlockContext(ctx context.Context) error {
 	mustContext(ctx)
-	h := m.current.Swap(nil)
+	return m.unlock(ctx, m.current.Swap(nil))
+}
+
+// unlock ends h, which the caller has taken out of m.current, for
+// UnlockContext.
+func (m *Mutex) unlock(ctx context.Context, h *holding) error {
 	if h == nil {
 		return ErrNotHeld
 	}
 	defer func() { <-m.local }()
+	var start time.Time
+	if m.cfg.observer != nil {
+		start = time.Now()
+	}
 	out, lost := h.unlock(ctx)
 	m.queued.Store(out.woke())
+	err := m.unlockError(out, lost)
+	if o := m.cfg.observer; o != nil && o.Released != nil {
+		observe(m.cfg.logger, "Released", o.Released, ReleasedEvent{Context: ctx, Name: m.name, Start: start, Duration: time.Since(start),
+			Held: start.Sub(h.heldAt), Lost: lost != nil, Err: err})
+	}
+	return err
+}
+
+// unlockError is UnlockContext's error, given what the release learned and
+// the cause of the loss, if the lock had been lost.
+func (m *Mutex) unlockError(out outcome, lost error) error {
 	nodes := len(m.client.nodes)
 	switch {
 	case lost != nil:
 		return errors.Join(lost, out.errs)
 	case out.won:
 		return nil
-	case out.refusals > 0:
+	case out.refusals >= quorum(nodes):
 		return errors.Join(fmt.Errorf("%w: %d of %d nodes no longer held it at unlock", ErrLockLost, out.refusals, nodes), out.errs)
-	case out.errs != nil:
-		return out.errs
 	default:
-		return fmt.Errorf("redlock: release confirmed by %d of %d nodes, less than a quorum", out.oks, nodes)
+		return errors.Join(fmt.Errorf("redlock: release confirmed by %d of %d nodes, less than a quorum; %d no longer held it", out.oks, nodes, out.refusals), out.errs)
 	}
 }

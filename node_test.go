@@ -247,6 +247,9 @@ func TestLeftoverProvenDuringAFlushIsReleased(t *testing.T) {
 	cycle := func(name string) *Mutex {
 		m := c.NewMutex(name)
 		m.Lock()
+		// Lock returns at a quorum; a grant not yet sent when Unlock
+		// begins is never sent, and leaves nothing to release.
+		waitFor(t, "every grant", func() bool { return keysOn(mrs, m.key) == 3 })
 		m.Unlock()
 		return m
 	}

@@ -35,11 +35,14 @@ type config struct {
 	retryDelay       time.Duration
 	retryJitter      time.Duration
 	waitTimeout      time.Duration // 0: LockContext waits until ctx is done
+	maxHold          time.Duration // 0: extended until Unlock
 	keyPrefix        string
+	exactKey         bool // the name is the key
 	fencing          bool
 	restartGuard     time.Duration // 0: off
 	logger           *slog.Logger
-	noRepair         bool // the watchdog does not repair; only tests set it
+	observer         *Observer // nil: none
+	noRepair         bool      // the watchdog does not repair; only tests set it
 	errs             []error
 }
 
@@ -122,10 +125,12 @@ func WithWatchdogInterval(d time.Duration) Option {
 }
 
 // WithRetryDelay sets the base delay between acquisition attempts while the
-// lock is taken. A waiter queued behind a holder is woken by name when the
-// release makes it the next in line, and waits ten times as long between
-// attempts, since then the delay matters only when that message is lost or
-// the holder has died. Default 50ms; it must be positive.
+// lock is taken. A waiter queued behind a holder of this package is woken by
+// name when the release makes it the next in line, and waits ten times as
+// long between attempts, since then the delay matters only when that message
+// is lost or the holder has died; behind a holder of another Redlock client
+// (see WithExactKey), which wakes no one, it waits one delay. Default 50ms;
+// it must be positive.
 func WithRetryDelay(d time.Duration) Option {
 	return func(c *config) {
 		if d <= 0 {
@@ -166,6 +171,25 @@ func WithWaitTimeout(d time.Duration) Option {
 	}
 }
 
+// WithMaxHold bounds how long one acquisition may be held: d after the
+// acquisition began, the watchdog stops extending the lock and the held
+// context ends with a cause that wraps ErrLockLost and names the limit. The
+// key is not deleted then, so that a holder that checks held before each
+// step has the rest of the validity to stop: it expires, or is released,
+// at the end of the last validity a quorum confirmed, at most d plus the
+// TTL after the acquisition began, even if the holder is stuck and never
+// calls Unlock. Unlock releases it at once. Default 0, no limit; it must
+// not be negative.
+func WithMaxHold(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			c.fail("maximum hold %v must not be negative", d)
+			return
+		}
+		c.maxHold = d
+	}
+}
+
 // WithKeyPrefix sets the prefix of every lock's Redis key. A Mutex named n
 // uses the key prefix+"{"+n+"}", so that the keys of one lock share a cluster
 // hash slot. Default "redlock:"; it may be empty, and must not contain a
@@ -178,6 +202,22 @@ func WithKeyPrefix(prefix string) Option {
 		}
 		c.keyPrefix = prefix
 	}
+}
+
+// WithExactKey makes the lock's name its Redis key, byte for byte, with no
+// prefix and no braces, so that the Mutex excludes, and is excluded by, any
+// other Redlock client that locks that key: redsync, node-redlock and the
+// Python redlock all hold a lock as a random value set with SET NX PX and
+// release it with a compare-and-delete, as this package does. The lock's
+// other keys are the name plus a suffix (":waiters", ":fence"); on a Redis
+// Cluster they share a hash slot with the lock only if the name has a hash
+// tag of its own, such as "{orders}:lock", and a Client with a Cluster or
+// Ring node reports a name without one as an error. Waiters queued here are woken by
+// this package's releases only; behind a holder of another client they poll
+// every retry delay. The key prefix still names the Client's own keys.
+// Default off.
+func WithExactKey() Option {
+	return func(c *config) { c.exactKey = true }
 }
 
 // WithFencing makes every acquisition earn a fencing token, Mutex.Token: a

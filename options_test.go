@@ -62,6 +62,7 @@ func TestNewMutexBadConfigurationIsReported(t *testing.T) {
 	}{
 		{"empty name", c.NewMutex(""), "mutex name is empty"},
 		{"bad TTL", c.NewMutex("x", WithTTL(-time.Second)), "TTL"},
+		{"negative maximum hold", c.NewMutex("x", WithMaxHold(-time.Second)), "maximum hold -1s must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,14 +12,16 @@ import (
 
 // reply is one node's answer in a round.
 type reply struct {
-	ok       bool   // the node did what was asked
-	err      error  // the call failed, or its answer does not count; ok is false
-	answered bool   // the node answered, or its call could not be made
-	late     bool   // it came after the round was abandoned
-	counter  uint64 // acquire: the node's fencing counter; identify: the node index the server saw first
-	woke     bool   // release: the node woke a queued waiter
-	unheard  bool   // release: the node could not publish the wake-up
-	holder   string // enqueue: the value that holds the lock on the node, or ""
+	ok       bool          // the node did what was asked
+	err      error         // the call failed, or its answer does not count; ok is false
+	answered bool          // the node answered, or its call could not be made
+	late     bool          // it came after the round was abandoned
+	counter  uint64        // acquire: the node's fencing counter; identify: the node index the server saw first
+	woke     bool          // release: the node woke a queued waiter
+	unheard  bool          // release: the node could not publish the wake-up
+	holder   string        // enqueue, status: the value that holds the lock on the node, or ""
+	ttl      time.Duration // status: the key's PTTL
+	waiters  int           // status: the live waiters queued on the node
 	// extend: extended[j] says whether the node extended the round's j-th
 	// lock; meaningful where ok.
 	extended []bool
@@ -78,6 +81,9 @@ type roundSpec struct {
 	kind    roundKind
 	holding *holding  // the holding of an acquire, release or repair round
 	start   time.Time // when the round was decided on, if not at launch
+	// waitAll makes the wait hear every node, up to the timeout, even
+	// those that did not answer an earlier round in time.
+	waitAll bool
 	// live, if set, says whether the round's calls are still wanted: the
 	// holdings they are for have not ended. A grant or repair is not sent
 	// once it says no, and no call is sent again after its connection
@@ -105,6 +111,9 @@ type round struct {
 	start       time.Time
 	hungAtStart []bool // nodes that had not answered in time in an earlier round
 	pendingHung int    // of those, the ones not heard from yet
+
+	observer *Observer    // the Client's, for NodeError, if it has one
+	logger   *slog.Logger // the Client's
 
 	parent   context.Context
 	deadline time.Time
@@ -150,6 +159,7 @@ func (c *Client) launch(ctx context.Context, spec roundSpec) *round {
 		notify:  make(chan int, len(c.nodes)),
 		nodes:   c.nodes, spec: spec, start: start,
 		parent: ctx, deadline: now.Add(spec.timeout), expired: make(chan struct{}),
+		observer: c.cfg.observer, logger: c.cfg.logger,
 	}
 	r.running.Store(int32(len(c.nodes)))
 	r.expiry = time.AfterFunc(spec.timeout, r.expire)
@@ -162,8 +172,8 @@ func (c *Client) launch(ctx context.Context, spec roundSpec) *round {
 			r.pendingHung++
 		}
 	}
+	var busy []*node // nodes to tell the observer of, once c.mu is released
 	c.mu.RLock()
-	defer c.mu.RUnlock()
 	for _, n := range c.nodes {
 		skipped := spec.skip != nil && spec.skip[n.index]
 		if !skipped && !c.closed && n.submit(spec.timeout, task{round: r}) {
@@ -180,9 +190,16 @@ func (c *Client) launch(ctx context.Context, spec roundSpec) *round {
 		}
 		r.record(n.index, reply{err: err})
 		r.finished()
+		if err == errTooBusy && r.observer != nil {
+			busy = append(busy, n)
+		}
 		if !skipped && spec.kind == releaseRound {
 			spec.holding.releaseReplied(n, reply{err: err})
 		}
+	}
+	c.mu.RUnlock()
+	for _, n := range busy {
+		r.observeNodeError(n, errTooBusy)
 	}
 	return r
 }
@@ -200,6 +217,9 @@ func (r *round) call(n *node) {
 		rep = r.spec.call(r, n)
 		if !notSent(rep.err) {
 			n.answered(rep.err, sent)
+			if rep.err != nil && r.observer != nil {
+				r.observeNodeError(n, rep.err)
+			}
 		}
 	}
 	late, won := r.record(n.index, rep)
@@ -211,6 +231,13 @@ func (r *round) call(n *node) {
 		r.spec.holding.releaseReplied(n, rep)
 	case repairRound:
 		r.spec.holding.repairReplied(n, rep)
+	}
+}
+
+// observeNodeError tells the Client's observer of a node call that failed.
+func (r *round) observeNodeError(n *node, err error) {
+	if f := r.observer.NodeError; f != nil {
+		observe(r.logger, "NodeError", f, NodeErrorEvent{Node: n.index, Addr: n.addr, Err: err})
 	}
 }
 
@@ -244,7 +271,7 @@ func (r *round) wait(ctx context.Context, done func(i int, rep reply, pendingHun
 	oks, fails := 0, 0
 	var ctxErr error
 	timedOut := false
-	decidedYet := decided(0, 0, r.pendingHung, len(r.nodes))
+	decidedYet := !r.spec.waitAll && decided(0, 0, r.pendingHung, len(r.nodes))
 wait:
 	for !decidedYet {
 		select {
@@ -326,20 +353,54 @@ func (r *round) settle(ctxErr error, timedOut bool) outcome {
 func (r *round) nodeErrors(replies []reply) error {
 	var errs []error
 	for i, rep := range replies {
-		n := r.nodes[i]
-		switch {
-		case rep.answered && rep.err != nil:
-			errs = append(errs, n.errorf(rep.err))
-		case rep.answered:
-		case r.ctxErr != nil:
-			errs = append(errs, n.errorf(fmt.Errorf("no answer before the wait ended: %w", r.ctxErr)))
-		case r.timedOut:
-			errs = append(errs, n.errorf(fmt.Errorf("no answer within %v: %w", r.spec.timeout, context.DeadlineExceeded)))
-		case r.hungAtStart != nil && r.hungAtStart[i]:
-			errs = append(errs, n.errorf(fmt.Errorf("not waited for: no answer within %v in an earlier round: %w", r.spec.timeout, context.DeadlineExceeded)))
+		if err := r.nodeError(i, rep); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// nodeError is node i's *NodeError for nodeErrors, or nil.
+func (r *round) nodeError(i int, rep reply) error {
+	n := r.nodes[i]
+	switch {
+	case rep.answered && rep.err != nil:
+		return n.errorf(rep.err)
+	case rep.answered:
+		return nil
+	case r.ctxErr != nil:
+		return n.errorf(fmt.Errorf("no answer before the wait ended: %w", r.ctxErr))
+	case r.timedOut:
+		return n.errorf(fmt.Errorf("no answer within %v: %w", r.spec.timeout, context.DeadlineExceeded))
+	case r.hungAtStart != nil && r.hungAtStart[i]:
+		return n.errorf(fmt.Errorf("not waited for: no answer within %v in an earlier round: %w", r.spec.timeout, context.DeadlineExceeded))
+	}
+	return nil
+}
+
+// notAcquired says why a lost round did not get the lock: ErrTaken if any
+// node refused, and ErrNoQuorum, with the node errors, if any node failed or
+// did not answer in time; both, joined, when both apply. A node not heard
+// from because the caller's wait ended has not failed: the wait's end is
+// reported by itself. It returns nil if no node did either.
+func (o outcome) notAcquired() error {
+	nodes := len(o.replies)
+	var taken, failed error
+	if o.refusals > 0 {
+		taken = fmt.Errorf("%w: %d of %d nodes refused", ErrTaken, o.refusals, nodes)
+	}
+	var errs []error
+	for i, rep := range o.replies {
+		if rep.answered || o.round.ctxErr == nil {
+			if err := o.round.nodeError(i, rep); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if errs != nil {
+		failed = fmt.Errorf("%w: %d of %d nodes granted it: %w", ErrNoQuorum, o.oks, nodes, errors.Join(errs...))
+	}
+	return errors.Join(taken, failed)
 }
 
 // abandon marks the round as undone: replies from now on are late, and its

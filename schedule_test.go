@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,7 +32,13 @@ import (
 //	    or its Unlock began);
 //	(d) every held context ended before the validity did;
 //	(e) no goroutine is left (checked after each batch of schedules run at
-//	    once).
+//	    once);
+//	(f) Do returned an error wrapping ErrLockLost whenever the lock was lost
+//	    by the time its func returned, and nil only if it was not lost;
+//	(g) the Observer heard one Acquired per acquisition, and each ended
+//	    once: with Lost, or with a Released that was not lost.
+//
+// Some schedules set WithMaxHold, and some of the Mutexes' sections use Do.
 //
 // REDLOCK_SCHEDULES sets how many schedules run (default: about 20 seconds'
 // worth under -race); REDLOCK_SEED runs the one schedule of that seed and
@@ -158,10 +165,12 @@ type schedule struct {
 	mu          sync.Mutex
 	events      []string
 	holdings    []*observed
-	unsafe      bool // keys were deleted behind a holder's back
-	overlaps    int  // in an unsafe schedule
-	leftByClose int  // keys left by a Client closed while their node had a fault
-	paused      int  // held contexts late while the process stalled
+	observed    eventCounts
+	maxHold     time.Duration // 0: none
+	unsafe      bool          // keys were deleted behind a holder's back
+	overlaps    int           // in an unsafe schedule
+	leftByClose int           // keys left by a Client closed while their node had a fault
+	paused      int           // held contexts late while the process stalled
 	violations  []string
 	repairs     []call // repairs that ran on a server, at: when they ran
 }
@@ -254,7 +263,7 @@ func (s *schedule) draw() {
 	s.duration = s.ttl/2 + time.Duration(s.rng.Int64N(int64(2*s.ttl)))
 	// A wide drift allowance: the schedules test the lifecycle, not how
 	// late a loaded machine's timers fire.
-	s.opts = []Option{WithTTL(s.ttl), WithNodeTimeout(s.timeout), WithDriftFactor(0.1),
+	s.opts = []Option{WithObserver(s.observed.observer()), WithTTL(s.ttl), WithNodeTimeout(s.timeout), WithDriftFactor(0.1),
 		WithRetryDelay(time.Duration(1+s.rng.IntN(20)) * time.Millisecond), WithRetryJitter(5 * time.Millisecond),
 		WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))}
 	if s.rng.IntN(2) == 0 {
@@ -263,8 +272,13 @@ func (s *schedule) draw() {
 	if s.rng.IntN(3) == 0 {
 		s.opts = append(s.opts, func(c *config) { c.noRepair = true })
 	}
+	if s.rng.IntN(3) == 0 {
+		limit := s.ttl/4 + time.Duration(s.rng.Int64N(int64(2*s.ttl)))
+		s.opts = append(s.opts, WithMaxHold(limit))
+		s.maxHold = limit
+	}
 	s.t0 = time.Now()
-	s.logf("seed %d: %d nodes, TTL %v, node timeout %v, for %v", s.seed, s.nodes, s.ttl, s.timeout, s.duration)
+	s.logf("seed %d: %d nodes, TTL %v, node timeout %v, maximum hold %v, for %v", s.seed, s.nodes, s.ttl, s.timeout, s.maxHold, s.duration)
 }
 
 // start starts the servers, their fault layers and the Clients, and keeps
@@ -303,6 +317,12 @@ func (s *schedule) start() {
 // stop ends.
 func (s *schedule) work(who string, m *Mutex, rng *rand.Rand, stop context.Context) {
 	for stop.Err() == nil {
+		if rng.IntN(4) == 0 {
+			if closed := s.do(who, m, rng, stop); closed {
+				return
+			}
+			continue
+		}
 		ctx, cancel := context.WithTimeout(stop, time.Duration(rng.Int64N(int64(2*s.ttl))))
 		var held context.Context
 		var err error
@@ -339,6 +359,43 @@ func (s *schedule) work(who string, m *Mutex, rng *rand.Rand, stop context.Conte
 	}
 }
 
+// do runs one section with Do, and checks (f). It reports whether the
+// Client was closed.
+func (s *schedule) do(who string, m *Mutex, rng *rand.Rand, stop context.Context) (closed bool) {
+	ctx, cancel := context.WithTimeout(stop, time.Duration(rng.Int64N(int64(2*s.ttl))))
+	defer cancel()
+	hold := time.Duration(rng.Int64N(int64(2 * s.ttl)))
+	var o *observed
+	var lostAtReturn bool
+	err := m.Do(ctx, func(held context.Context) error {
+		o = s.acquired(who, held)
+		select {
+		case <-time.After(hold):
+		case <-held.Done():
+		case <-stop.Done():
+		}
+		lostAtReturn = held.Err() != nil && errors.Is(context.Cause(held), ErrLockLost)
+		return nil
+	})
+	if o == nil {
+		return errors.Is(err, ErrClosed)
+	}
+	s.mu.Lock()
+	o.unlocked = time.Now()
+	s.mu.Unlock()
+	o.h.mu.Lock()
+	cause := o.h.cause
+	o.h.mu.Unlock()
+	s.logf("%s: Do with %s: %v", who, short(o.h.value), err)
+	switch {
+	case lostAtReturn && !errors.Is(err, ErrLockLost):
+		s.violate("(f) Do with %s returned %v though held had ended with %v before its func returned", short(o.h.value), err, cause)
+	case err == nil && cause != nil:
+		s.violate("(f) Do with %s returned nil though the holding was lost: %v", short(o.h.value), cause)
+	}
+	return false
+}
+
 // acquired records a successful acquisition.
 func (s *schedule) acquired(who string, held context.Context) *observed {
 	h := held.(*heldContext).h
@@ -357,7 +414,7 @@ func (s *schedule) acquired(who string, held context.Context) *observed {
 	return o
 }
 
-func short(value string) string { return value[:6] }
+func short(value string) string { return strings.TrimPrefix(value, valuePrefix)[:6] }
 
 // action is one fault of the schedule, at a moment of it, or the end of
 // one: undoes names the action it ends.
@@ -609,11 +666,40 @@ func (s *schedule) finish() {
 	}
 }
 
+// eventCounts counts the Observer's events of a schedule.
+type eventCounts struct {
+	acquired, lost, released, releasedLost atomic.Int64
+}
+
+func (e *eventCounts) observer() *Observer {
+	return &Observer{
+		Acquired: func(AcquiredEvent) { e.acquired.Add(1) },
+		Lost:     func(LostEvent) { e.lost.Add(1) },
+		Released: func(r ReleasedEvent) {
+			if r.Lost {
+				e.releasedLost.Add(1)
+			} else {
+				e.released.Add(1)
+			}
+		},
+	}
+}
+
+// checkEvents checks (g), once every Client is closed.
+func (s *schedule) checkEvents(holdings int) {
+	e := &s.observed
+	acquired, lost, released, releasedLost := e.acquired.Load(), e.lost.Load(), e.released.Load(), e.releasedLost.Load()
+	if acquired != int64(holdings) || lost+released != acquired || releasedLost > lost {
+		s.violate("(g) %d acquisitions seen; events: %d Acquired, %d Lost, %d Released not lost, %d Released lost", holdings, acquired, lost, released, releasedLost)
+	}
+}
+
 // check checks invariants (a) to (d).
 func (s *schedule) check() {
 	s.mu.Lock()
 	holdings := slices.Clone(s.holdings)
 	s.mu.Unlock()
+	s.checkEvents(len(holdings))
 	ends := make(map[string]time.Time)
 	for _, o := range holdings {
 		ends[o.h.value] = s.checkEnd(o)

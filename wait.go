@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	mathrand "math/rand/v2"
+	"strings"
 	"time"
 )
 
@@ -26,6 +27,7 @@ type waiter struct {
 	retried  bool      // the last attempt was made at once, without waiting
 	logged   bool      // a node error of this wait was logged at Warn
 	last     error     // the last attempt's error
+	attempts int       // attempts made
 }
 
 // queuedPollFactor is how many retry delays a waiter waits between attempts
@@ -42,17 +44,30 @@ const handoffGrace = 5 * time.Millisecond
 // lock acquires the lock, waiting until waitCtx is done; held derives from
 // ctx.
 func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
+	if m.cfg.observer == nil {
+		held, _, err := m.waitFor(ctx, waitCtx)
+		return held, err
+	}
+	start := time.Now()
+	held, attempts, err := m.waitFor(ctx, waitCtx)
+	m.observeAcquisition(ctx, start, attempts, err)
+	return held, err
+}
+
+// waitFor is lock without the observer: it also says how many attempts it
+// made.
+func (m *Mutex) waitFor(ctx, waitCtx context.Context) (context.Context, int, error) {
 	if err := m.usable(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	select {
 	case m.local <- struct{}{}:
 	case <-waitCtx.Done():
-		return nil, waitEnded(waitCtx, nil)
+		return nil, 0, waitEnded(waitCtx, errTakenHere)
 	}
 	if !m.client.enter() {
 		<-m.local
-		return nil, ErrClosed
+		return nil, 0, ErrClosed
 	}
 	defer m.client.leave()
 	w := &waiter{m: m, ctx: ctx, waitCtx: waitCtx}
@@ -61,7 +76,7 @@ func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
 	if err != nil {
 		<-m.local
 	}
-	return held, err
+	return held, w.attempts, err
 }
 
 // wait makes attempts until one succeeds, one fails in a way retrying
@@ -75,6 +90,7 @@ func (w *waiter) wait() (context.Context, error) {
 		if err := w.ended(); err != nil {
 			return nil, err
 		}
+		w.attempts++
 		held, permanent, err := m.attempt(w.waitCtx, w.ctx, w.id)
 		if err == nil {
 			return held, nil
@@ -82,7 +98,9 @@ func (w *waiter) wait() (context.Context, error) {
 		if permanent {
 			return nil, err
 		}
-		w.last = err
+		if err != ErrNotAcquired || w.last == nil {
+			w.last = err // a round the wait's end cut short says nothing new
+		}
 		if w.waitCtx.Err() != nil || m.client.isClosing() {
 			continue // not a failure to retry: the wait is over
 		}
@@ -110,8 +128,8 @@ func (w *waiter) ended() error {
 func (w *waiter) queueBehindWoken() {
 	w.listen()
 	delay := handoffGrace
-	if w.m.joinQueue(w.waitCtx, w.id, enqueueLast) {
-		delay = w.pollDelay(true)
+	if holder := w.m.joinQueue(w.waitCtx, w.id, enqueueLast); holder != "" {
+		delay = w.pollDelay(holder)
 	}
 	w.woken = w.await(delay)
 }
@@ -137,21 +155,22 @@ func (w *waiter) join() (delay time.Duration, now bool) {
 		mode = enqueueFirst
 	}
 	w.woken = false
-	heldByOne := w.m.joinQueue(w.waitCtx, w.id, mode)
-	if !heldByOne && !w.retried {
+	holder := w.m.joinQueue(w.waitCtx, w.id, mode)
+	if holder == "" && !w.retried {
 		w.retried = true
 		return 0, true
 	}
 	w.retried = false
-	return w.pollDelay(heldByOne), false
+	return w.pollDelay(holder), false
 }
 
-// pollDelay is how long to wait for a wake-up before trying again: a retry
-// delay, or ten while a holder has the lock and its release will wake the
-// waiter.
-func (w *waiter) pollDelay(heldByOne bool) time.Duration {
+// pollDelay is how long to wait for a wake-up before trying again, given
+// the value that holds the lock on a quorum of nodes, if any: a retry delay,
+// or ten while the holder is one of this package's, whose release will wake
+// the waiter. Other Redlock clients (see WithExactKey) do not.
+func (w *waiter) pollDelay(holder string) time.Duration {
 	delay := w.m.retryDelay()
-	if heldByOne && w.hears {
+	if strings.HasPrefix(holder, valuePrefix) && w.hears {
 		delay *= queuedPollFactor
 	}
 	return delay
@@ -202,10 +221,10 @@ func (m *Mutex) aliveTTL() time.Duration {
 }
 
 // joinQueue puts waiter in the lock's queue (or keeps it there) on the
-// nodes. It reports whether a quorum of nodes says that one holder has the
-// lock, in which case that holder's release will wake a waiter and there is
-// no point trying before then.
-func (m *Mutex) joinQueue(ctx context.Context, waiter, mode string) (heldByOne bool) {
+// nodes. It returns the holder's value if a quorum of nodes says that one
+// holder has the lock, in which case there is no point trying before it is
+// released; "" if not.
+func (m *Mutex) joinQueue(ctx context.Context, waiter, mode string) (holder string) {
 	c := m.client
 	r := c.launch(ctx, roundSpec{call: m.enqueueCall(waiter, mode), timeout: m.cfg.perNodeTimeout()})
 	var holders []string // the value each answering node named
@@ -215,29 +234,32 @@ func (m *Mutex) joinQueue(ctx context.Context, waiter, mode string) (heldByOne b
 		if rep.ok {
 			holders = append(holders, rep.holder)
 		}
-		most := mostCommon(holders)
-		heldByOne = most >= quorum(len(c.nodes))
-		return heldByOne || most+unanswered < quorum(len(c.nodes))
+		most, value := mostCommon(holders)
+		if most >= quorum(len(c.nodes)) {
+			holder = value
+		}
+		return holder != "" || most+unanswered < quorum(len(c.nodes))
 	})
-	return heldByOne
+	return holder
 }
 
-// mostCommon counts the most common non-empty value.
-func mostCommon(values []string) int {
-	most := 0
+// mostCommon returns the most common non-empty value, and its count.
+func mostCommon(values []string) (count int, value string) {
 	for i, v := range values {
 		if v == "" {
 			continue
 		}
-		count := 0
+		n := 0
 		for _, u := range values[i:] {
 			if u == v {
-				count++
+				n++
 			}
 		}
-		most = max(most, count)
+		if n > count {
+			count, value = n, v
+		}
 	}
-	return most
+	return count, value
 }
 
 // leaveQueue takes a waiter that gave up out of the queue. It waits for a
@@ -246,15 +268,14 @@ func (m *Mutex) leaveQueue(waiter string) {
 	m.client.fanOut(context.Background(), m.cfg.perNodeTimeout(), m.enqueueCall(waiter, dequeue))
 }
 
-// waitEnded is the error of a wait that ctx ended; last is the last
-// attempt's error, kept when nodes failed in it.
+// waitEnded is the error of a wait that ctx ended; last is the error of the
+// last attempt, which says why it failed, or nil.
 func waitEnded(ctx context.Context, last error) error {
 	err := fmt.Errorf("%w: %w", ErrNotAcquired, ctx.Err())
 	if cause := context.Cause(ctx); cause != ctx.Err() {
 		err = fmt.Errorf("%w: %w", err, cause)
 	}
-	var nodeErr *NodeError
-	if errors.As(last, &nodeErr) {
+	if last != nil && last != ErrNotAcquired {
 		err = fmt.Errorf("%w; last attempt: %w", err, last)
 	}
 	return err

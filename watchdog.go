@@ -188,7 +188,7 @@ func (w *watchdog) stop() {
 	}
 	w.mu.Unlock()
 	for _, h := range watched {
-		h.lose(fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
+		h.lose(LostClosed, fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
 	}
 }
 
@@ -196,7 +196,8 @@ func (w *watchdog) stop() {
 // the replies come.
 type tally struct {
 	extended, refused, failed int
-	refusedBy                 []bool // nodes that answered that the key is gone or not ours
+	refusedBy                 []bool    // nodes that answered that the key is gone or not ours
+	decided                   time.Time // when the lock's outcome was known
 }
 
 // extend runs one extension round for the holdings in batch that are still
@@ -278,6 +279,8 @@ func (w *watchdog) extendRound(batch []*dueEntry, start time.Time) ([]tally, out
 			}
 			if !decided(t.extended, t.refused+t.failed, pendingHung, len(c.nodes)) {
 				undecided++
+			} else if t.decided.IsZero() {
+				t.decided = time.Now()
 			}
 		}
 		return undecided == 0
@@ -295,6 +298,20 @@ func (w *watchdog) settle(e *dueEntry, t tally, start time.Time) bool {
 	m := h.m
 	nodes := len(w.c.nodes)
 	interval := m.cfg.extendInterval()
+	if o := m.cfg.observer; o != nil && o.Extended != nil {
+		outcome := ExtendFailed
+		switch {
+		case t.extended >= quorum(nodes):
+			outcome = ExtendOK
+		case t.refused >= quorum(nodes):
+			outcome = ExtendRefused
+		}
+		decidedAt := t.decided
+		if decidedAt.IsZero() { // the round timed out before it was decided
+			decidedAt = time.Now()
+		}
+		observe(m.cfg.logger, "Extended", o.Extended, ExtendedEvent{Name: m.name, Latency: decidedAt.Sub(start), Outcome: outcome})
+	}
 	switch {
 	case t.extended >= quorum(nodes):
 		until, stillHeld := h.extended(validityEnd(start, m.cfg.ttl, m.cfg.drift()))
@@ -306,7 +323,7 @@ func (w *watchdog) settle(e *dueEntry, t tally, start time.Time) bool {
 		}
 		w.reschedule(e, start.Add(interval), false)
 	case t.refused >= quorum(nodes):
-		h.lose(fmt.Errorf("%w: %d of %d nodes no longer hold it", ErrLockLost, t.refused, nodes))
+		h.lose(LostRefused, fmt.Errorf("%w: %d of %d nodes no longer hold it", ErrLockLost, t.refused, nodes))
 	default:
 		// Too few answers: try again sooner, while validity remains.
 		w.reschedule(e, time.Now().Add(max(interval/4, time.Millisecond)), true)

@@ -3,6 +3,7 @@ module github.com/seed62cefe0a/redlock/integration
 go 1.26.0
 
 require (
+	github.com/go-redsync/redsync/v4 v4.18.1
 	github.com/ory/dockertest/v3 v3.12.0
 	github.com/redis/go-redis/v9 v9.23.0
 	github.com/seed62cefe0a/redlock v0.0.0

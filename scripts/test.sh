@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Runs every test of redlock: the root package and the integration suite on
 # real Redis containers. It installs and starts what it needs on a Debian
-# machine with Go: redis-server and docker.io from apt, a Docker daemon with
-# networking off (containers use the host's loopback), and a small Redis image
-# built from the local redis-server binary, since no registry may be reachable.
+# machine with Go: redis-server, docker.io, nodejs and npm from apt, a Docker
+# daemon with networking off (containers use the host's loopback), a small
+# Redis image built from the local redis-server binary, since no registry may
+# be reachable, and node-redlock from npm for the interop test.
 #
 # Environment:
 #   REDLOCK_REDIS_IMAGE     image to run (default redlock-redis:local, built here);
 #                           e.g. redis:7 where a registry is reachable
 #   REDLOCK_REQUIRE_DOCKER  1 makes the integration suite fail, not skip, without
 #                           Docker (set automatically when CI is set)
+#   REDLOCK_REQUIRE_NODE    1 makes the interop test with node-redlock fail, not
+#                           skip, without node and its packages (set when CI is set)
 #   REDLOCK_SKIP_DOCKER     1 runs only the root package's tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +20,7 @@ cd "$(dirname "$0")/.."
 log() { printf '==> %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if [ -n "${CI:-}" ]; then export REDLOCK_REQUIRE_DOCKER=1; fi
+if [ -n "${CI:-}" ]; then export REDLOCK_REQUIRE_DOCKER=1 REDLOCK_REQUIRE_NODE=1; fi
 export REDLOCK_REDIS_IMAGE="${REDLOCK_REDIS_IMAGE:-redlock-redis:local}"
 
 install_packages() {
@@ -25,6 +28,8 @@ install_packages() {
 	command -v redis-server >/dev/null || missing+=(redis-server)
 	if [ "${REDLOCK_SKIP_DOCKER:-}" != 1 ]; then
 		command -v dockerd >/dev/null || missing+=(docker.io)
+		command -v node >/dev/null || missing+=(nodejs)
+		command -v npm >/dev/null || missing+=(npm)
 	fi
 	[ ${#missing[@]} -eq 0 ] && return
 	log "installing ${missing[*]}"
@@ -75,11 +80,21 @@ build_image() {
 	rm -rf "$root"
 }
 
+# install_node_worker installs the packages of the node-redlock worker that
+# the interop test runs, as package-lock.json pins them.
+install_node_worker() {
+	local dir=integration/testdata/noderedlock
+	[ -d "$dir/node_modules/redlock" ] && return
+	log "installing node-redlock and ioredis for the interop test"
+	(cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+}
+
 install_packages
 if [ "${REDLOCK_SKIP_DOCKER:-}" != 1 ]; then
 	if start_docker && build_image; then :; else
 		log "Docker is unavailable; the integration suite will skip (or fail when REDLOCK_REQUIRE_DOCKER=1)"
 	fi
+	install_node_worker || log "npm could not install the node-redlock worker; its interop test will skip (or fail when REDLOCK_REQUIRE_NODE=1)"
 fi
 
 log "go vet"

@@ -1,0 +1,168 @@
+package redlock
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// Observer receives the events of a Client's locks: set it with WithObserver.
+// Each field is optional; a nil field costs nothing, and so does a nil
+// *Observer. The zero value observes nothing.
+//
+// Each func is called on the goroutine where its event happens, named in
+// its doc, and that goroutine waits for it. Some of them drive the lock's
+// timing: the watchdog's, which extends every lock of the Client, and the
+// expiry timer's. A func must therefore return quickly and must not block:
+// record a metric, end a span, or hand the event to a goroutine of your own.
+// It must not call the Mutex's methods. A panic in a func is recovered and
+// logged at Error with the event's name, and the lock carries on as if the
+// func had returned.
+type Observer struct {
+	// Acquired is called when Lock, LockContext, TryLock, TryLockContext or
+	// Do acquires the lock, on the caller's goroutine, before the call
+	// returns.
+	Acquired func(AcquiredEvent)
+	// NotAcquired is called when one of those calls returns without the
+	// lock, on the caller's goroutine.
+	NotAcquired func(NotAcquiredEvent)
+	// Released is called when Unlock, UnlockContext or Do has released a
+	// lock, on the caller's goroutine, whether or not the lock had been lost.
+	Released func(ReleasedEvent)
+	// Extended is called once per lock for each extension round, on the
+	// watchdog's goroutine, when the round's outcome for that lock is known.
+	Extended func(ExtendedEvent)
+	// Lost is called once when a held lock is lost, on the goroutine that
+	// found out: the expiry timer's, the watchdog's, Close's, or one that
+	// called held.Err, held.Done or Unlock after the validity had ended.
+	Lost func(LostEvent)
+	// NodeError is called for each call to a node that failed or did not
+	// answer in time, on that node's goroutine, or for a node that has too
+	// many calls in flight, on the goroutine that started the round.
+	NodeError func(NodeErrorEvent)
+}
+
+// AcquiredEvent describes an acquisition.
+type AcquiredEvent struct {
+	Context  context.Context // the context of the call; context.Background() for Lock and TryLock
+	Name     string          // the Mutex's name
+	Start    time.Time       // when the call began
+	Wait     time.Duration   // from Start to the acquisition, local wait included
+	Attempts int             // acquisition rounds made
+	Token    uint64          // the fencing token; 0 without WithFencing
+}
+
+// NotAcquiredEvent describes a call that returned without the lock.
+type NotAcquiredEvent struct {
+	Context  context.Context
+	Name     string
+	Start    time.Time
+	Wait     time.Duration
+	Attempts int   // acquisition rounds made; 0 if none was
+	Err      error // what the call returned: see ErrTaken, ErrNoQuorum
+}
+
+// ReleasedEvent describes a release by Unlock, UnlockContext or Do.
+type ReleasedEvent struct {
+	Context  context.Context // the context of the call; context.Background() for Unlock
+	Name     string
+	Start    time.Time     // when the release began
+	Duration time.Duration // how long the release took
+	Held     time.Duration // from the acquisition to Start
+	Lost     bool          // the lock had been lost before the release began
+	Err      error         // what UnlockContext returned
+}
+
+// ExtendOutcome is the outcome of an extension round for one lock.
+type ExtendOutcome uint8
+
+const (
+	// ExtendOK: a quorum extended the lock.
+	ExtendOK ExtendOutcome = iota + 1
+	// ExtendRefused: a quorum said the key is gone or another's; the lock is lost.
+	ExtendRefused
+	// ExtendFailed: too few nodes answered; the watchdog tries again soon.
+	ExtendFailed
+)
+
+func (o ExtendOutcome) String() string {
+	switch o {
+	case ExtendOK:
+		return "ok"
+	case ExtendRefused:
+		return "refused"
+	case ExtendFailed:
+		return "failed"
+	}
+	return "unknown"
+}
+
+// ExtendedEvent describes one lock's part in an extension round.
+type ExtendedEvent struct {
+	Name    string
+	Latency time.Duration // from the round's start to its outcome for this lock
+	Outcome ExtendOutcome
+}
+
+// LossCause says why a lock was lost.
+type LossCause uint8
+
+const (
+	// LostDeadline: no quorum confirmed the lock before its validity ended.
+	LostDeadline LossCause = iota + 1
+	// LostRefused: a quorum said the key is gone or owned by another.
+	LostRefused
+	// LostMaxHold: the lock was held for the limit set with WithMaxHold.
+	LostMaxHold
+	// LostClosed: the Client was closed while the lock was held.
+	LostClosed
+)
+
+func (c LossCause) String() string {
+	switch c {
+	case LostDeadline:
+		return "deadline"
+	case LostRefused:
+		return "refused"
+	case LostMaxHold:
+		return "max_hold"
+	case LostClosed:
+		return "closed"
+	}
+	return "unknown"
+}
+
+// LostEvent describes the loss of a held lock.
+type LostEvent struct {
+	Name  string
+	Cause LossCause
+	Held  time.Duration // from the acquisition to the loss
+	Err   error         // the held context's cause; it wraps ErrLockLost
+}
+
+// NodeErrorEvent describes a failed call to one node.
+type NodeErrorEvent struct {
+	Node int    // index of the node in the client list given to New or Dial
+	Addr string // the node's address, where known
+	Err  error
+}
+
+// WithObserver sets the Observer that receives the events of the locks:
+// given to New or Dial, of every Mutex of the Client; given to NewMutex, of
+// that Mutex, in place of the Client's. NodeError events concern the nodes,
+// which every Mutex of the Client shares: they go to the Client's Observer
+// only. Default nil, which observes nothing.
+func WithObserver(o *Observer) Option {
+	return func(c *config) { c.observer = o }
+}
+
+// observe calls f with event, and logs a panic in f instead of passing it
+// on. It is called only where f is not nil.
+func observe[E any](logger *slog.Logger, name string, f func(E), event E) {
+	defer func() {
+		if r := recover(); r != nil {
+			logger.Error("redlock: observer panicked; the lock carries on", "event", name, "panic", r)
+		}
+	}()
+	f(event)
+}
