@@ -6,7 +6,8 @@
 //
 // Usage:
 //
-//	redlock run [-url URL]... [-ttl 8s] [-wait D] [-grace D] [-fencing] NAME -- COMMAND [ARG]...
+//	redlock run    [-url URL]... [-ttl 8s] [-wait D] [-grace D] [-fencing] NAME -- COMMAND [ARG]...
+//	redlock status [-url URL]... [-json] NAME
 //
 // The masters are given by -url, once for each, or else by REDLOCK_URLS, a
 // comma-separated list, or else are the one at redis://127.0.0.1:6379/0.
@@ -34,17 +35,25 @@
 // process group. When COMMAND exits, redlock kills what it left running in
 // its process group, releases the lock and exits with COMMAND's status.
 //
+// # status
+//
+// status prints "free", or "held ttl=D waiters=N" where D is the time left
+// before the lock expires unless its holder extends it, and N is the number
+// of waiters queued for it. With -json it prints a JSON object instead.
+//
 // # Exit status
 //
 //   - COMMAND's own, or 128+N if signal N killed it;
 //   - 64, a usage error: a bad flag, no NAME, no -- before COMMAND;
 //   - 70, any other failure: a bad URL, masters that refuse the lock's
-//     commands (an ACL denial, say), or a COMMAND that cannot be started;
+//     commands (an ACL denial, say), a COMMAND that cannot be started, or a
+//     status that too few masters answered;
 //   - 75, the lock was not acquired within -wait, or on the single attempt of
 //     -wait 0, because another process holds it or too few masters answered;
 //   - 76, the lock was lost while COMMAND ran, and COMMAND was killed.
 //
-// redlock -h and redlock run -h print the usage and exit 0.
+// redlock -h, redlock run -h and redlock status -h print the usage and exit
+// 0.
 //
 // # Examples
 //

@@ -34,10 +34,12 @@ const (
 const defaultTTL = 8 * time.Second
 
 const usageText = `Usage:
-  redlock run [-url URL]... [-ttl 8s] [-wait D] [-grace D] [-fencing] NAME -- COMMAND [ARG]...
+  redlock run    [-url URL]... [-ttl 8s] [-wait D] [-grace D] [-fencing] NAME -- COMMAND [ARG]...
+  redlock status [-url URL]... [-json] NAME
 
 redlock run holds the Redlock lock NAME on a majority of the Redis masters
-while COMMAND runs, and releases it when COMMAND exits.
+while COMMAND runs, and releases it when COMMAND exits. redlock status tells
+whether NAME is held.
 
 The masters are the -url flags, or else the comma-separated URLs in
 REDLOCK_URLS, or else redis://127.0.0.1:6379/0.
@@ -50,7 +52,7 @@ Example, a cron job that runs on one machine at a time and skips its turn
 while another machine still runs it:
   redlock run -wait 0 nightly-report -- /usr/local/bin/report
 
-Run 'redlock run -h' for the flags.
+Run 'redlock run -h' or 'redlock status -h' for the flags of each.
 `
 
 func main() {
@@ -67,11 +69,13 @@ func run(args, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		return runCommand(args[1:], env, stdin, stdout, stderr)
+	case "status":
+		return statusCommand(args[1:], env, stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usageText)
 		return 0
 	default:
-		return usageError(stderr, "", fmt.Errorf("unknown subcommand %q; want run", args[0]))
+		return usageError(stderr, "", fmt.Errorf("unknown subcommand %q; want run or status", args[0]))
 	}
 }
 

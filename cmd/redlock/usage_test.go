@@ -18,10 +18,15 @@ func TestUsage(t *testing.T) {
 		out  []string // in stdout, for code 0
 		err  string   // in stderr's one line, otherwise
 	}{
-		{"help", []string{"-h"}, 0, []string{"Usage:", "redlock run ", "redlock run -wait 0 nightly-report -- /usr/local/bin/report"}, ""},
+		{"help", []string{"-h"}, 0, []string{"Usage:", "redlock run ", "redlock status ", "redlock run -wait 0 nightly-report -- /usr/local/bin/report"}, ""},
 		{"help word", []string{"help"}, 0, []string{"Usage:"}, ""},
 		{"run help", []string{"run", "-h"}, 0, []string{"Usage:", "Examples:", "-wait D", "-grace D", "-fencing", "-url URL", "-ttl duration", "REDLOCK_TOKEN"}, ""},
 		{"run help after name", []string{"run", "job", "-h", "--", "true"}, 0, []string{"Usage:"}, ""},
+		{"status help", []string{"status", "-h"}, 0, []string{"Usage:", "Examples:", "-json", "-url URL", "held ttl=D waiters=N"}, ""},
+		{"status without name", []string{"status"}, exitUsage, nil, "missing NAME"},
+		{"status with two names", []string{"status", "a", "b"}, exitUsage, nil, `unexpected "b" after NAME`},
+		{"status bad flag", []string{"status", "-ttl", "1s", "job"}, exitUsage, nil, "flag provided but not defined: -ttl"},
+		{"status brace in name", []string{"status", "{job"}, exitUsage, nil, "has a brace"},
 		{"unknown subcommand", []string{"lock", "job"}, exitUsage, nil, `unknown subcommand "lock"`},
 		{"bad flag", []string{"run", "-bogus", "job", "--", "true"}, exitUsage, nil, "flag provided but not defined: -bogus"},
 		{"bad flag after name", []string{"run", "job", "-bogus", "--", "true"}, exitUsage, nil, "flag provided but not defined: -bogus"},
