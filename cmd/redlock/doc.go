@@ -35,6 +35,12 @@
 // process group. When COMMAND exits, redlock kills what it left running in
 // its process group, releases the lock and exits with COMMAND's status.
 //
+// Run from an interactive shell, in the foreground of a terminal, redlock
+// hands the terminal's foreground to COMMAND's process group while COMMAND
+// runs, so that COMMAND can read from the terminal and Ctrl-C reaches it
+// directly. COMMAND starts with SIGTSTP ignored, so that Ctrl-Z cannot
+// suspend it while redlock keeps the lock for it.
+//
 // # status
 //
 // status prints "free", or "held ttl=D waiters=N" where D is the time left

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"syscall"
 	"time"
 )
@@ -20,23 +21,39 @@ type job struct {
 	stderr io.Writer
 	done   chan struct{} // closed once cmd.Wait has returned
 	err    error         // cmd.Wait's error, set before done is closed
+	// terminal is redlock's terminal, which COMMAND's group has in the
+	// foreground while it runs, if foreground is set.
+	terminal   int
+	foreground bool
 }
 
-// startJob starts command in a new process group with env.
+// startJob starts command in a new process group with env. If redlock is
+// in the foreground of the terminal on stdin, the new group takes its place
+// there until it exits, so that COMMAND can read from the terminal and gets
+// its Ctrl-C directly.
 func startJob(name string, command, env []string, stdin io.Reader, stdout, stderr io.Writer) (*job, error) {
 	cmd := exec.Command(command[0], command[1:]...)
 	cmd.Env = env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
-	// Its own group, so that a loss kills whatever COMMAND started too,
-	// and so that a Ctrl-C reaches it through redlock, not around it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own group, so that a loss kills whatever COMMAND started too.
+	terminal, foreground := foregroundTerminal(stdin)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Foreground: foreground, Ctty: terminal}
+	if foreground {
+		// Ctrl-Z would stop COMMAND while redlock kept the lock, and the
+		// terminal, from everyone: COMMAND inherits SIGTSTP ignored.
+		signal.Ignore(syscall.SIGTSTP)
+		defer signal.Reset(syscall.SIGTSTP)
+	}
 	// When stdout or stderr is not a file, Wait copies it from a pipe that
 	// a leftover process can keep open; this bounds that wait.
 	cmd.WaitDelay = time.Second
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("cannot start COMMAND: %w", err)
 	}
-	j := &job{name: name, cmd: cmd, stderr: stderr, done: make(chan struct{})}
+	if foreground {
+		inBackground()
+	}
+	j := &job{name: name, cmd: cmd, stderr: stderr, done: make(chan struct{}), terminal: terminal, foreground: foreground}
 	go func() {
 		j.err = cmd.Wait()
 		close(j.done)
@@ -88,11 +105,17 @@ func (j *job) supervise(held context.Context, signals <-chan os.Signal, grace ti
 	}
 }
 
-// killLeftovers kills what COMMAND left running in its process group, such
-// as a background job, so that nothing it started runs on once the lock is
+// finish follows COMMAND's exit: it takes the terminal back, if COMMAND had
+// it, and kills what COMMAND left running in its process group, such as a
+// background job, so that nothing it started runs on once the lock is
 // released. The group's id cannot name another group yet: it is not reused
 // while a member lives, and the pid was reaped only just now.
-func (j *job) killLeftovers() {
+func (j *job) finish() {
+	if j.foreground {
+		if err := takeForeground(j.terminal); err != nil {
+			fmt.Fprintf(j.stderr, "redlock: taking the terminal back from COMMAND: %v\n", err)
+		}
+	}
 	j.signal(syscall.SIGKILL)
 }
 

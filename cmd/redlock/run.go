@@ -33,7 +33,8 @@ COMMAND's process group is killed at once with SIGKILL, or with -grace D,
 sent SIGTERM and killed D later, which lets COMMAND run past the lock's
 validity by up to D. redlock then exits 76. SIGINT, SIGTERM and SIGHUP sent
 to redlock are passed on to COMMAND's process group; the lock is released
-once COMMAND has exited.
+once COMMAND has exited. In the foreground of a terminal, COMMAND's group
+has the terminal while it runs, with Ctrl-Z (SIGTSTP) ignored.
 
 Exit status: COMMAND's own, or 128+N if signal N killed it; 75 if the lock was
 not acquired within -wait; 76 if the lock was lost; 64 for a usage error; 70
@@ -179,7 +180,7 @@ func underLock(m *redlock.Mutex, command []string, f runFlags, env []string, std
 		return failure(stderr, err), false
 	}
 	lost = j.supervise(held, signals, f.grace)
-	j.killLeftovers()
+	j.finish()
 	if lost {
 		// The library released the key on every master when it declared
 		// the loss; Unlock would only report the loss again.
