@@ -13,7 +13,8 @@ import (
 )
 
 // Exit statuses. COMMAND's own status passes through otherwise, or 128+N if
-// signal N killed it. The numbers below 76 are those of sysexits.h.
+// signal N killed it, or ended redlock's wait for the lock. The numbers below
+// 76 are those of sysexits.h.
 const (
 	// exitUsage (EX_USAGE) is a bad flag, a missing NAME or COMMAND, or an
 	// unknown subcommand.

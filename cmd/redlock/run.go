@@ -36,9 +36,10 @@ to redlock are passed on to COMMAND's process group; the lock is released
 once COMMAND has exited. In the foreground of a terminal, COMMAND's group
 has the terminal while it runs, with Ctrl-Z (SIGTSTP) ignored.
 
-Exit status: COMMAND's own, or 128+N if signal N killed it; 75 if the lock was
-not acquired within -wait; 76 if the lock was lost; 64 for a usage error; 70
-for any other failure, such as a bad URL or a COMMAND that cannot be started.
+Exit status: COMMAND's own, or 128+N if signal N killed it (or, sent to
+redlock, ended the wait for the lock); 75 if the lock was not acquired within
+-wait; 76 if the lock was lost; 64 for a usage error; 70 for any other
+failure, such as a bad URL or a COMMAND that cannot be started.
 
 Examples:
   # cron: run the report on one machine at a time, skip the turn if it is taken
