@@ -183,11 +183,8 @@ func TestRunWaitOnHeldLock(t *testing.T) {
 	t.Logf("-wait 300ms exited after %v", elapsed)
 
 	waiter := start(t, env, append([]string{"run", "busy"}, command...)...)
-	// Let it get as far as waiting: its first attempt fails, then it queues.
-	select {
-	case <-waiter.exited:
-		t.Fatalf("the waiter exited %d; want it to wait\nstderr:\n%s", waiter.code, waiter.stderr())
-	case <-time.After(500 * time.Millisecond):
+	if line := awaitWaiters(t, env, "busy", 1); !strings.HasSuffix(line, " waiters=1") {
+		t.Fatalf("status = %q; want the waiter queued\nwaiter's stderr:\n%s", line, waiter.stderr())
 	}
 	waiter.cmd.Process.Signal(syscall.SIGTERM)
 	if code := waiter.wait(10 * time.Second); code != 128+int(syscall.SIGTERM) {

@@ -45,6 +45,21 @@ func statusObject(t *testing.T, env []string, name string) statusJSON {
 	return got
 }
 
+// awaitWaiters runs redlock status until it reports n waiters for name, for
+// up to 10s, and returns the last line it printed. A waiter queues once its
+// first attempt has failed.
+func awaitWaiters(t *testing.T, env []string, name string, n int) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		line := status(t, env, name)
+		if strings.HasSuffix(line, fmt.Sprintf(" waiters=%d", n)) || time.Now().After(deadline) {
+			return line
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // status prints "free" for a free lock, and "held ttl=… waiters=…" for a held
 // one, with the waiters queued behind the holder; -json prints the same as
 // a JSON object.
@@ -61,16 +76,7 @@ func TestStatus(t *testing.T) {
 
 	holder := holdLock(t, env, "report")
 	waiter := start(t, env, "run", "report", "--", "true")
-	// The waiter queues once its first attempt has failed.
-	var line string
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		line = status(t, env, "report")
-		if strings.HasSuffix(line, " waiters=1") || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	line := awaitWaiters(t, env, "report", 1)
 	var ttlText string
 	var waiters int
 	_, err := fmt.Sscanf(line, "held ttl=%s waiters=%d", &ttlText, &waiters)
