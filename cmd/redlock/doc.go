@@ -1,0 +1,76 @@
+//go:build unix
+
+// Redlock runs a command while it holds a distributed lock on a majority of
+// independent Redis masters, so that the command runs on one machine at a
+// time: a cron job, a migration, a deploy step.
+//
+// Usage:
+//
+//	redlock run    [-url URL]... [-ttl 8s] [-wait D] [-grace D] [-fencing] NAME -- COMMAND [ARG]...
+//	redlock status [-url URL]... [-json] NAME
+//
+// The masters are given by -url, once for each, or else by REDLOCK_URLS, a
+// comma-separated list, or else are the one at redis://127.0.0.1:6379/0.
+// The lock is that of the Go package github.com/seed62cefe0a/redlock, whose
+// documentation says what Redlock promises and what it does not. redlock
+// runs on Unix systems: it relies on process groups.
+//
+// # run
+//
+// run waits for the lock NAME, for as long as it takes unless -wait bounds
+// the wait; -wait 0 makes a single attempt, as flock -n does. It then runs
+// COMMAND in a process group of its own, with REDLOCK_NAME set to NAME and,
+// with -fencing, REDLOCK_TOKEN set to a fencing token that is larger than
+// that of every earlier holder of the lock. Stdin, stdout and stderr pass
+// through. While COMMAND runs, the lock is extended every third of its TTL
+// (-ttl, 8s by default).
+//
+// If the lock is lost, because too few masters confirmed it before its
+// validity ended, redlock kills COMMAND's process group at once with
+// SIGKILL. With -grace D it sends SIGTERM instead, and SIGKILL D later: the
+// command may then run past the lock's validity by up to D. redlock then
+// exits 76.
+//
+// SIGINT, SIGTERM and SIGHUP sent to redlock are passed on to COMMAND's
+// process group. When COMMAND exits, redlock kills what it left running in
+// its process group, releases the lock and exits with COMMAND's status.
+//
+// Run from an interactive shell, in the foreground of a terminal, redlock
+// hands the terminal's foreground to COMMAND's process group while COMMAND
+// runs, so that COMMAND can read from the terminal and Ctrl-C reaches it
+// directly. COMMAND starts with SIGTSTP ignored, so that Ctrl-Z cannot
+// suspend it while redlock keeps the lock for it.
+//
+// # status
+//
+// status prints "free", or "held ttl=D waiters=N" where D is the time left
+// before the lock expires unless its holder extends it, and N is the number
+// of waiters queued for it. With -json it prints a JSON object instead.
+//
+// # Exit status
+//
+//   - COMMAND's own, or 128+N if signal N killed it, or if SIGINT, SIGTERM
+//     or SIGHUP sent to redlock ended its wait for the lock;
+//   - 64, a usage error: a bad flag, no NAME, no -- before COMMAND;
+//   - 70, any other failure: a bad URL, masters that refuse the lock's
+//     commands (an ACL denial, say), a COMMAND that cannot be started, or a
+//     status that too few masters answered;
+//   - 75, the lock was not acquired within -wait, or on the single attempt of
+//     -wait 0, because another process holds it or too few masters answered;
+//   - 76, the lock was lost while COMMAND ran, and COMMAND was killed.
+//
+// redlock -h, redlock run -h and redlock status -h print the usage and exit
+// 0.
+//
+// # Examples
+//
+// A cron job that runs on one machine at a time, and skips its turn while
+// another machine still runs it:
+//
+//	*/5 * * * * redlock run -wait 0 nightly-report -- /usr/local/bin/report
+//
+// A migration that passes its fencing token on, so that the database can
+// refuse a stale holder:
+//
+//	redlock run -wait 5m -fencing migrations -- sh -c 'migrate --fence "$REDLOCK_TOKEN"'
+package main

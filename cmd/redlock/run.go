@@ -1,0 +1,291 @@
+//go:build unix
+
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/seed62cefe0a/redlock"
+)
+
+const runUsage = `Usage:
+  redlock run [-url URL]... [-ttl 8s] [-wait D] [-grace D] [-fencing] NAME -- COMMAND [ARG]...
+
+Run waits for the lock NAME, forever unless -wait bounds the wait, then runs
+COMMAND in its own process group with REDLOCK_NAME set to NAME (and, with
+-fencing, REDLOCK_TOKEN to the fencing token). Stdin, stdout and stderr pass
+through. The lock is extended while COMMAND runs and released when it exits,
+after anything COMMAND left running in its process group is killed.
+
+If the lock is lost (too few masters confirm it before its validity ends),
+COMMAND's process group is killed at once with SIGKILL, or with -grace D,
+sent SIGTERM and killed D later, which lets COMMAND run past the lock's
+validity by up to D. redlock then exits 76. SIGINT, SIGTERM and SIGHUP sent
+to redlock are passed on to COMMAND's process group; the lock is released
+once COMMAND has exited. In the foreground of a terminal, COMMAND's group
+has the terminal while it runs, with Ctrl-Z (SIGTSTP) ignored.
+
+Exit status: COMMAND's own, or 128+N if signal N killed it (or, sent to
+redlock, ended the wait for the lock); 75 if the lock was not acquired within
+-wait; 76 if the lock was lost; 64 for a usage error; 70 for any other
+failure, such as a bad URL or a COMMAND that cannot be started.
+
+Examples:
+  # cron: run the report on one machine at a time, skip the turn if it is taken
+  */5 * * * * redlock run -wait 0 nightly-report -- /usr/local/bin/report
+
+  # three masters; wait up to a minute; the migration gets a fencing token
+  export REDLOCK_URLS=redis://a:6379/0,redis://b:6379/0,redis://c:6379/0
+  redlock run -wait 1m -fencing migrations -- sh -c './migrate --token "$REDLOCK_TOKEN"'
+`
+
+// runFlags are the flags of run.
+type runFlags struct {
+	urls    urlFlag
+	ttl     time.Duration
+	wait    waitFlag
+	grace   time.Duration
+	fencing bool
+}
+
+// waitFlag is -wait, which is either unset (wait until the lock is free) or
+// a duration that bounds the wait, where 0 means a single attempt.
+type waitFlag struct {
+	d   time.Duration
+	set bool
+}
+
+func (w *waitFlag) String() string {
+	if !w.set {
+		return ""
+	}
+	return w.d.String()
+}
+
+func (w *waitFlag) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return errors.New("parse error")
+	}
+	if d < 0 {
+		return errors.New("must not be negative")
+	}
+	w.d, w.set = d, true
+	return nil
+}
+
+// unlockTimeout bounds the release after COMMAND has exited. Unlock itself
+// waits no longer than the node timeout (at most 500ms) for each master.
+const unlockTimeout = 5 * time.Second
+
+func runCommand(args, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("redlock run", flag.ContinueOnError)
+	var f runFlags
+	fs.Var(&f.urls, "url", "a Redis master's `URL`; repeat it for each master (default: $REDLOCK_URLS, comma-separated, or redis://127.0.0.1:6379/0)")
+	fs.DurationVar(&f.ttl, "ttl", defaultTTL, "the lock's time to live: how long the masters keep it if redlock dies without releasing it")
+	fs.Var(&f.wait, "wait", "give up after waiting `D` for the lock, and exit 75; 0 makes one attempt (default: wait until the lock is free)")
+	fs.DurationVar(&f.grace, "grace", 0, "on loss of the lock, send SIGTERM and wait `D` before SIGKILL (default: SIGKILL at once)")
+	fs.BoolVar(&f.fencing, "fencing", false, "set REDLOCK_TOKEN to a fencing token, larger than any earlier holder's")
+
+	flagArgs, command, dashes := splitCommand(args)
+	positional, err := parse(fs, flagArgs)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		printUsage(stdout, fs, runUsage)
+		return 0
+	case err != nil:
+		return usageError(stderr, "run", err)
+	case len(positional) == 0:
+		return usageError(stderr, "run", errors.New("missing NAME"))
+	case len(positional) > 1 || !dashes:
+		return usageError(stderr, "run", errors.New("missing -- between NAME and COMMAND"))
+	case len(command) == 0:
+		return usageError(stderr, "run", errors.New("missing COMMAND after --"))
+	case f.ttl <= 0 || f.ttl%time.Millisecond != 0:
+		return usageError(stderr, "run", fmt.Errorf("-ttl %v is not a positive whole number of milliseconds", f.ttl))
+	case f.grace < 0:
+		return usageError(stderr, "run", fmt.Errorf("-grace %v is negative", f.grace))
+	}
+	name := positional[0]
+	if err := validName(name); err != nil {
+		return usageError(stderr, "run", err)
+	}
+
+	return runLocked(name, command, f, env, stdin, stdout, stderr)
+}
+
+// runLocked runs command under the lock name, as the flags f say, and
+// returns the exit status.
+func runLocked(name string, command []string, f runFlags, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	opts := []redlock.Option{redlock.WithTTL(f.ttl), redlock.WithLogger(newLogger(stderr))}
+	if f.fencing {
+		opts = append(opts, redlock.WithFencing())
+	}
+	if f.wait.d > 0 {
+		opts = append(opts, redlock.WithWaitTimeout(f.wait.d))
+	}
+	client, err := redlock.Dial(masters(f.urls, env), opts...)
+	if err != nil {
+		return failure(stderr, err)
+	}
+	code, lost := underLock(client.NewMutex(name), command, f, env, stdin, stdout, stderr)
+	if lost {
+		// Exit now. A lock is lost when a quorum stops answering (or says
+		// the key is gone), and Close would wait for the calls to the
+		// silent masters, a node timeout for each of its steps, while
+		// their keys expire with the TTL anyway.
+		return code
+	}
+	// Close waits for the releases still in flight to slow masters.
+	client.Close()
+	return code
+}
+
+// underLock acquires m, runs command while it holds it, releases it and
+// returns the exit status, and whether the lock was lost.
+func underLock(m *redlock.Mutex, command []string, f runFlags, env []string, stdin io.Reader, stdout, stderr io.Writer) (code int, lost bool) {
+	// From here on, SIGINT, SIGTERM and SIGHUP end the wait for the lock,
+	// or are passed on to COMMAND.
+	signals := make(chan os.Signal, 8)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(signals)
+
+	held, stop, caught, err := acquire(m, f.wait, signals)
+	defer stop()
+	if err != nil {
+		if caught != nil {
+			// Interrupted: exit as if the signal had killed redlock.
+			return 128 + int(caught.(syscall.Signal)), false
+		}
+		return notAcquired(stderr, m.Name(), err), false
+	}
+	if caught != nil {
+		release(m, stderr)
+		return 128 + int(caught.(syscall.Signal)), false
+	}
+
+	j, err := startJob(m.Name(), command, childEnv(env, m.Name(), f.fencing, m.Token()), stdin, stdout, stderr)
+	if err != nil {
+		release(m, stderr)
+		return failure(stderr, err), false
+	}
+	lost = j.supervise(held, signals, f.grace)
+	j.finish()
+	if lost {
+		// The library released the key on every master when it declared
+		// the loss; Unlock would only report the loss again.
+		return exitLost, true
+	}
+	release(m, stderr)
+	return j.status(), false
+}
+
+// splitCommand splits run's arguments at the first "--" into redlock's and
+// COMMAND's, and reports whether there was one.
+func splitCommand(args []string) (own, command []string, dashes bool) {
+	i := slices.Index(args, "--")
+	if i < 0 {
+		return args, nil, false
+	}
+	return args[:i], args[i+1:], true
+}
+
+// acquire takes the lock as -wait says: one attempt for -wait 0, a wait
+// bounded by WithWaitTimeout for a positive -wait, an unbounded wait
+// otherwise. A signal ends the wait and is returned as caught; if it came as
+// the lock was acquired, the lock is held and must be released. held derives
+// from a context that only a signal during the wait cancels; the caller calls
+// stop once it has released the lock.
+func acquire(m *redlock.Mutex, wait waitFlag, signals <-chan os.Signal) (held context.Context, stop context.CancelFunc, caught os.Signal, err error) {
+	ctx, stop := context.WithCancel(context.Background())
+	type result struct {
+		held context.Context
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		if wait.set && wait.d == 0 {
+			r.held, r.err = m.TryLockContext(ctx)
+		} else {
+			r.held, r.err = m.LockContext(ctx)
+		}
+		done <- r
+	}()
+	for {
+		select {
+		case caught = <-signals:
+			stop()
+		case r := <-done:
+			return r.held, stop, caught, r.err
+		}
+	}
+}
+
+// notAcquired reports a lock that was not acquired: exitNotAcquired when it
+// was taken, too few masters answered, or the wait ran out, and exitFailure
+// when masters answered with errors that waiting would not cure (an ACL
+// denial, a rejected script) or the error is not about acquisition at all.
+func notAcquired(stderr io.Writer, name string, err error) int {
+	if !errors.Is(err, redlock.ErrNotAcquired) {
+		return failure(stderr, fmt.Errorf("lock %q: %w", name, err))
+	}
+	if redisRefused(err) && !errors.Is(err, context.DeadlineExceeded) {
+		// LockContext gives up before its wait ends only on errors that
+		// retrying cannot fix; for one attempt (-wait 0), an error reply
+		// from Redis is taken for one.
+		return failure(stderr, fmt.Errorf("lock %q: %w", name, err))
+	}
+	fmt.Fprintf(stderr, "redlock: lock %q: %s\n", name, trimPrefix(err))
+	return exitNotAcquired
+}
+
+// redisRefused reports whether err holds an error reply from Redis (go-redis
+// marks those with a RedisError method), as opposed to no reply at all.
+func redisRefused(err error) bool {
+	var reply interface {
+		error
+		RedisError()
+	}
+	return errors.As(err, &reply)
+}
+
+// release unlocks m after COMMAND has run, and reports what went wrong
+// without changing the exit status: COMMAND ran under the lock, and a key
+// that was not deleted expires with its TTL.
+func release(m *redlock.Mutex, stderr io.Writer) {
+	ctx, cancel := context.WithTimeout(context.Background(), unlockTimeout)
+	defer cancel()
+	if err := m.UnlockContext(ctx); err != nil {
+		fmt.Fprintf(stderr, "redlock: release of lock %q incomplete: %s\n", m.Name(), trimPrefix(err))
+	}
+}
+
+// childEnv is COMMAND's environment: env with REDLOCK_NAME set and, with
+// fencing, REDLOCK_TOKEN. An inherited REDLOCK_TOKEN is removed otherwise,
+// so that COMMAND never mistakes an outer lock's token for its own.
+func childEnv(env []string, name string, fencing bool, token uint64) []string {
+	out := make([]string, 0, len(env)+2)
+	for _, kv := range env {
+		key, _, _ := strings.Cut(kv, "=")
+		if key != "REDLOCK_NAME" && key != "REDLOCK_TOKEN" {
+			out = append(out, kv)
+		}
+	}
+	out = append(out, "REDLOCK_NAME="+name)
+	if fencing {
+		out = append(out, "REDLOCK_TOKEN="+strconv.FormatUint(token, 10))
+	}
+	return out
+}
