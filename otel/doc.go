@@ -14,7 +14,8 @@
 //
 // # Metrics
 //
-// Durations are in seconds.
+// Durations are in seconds; the histograms advise bucket boundaries from
+// 0.5ms to 300s, which an SDK View can replace.
 //
 //   - redlock.acquire.duration, a histogram: how long each acquiring call
 //     (Lock, LockContext, TryLock, TryLockContext, Do) took, waiting
@@ -56,7 +57,11 @@
 //     redlock.name and redlock.outcome (released or lost); its status is
 //     Error if the release returned an error.
 //
-// The spans are made when the call has returned, with its start and end
-// times, so the work in the critical section and the Redis commands of the
-// acquisition are not their children.
+// The spans are made when the call ends, backdated to its start, so the
+// work in the critical section and the Redis commands of the acquisition
+// are not their children.
+//
+// The core reports a loss on the goroutine that found it, after the held
+// context has ended: a holder that sees held end and reads the metrics at
+// once may not find the loss counted yet.
 package redlockotel

@@ -14,8 +14,8 @@ import (
 // NewObserver uses: this package's import path.
 const ScopeName = "github.com/seed62cefe0a/redlock/otel"
 
-// Bucket boundaries, in seconds, advised for the duration histograms; a
-// View of the SDK can replace them. Extensions and uncontended acquisitions
+// durationBuckets are the bucket boundaries, in seconds, advised for the
+// duration histograms; a View of the SDK can replace them. Extensions and uncontended acquisitions
 // take about a round trip, so the small end is fine-grained; holds and
 // waits can last minutes.
 var durationBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300}
