@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"log/slog"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -292,4 +293,24 @@ func ExampleMutex_Status() {
 	// Output:
 	// free: held=false
 	// locked elsewhere: held=true mine=false ttl>9s=true waiters=0
+}
+
+// redisLogs passes go-redis's own log lines, such as its connection pool's
+// failed dials, to slog.
+type redisLogs struct{ *slog.Logger }
+
+func (l redisLogs) Printf(ctx context.Context, format string, v ...any) {
+	l.WarnContext(ctx, fmt.Sprintf(format, v...), "from", "go-redis")
+}
+
+// go-redis writes its warnings to stderr through a logger of its own,
+// global to the process; an application can send them to slog instead.
+func Example_goRedisLogs() {
+	redis.SetLogger(redisLogs{slog.Default()})
+
+	client, err := redlock.Dial(nil, redlock.WithLogger(slog.Default()))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
 }

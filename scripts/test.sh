@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs every test of redlock: the root package and the integration suite on
-# real Redis containers. It installs and starts what it needs on a Debian
-# machine with Go: redis-server, docker.io, nodejs and npm from apt, a Docker
-# daemon with networking off (containers use the host's loopback), a small
-# Redis image built from the local redis-server binary, since no registry may
-# be reachable, and node-redlock from npm for the interop test.
+# Runs every test of redlock: the root package, the OpenTelemetry module and
+# the integration suite on real Redis containers. It installs and starts what
+# it needs on a Debian machine with Go: redis-server, docker.io, nodejs and
+# npm from apt, a Docker daemon with networking off (containers use the
+# host's loopback), a small Redis image built from the local redis-server
+# binary, since no registry may be reachable, and node-redlock from npm for
+# the interop test.
 #
 # Environment:
 #   REDLOCK_REDIS_IMAGE     image to run (default redlock-redis:local, built here);
@@ -101,9 +102,13 @@ log "go vet"
 go vet ./...
 (cd integration && go vet ./...)
 (cd benchmarks && go vet ./...)
+(cd otel && go vet ./...)
 
 log "go test -race (root package and examples)"
 go test -race -count=1 ./...
+
+log "go test -race (OpenTelemetry module, embedded servers)"
+(cd otel && go test -race -count=1 ./...)
 
 log "benchmark harness smoke run (short; see BENCHMARKS.md for real runs)"
 (cd benchmarks && go run . -duration 200ms -many 200 >/dev/null)
