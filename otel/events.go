@@ -2,7 +2,6 @@ package redlockotel
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"go.opentelemetry.io/otel/codes"
@@ -42,13 +41,11 @@ func (o *observer) notAcquired(ev redlock.NotAcquiredEvent) {
 }
 
 // released records the end of a holding that Unlock found held. One that
-// had been lost was counted by lost; but a release that a quorum refused
-// also ends a holding that was lost, unnoticed until then, with no
-// LostEvent: it is counted here, as refused.
+// had been lost, before Unlock or as its release found, was counted by lost,
+// whose event came first.
 func (o *observer) released(ev redlock.ReleasedEvent) {
-	lostUnnoticed := !ev.Lost && errors.Is(ev.Err, redlock.ErrLockLost)
 	outcome := outcomeReleased
-	if ev.Lost || lostUnnoticed {
+	if ev.Lost {
 		outcome = outcomeLost
 	}
 	ctx, span := o.startSpan(ev.Context, "redlock.release", ev.Start)
@@ -59,12 +56,7 @@ func (o *observer) released(ev redlock.ReleasedEvent) {
 	if ev.Lost {
 		return
 	}
-	hold := o.sets.released
-	if lostUnnoticed {
-		hold = o.sets.lost
-		o.add(ctx, o.lostCount, 1, o.sets.lossCause(redlock.LostRefused), ev.Name)
-	}
-	o.record(ctx, o.holdDuration, ev.Held, hold, ev.Name)
+	o.record(ctx, o.holdDuration, ev.Held, o.sets.released, ev.Name)
 	o.add(ctx, o.held, -1, o.sets.none, ev.Name)
 }
 

@@ -226,7 +226,7 @@ func TestEventSequences(t *testing.T) {
 	releasedLost := released
 	releasedLost.Lost, releasedLost.Err = true, lostErr
 	refusedAtRelease := released
-	refusedAtRelease.Err = lostErr
+	refusedAtRelease.Err, refusedAtRelease.Lost = lostErr, true
 	lost := func(cause redlock.LossCause) redlock.LostEvent {
 		return redlock.LostEvent{Name: "seq", Cause: cause, Held: time.Second, Err: lostErr}
 	}
@@ -249,7 +249,11 @@ func TestEventSequences(t *testing.T) {
 		}, outcomeLost, "max_hold"},
 		{"lost, never released", func(o *redlock.Observer) { o.Acquired(acquired); o.Lost(lost(redlock.LostClosed)) }, outcomeLost, "closed"},
 		{"lost before acquired is observed", func(o *redlock.Observer) { o.Lost(lost(redlock.LostClosed)); o.Acquired(acquired) }, outcomeLost, "closed"},
-		{"refused at release", func(o *redlock.Observer) { o.Acquired(acquired); o.Released(refusedAtRelease) }, outcomeLost, "refused"},
+		{"refused at release", func(o *redlock.Observer) {
+			o.Acquired(acquired)
+			o.Lost(lost(redlock.LostRefused))
+			o.Released(refusedAtRelease)
+		}, outcomeLost, "refused"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
