@@ -89,6 +89,9 @@ func (p prepared) runResent(ctx context.Context, n *node) (*redis.Cmd, bool) {
 		cmd, again = send(ctx, n, redis.NewCmd, args)
 		resent = resent || again
 	}
+	if err := cmd.Err(); (err == nil || err == redis.Nil) && !n.scriptsRun.Load() {
+		n.scriptsRun.Store(true)
+	}
 	return cmd, resent
 }
 
@@ -123,23 +126,37 @@ func newMutexArgs(key string, ttl time.Duration) mutexArgs {
 // its grant comes back as an error (and is released if the round fails).
 //
 // Without either, a node gets a plain SET NX, with no script to parse and
-// run on the server, unless its client sends commands again by itself: a
-// resent SET NX that finds the key its lost first copy set answers as a
-// refusal, so such nodes get the script, which knows the key for its own.
+// run on the server, once a script has run there: the lock is extended and
+// released by scripts, and a user whose ACL denies them must not take a
+// lock it cannot give back, so until then the acquisition goes through the
+// script, whose denial fails it for good. A node whose client sends
+// commands again by itself also gets the script: a resent SET NX that finds
+// the key its lost first copy set answers as a refusal, and the script
+// knows the key for its own.
 func (m *Mutex) acquireCall(value string) nodeCall {
 	guard, fencing := m.cfg.restartGuard, m.cfg.fencing
 	// The arguments are shared by the node calls, which only read them.
 	args := []any{"set", m.args.key, value, "px", m.args.ttlMillis, "nx"}
-	if !fencing && guard == 0 && !m.client.retries {
+	if !fencing && guard == 0 && !m.client.retries && m.client.scriptsRunEverywhere() {
 		return func(ctx context.Context, n *node) reply { return setNX(ctx, n, args) }
 	}
 	acquire := prepare(acquireScript, m.args.keyAndFence, value, m.args.ttlMillis, flag(fencing), flag(guard > 0))
 	return func(ctx context.Context, n *node) reply {
-		if fencing || guard > 0 || n.retries {
+		if fencing || guard > 0 || n.retries || !n.scriptsRun.Load() {
 			return m.acquireScripted(ctx, n, acquire)
 		}
 		return setNX(ctx, n, args)
 	}
+}
+
+// scriptsRunEverywhere reports whether a script has run on every node.
+func (c *Client) scriptsRunEverywhere() bool {
+	for _, n := range c.nodes {
+		if !n.scriptsRun.Load() {
+			return false
+		}
+	}
+	return true
 }
 
 // acquireScripted runs the acquire script on n and reads its reply.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -144,5 +145,37 @@ func TestResentReleaseDoesNotReportALoss(t *testing.T) {
 	}
 	if err := m.UnlockContext(t.Context()); err != nil {
 		t.Errorf("UnlockContext of a lock held until Unlock: %v", err)
+	}
+}
+
+// noPerm is a Redis error reply, as a server sends for a command the ACL
+// user may not run.
+type noPerm string
+
+func (e noPerm) Error() string { return string(e) }
+func (noPerm) RedisError()     {}
+
+// TestScriptsDeniedFailTheFirstAcquisition checks that an ACL user who may
+// not run scripts cannot take a lock it could neither extend nor release:
+// the first acquisition on each node goes through the acquire script, whose
+// denial is an error that retrying cannot fix.
+func TestScriptsDeniedFailTheFirstAcquisition(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 1)
+	for _, h := range hooks {
+		h.add(&fault{match: func(c call) bool { return c.name == "evalsha" || c.name == "eval" },
+			fail: noPerm("NOPERM User noscripts has no permissions to run the 'evalsha' command")})
+	}
+	c := newClient(t, clients)
+	m := c.NewMutex("denied")
+	_, err := m.LockContext(t.Context())
+	if err == nil || !errors.Is(err, ErrNoQuorum) || !strings.Contains(err.Error(), "NOPERM") {
+		t.Fatalf("LockContext with scripts denied = %v; want ErrNoQuorum with NOPERM, at once", err)
+	}
+	if msg := panicMessage(m.Lock); !strings.Contains(msg, "NOPERM") {
+		t.Errorf("Lock with scripts denied panicked with %q; want the NOPERM denial", msg)
+	}
+	settle(t, c.nodes)
+	if n := keysOn(mrs, m.key); n != 0 {
+		t.Errorf("key on %d nodes after the denied acquisitions; want 0", n)
 	}
 }

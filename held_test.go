@@ -638,6 +638,7 @@ func TestMaxHoldEndsHeldAndTheKeyLivesOutItsValidity(t *testing.T) {
 	if err := m.UnlockContext(t.Context()); !errors.Is(err, ErrLockLost) {
 		t.Errorf("UnlockContext after the maximum hold = %v; want ErrLockLost", err)
 	}
+	settle(t, other.client.nodes) // Unlock returns at a quorum
 	if n := keysOn(mrs, m.key); n != 0 {
 		t.Errorf("key on %d nodes after both Unlocks; want 0", n)
 	}

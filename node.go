@@ -40,6 +40,9 @@ type node struct {
 	// cleared by any answer. Rounds do not wait for hung nodes to decide
 	// that they are lost.
 	hung atomic.Bool
+	// scriptsRun is set once a script of the library has run on the node:
+	// its ACL allows them.
+	scriptsRun atomic.Bool
 	// observer and logger are the Client's, for NodeError events.
 	observer *Observer
 	logger   *slog.Logger
