@@ -3,6 +3,7 @@ package redlock
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base32"
 	"errors"
 	"fmt"
 	"strings"
@@ -229,8 +230,19 @@ func (m *Mutex) usable() error {
 // another Redlock client, which will not.
 const valuePrefix = "rl:"
 
-// newValue returns a fresh holder's value: 128 bits from crypto/rand.
-func newValue() string { return valuePrefix + rand.Text() }
+// valueEncoding writes a value's random bits as rand.Text does.
+var valueEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// newValue returns a fresh holder's value: valuePrefix, then 128 bits from
+// crypto/rand, made with one allocation.
+func newValue() string {
+	var random [16]byte
+	rand.Read(random[:])
+	var value [len(valuePrefix) + 26]byte
+	copy(value[:], valuePrefix)
+	valueEncoding.Encode(value[len(valuePrefix):], random[:])
+	return string(value[:])
+}
 
 // attempt makes one acquisition round, waiting for it no longer than waitCtx
 // allows; held derives from ctx. Its error names the round's reasons, not
