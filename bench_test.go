@@ -38,18 +38,25 @@ func BenchmarkFanOut(b *testing.B) {
 	}
 }
 
+// benchMutex returns a Mutex over n embedded servers, whose Client closes
+// when the benchmark ends.
+func benchMutex(b *testing.B, n int) *Mutex {
+	b.Helper()
+	_, clients := servers(b, n)
+	c, err := New(clients)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return c.NewMutex("bench")
+}
+
 // BenchmarkLockUnlockEmbedded measures a whole Lock+Unlock cycle on three
 // embedded servers. The embedded servers run in this process, so its
 // allocations count theirs too; the benchmarks module measures against
 // real redis-server processes.
 func BenchmarkLockUnlockEmbedded(b *testing.B) {
-	_, clients := servers(b, 3)
-	c, err := New(clients)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	m := c.NewMutex("bench")
+	m := benchMutex(b, 3)
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -65,13 +72,7 @@ func BenchmarkLockUnlockEmbedded(b *testing.B) {
 // BenchmarkDo measures Do's cycle against the LockContext and UnlockContext
 // cycle it wraps, on three embedded servers.
 func BenchmarkDo(b *testing.B) {
-	_, clients := servers(b, 3)
-	c, err := New(clients)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	m := c.NewMutex("bench")
+	m := benchMutex(b, 3)
 	ctx := context.Background()
 	b.Run("LockContext+UnlockContext", func(b *testing.B) {
 		b.ReportAllocs()
@@ -104,14 +105,8 @@ func BenchmarkDo(b *testing.B) {
 // call. The embedded server runs in this process, so the allocations
 // include its own; only the difference between the two is the client's.
 func BenchmarkReleaseCall(b *testing.B) {
-	_, clients := servers(b, 1)
-	c, err := New(clients)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	m := c.NewMutex("bench")
-	n := c.nodes[0]
+	m := benchMutex(b, 1)
+	n := m.client.nodes[0]
 	ctx := context.Background()
 	b.Run("prepared", func(b *testing.B) {
 		call := m.releaseCall("value", "", true)
