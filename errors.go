@@ -107,7 +107,9 @@ func permanent(err error) bool {
 		return false
 	}
 	msg := redisErr.Error()
-	for _, prefix := range []string{"NOAUTH", "WRONGPASS", "NOPERM", "WRONGTYPE", "ERR unknown command", "ERR Error running script", "ERR user_script", "ERR Error compiling script"} {
+	// A script's command that the user's ACL denies fails as "ERR The user
+	// executing the script can't run this command" on Redis 7.
+	for _, prefix := range []string{"NOAUTH", "WRONGPASS", "NOPERM", "WRONGTYPE", "ERR unknown command", "ERR Error running script", "ERR user_script", "ERR Error compiling script", "ERR The user executing the script"} {
 		if strings.HasPrefix(msg, prefix) {
 			return true
 		}

@@ -39,6 +39,9 @@ func TestPermanent(t *testing.T) {
 		{context.DeadlineExceeded, false},
 		{errors.New("dial tcp: connection refused"), false},
 		{errTooBusy, false},
+		{noPerm("NOPERM this user has no permissions to run the 'set' command"), true},
+		{noPerm("ERR The user executing the script can't run this command or subcommand script: abc, on @user_script:21."), true},
+		{noPerm("LOADING Redis is loading the dataset in memory"), false},
 	}
 	for _, tt := range tests {
 		if got := permanent(tt.err); got != tt.want {
