@@ -438,13 +438,16 @@ func TestRepairOfANodeWithAGrantInFlightIsReleased(t *testing.T) {
 	c := newClient(t, []redis.UniversalClient{clients[0], clients[1], slow},
 		WithTTL(time.Second), WithNodeTimeout(400*time.Millisecond), WithWatchdogInterval(50*time.Millisecond),
 		WithLogger(slog.New(&records{})))
-	// Load the scripts and fill the pools first.
+	// Load the scripts and fill the pools first. The nodes count as having
+	// run scripts, so that the acquisition is the plain SET NX the proxy
+	// delays.
 	for _, n := range c.nodes {
 		for _, s := range []*script{releaseScript, extendScript} {
 			if err := s.Load(t.Context(), n.client).Err(); err != nil {
 				t.Fatal(err)
 			}
 		}
+		n.scriptsRun.Store(true)
 	}
 	m := c.NewMutex("repaired-pending")
 	held, err := m.LockContext(t.Context())
