@@ -61,9 +61,9 @@ func TestScriptsAreSentAgainWhenTheServerLostThem(t *testing.T) {
 }
 
 // breakAfterNX is a go-redis dial hook: on the first connection that
-// writes a SET ... NX, the command reaches the server and runs, then the
-// connection breaks before the reply is read (io.EOF), as when a server or
-// proxy drops a connection.
+// writes a grant (a SET ... NX, or the acquire script), the command reaches
+// the server and runs, then the connection breaks before the reply is read
+// (io.EOF), as when a server or proxy drops a connection.
 type breakAfterNX struct{ broke atomic.Bool }
 
 func (b *breakAfterNX) DialHook(next redis.DialHook) redis.DialHook {
@@ -90,7 +90,8 @@ type nxConn struct {
 
 func (c *nxConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
-	if err == nil && bytes.Contains(p, []byte("\r\nnx\r\n")) && c.b.broke.CompareAndSwap(false, true) {
+	grant := bytes.Contains(p, []byte("\r\nnx\r\n")) || bytes.Contains(p, []byte(acquireScript.Hash()))
+	if err == nil && grant && c.b.broke.CompareAndSwap(false, true) {
 		time.Sleep(20 * time.Millisecond) // the server runs it
 		c.broken.Store(true)
 	}
@@ -113,7 +114,12 @@ func TestGrantHiddenByGoRedisRetriesIsReleased(t *testing.T) {
 	mrs, clients := servers(t, 3)
 	plain := redis.NewClient(&redis.Options{Addr: mrs[2].Addr(), ContextTimeoutEnabled: true}) // default MaxRetries
 	t.Cleanup(func() { plain.Close() })
-	plain.AddHook(&breakAfterNX{})
+	// The script is loaded, so that the first EVALSHA runs it.
+	if err := acquireScript.Load(t.Context(), clients[2]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	breaker := &breakAfterNX{}
+	plain.AddHook(breaker)
 	c := newClient(t, []redis.UniversalClient{clients[0], clients[1], plain}, WithLogger(slog.New(&records{})))
 	m := c.NewMutex("hidden")
 	// Another owner holds the lock on nodes 0 and 1: the attempt fails.
@@ -123,6 +129,9 @@ func TestGrantHiddenByGoRedisRetriesIsReleased(t *testing.T) {
 		t.Fatal("TryLock succeeded")
 	}
 	settle(t, c.nodes)
+	if !breaker.broke.Load() {
+		t.Fatal("no grant's connection broke: not reproduced")
+	}
 	time.Sleep(100 * time.Millisecond)
 	if mrs[2].Exists(m.key) {
 		v, _ := mrs[2].Get(m.key)

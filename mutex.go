@@ -305,8 +305,9 @@ func notAcquired(out outcome) error {
 // UnlockContext releases the lock: it stops the watchdog, ends the held
 // context, waits for any extension or repair in flight, and deletes the key
 // on every node where this holder still owns it. It returns once a quorum of
-// nodes has confirmed or every node has answered or timed out; calls to
-// slower nodes finish in the background. The Mutex is unlocked locally
+// nodes has confirmed, or a quorum has said that the key was gone, or
+// neither can happen any more, and at the latest after the node timeout;
+// calls to slower nodes finish in the background. The Mutex is unlocked locally
 // whatever the result. It returns ErrNotHeld if the Mutex is not locked, an
 // error wrapping ErrLockLost if the lock had been lost or a quorum of nodes
 // no longer held it, and otherwise the node errors that kept a quorum from

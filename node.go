@@ -73,8 +73,12 @@ func newNode(i int, addr string, rc redis.UniversalClient, closing <-chan struct
 }
 
 // failed tells the Client's observer, if it has one, that a call to n
-// failed or got no answer in time.
+// failed or got no answer in time. A call that was never sent is not the
+// node's failure, unless the node had too many calls in flight.
 func (n *node) failed(err error) {
+	if err != errTooBusy && notSent(err) {
+		return
+	}
 	if n.observer != nil && n.observer.NodeError != nil {
 		observe(n.logger, "NodeError", n.observer.NodeError, NodeErrorEvent{Node: n.index, Addr: n.addr, Err: err})
 	}
