@@ -201,16 +201,22 @@ func TestMixedFleetExcludesEachOther(t *testing.T) {
 				counts[i], _ = counter.Get(t.Context(), "interop:sections:"+kind).Int()
 				total += counts[i]
 			}
-			// Each kind gets its share within a wide margin: a third of an
-			// even split. Measured: 35-60% in every fleet; a redlock waiter
-			// that polled ten retry delays behind a node-redlock holder got 8%.
+			// Every kind makes progress, and redlock gets its share within a
+			// wide margin: a third of an even split. Measured: 32-72% for
+			// redlock in every fleet; a redlock waiter that polled ten retry
+			// delays behind a node-redlock holder got 8%. How the other
+			// clients share among themselves is theirs (redsync got 6-13% of
+			// the three-way runs).
 			minShare := 1 / (3 * float64(len(fleet)))
 			var report []string
 			for i, kind := range fleet {
 				share := float64(counts[i]) / float64(max(total, 1))
 				report = append(report, fmt.Sprintf("%s %d (%.0f%%)", kind, counts[i], 100*share))
-				if share < minShare {
-					t.Errorf("%s got %d of %d critical sections; want at least %.0f%%", kind, counts[i], total, 100*minShare)
+				switch {
+				case counts[i] == 0:
+					t.Errorf("%s got none of %d critical sections; want every client to make progress", kind, total)
+				case kind == "redlock" && share < minShare:
+					t.Errorf("redlock got %d of %d critical sections; want at least %.0f%%", counts[i], total, 100*minShare)
 				}
 			}
 			t.Logf("sections in %v, %d loops per client: %s", interopFor, interopWorkers, strings.Join(report, ", "))
