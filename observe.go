@@ -45,8 +45,11 @@ type Observer struct {
 	// Released event of the same acquisition: Unlock waits for it.
 	Lost func(LostEvent)
 	// NodeError is called for each call to a node that failed or did not
-	// answer in time, on that node's goroutine, or for a node that has too
-	// many calls in flight, on the goroutine that started the round.
+	// answer in time: on that node's goroutine for the calls of a round and
+	// the background releases, on the goroutine of the Client's wake-up
+	// subscription to that node, or on Close's for its last releases. For a
+	// node that has too many calls in flight it is called on the goroutine
+	// that started the round.
 	NodeError func(NodeErrorEvent)
 }
 

@@ -266,6 +266,7 @@ func (w *watchdog) extendRound(batch []*dueEntry, start time.Time) ([]tally, out
 	r := c.launch(context.Background(), roundSpec{call: call, timeout: timeout, start: start, live: live})
 	out := r.wait(context.Background(), func(i int, rep reply, pendingHung int) bool {
 		undecided := 0
+		var now time.Time // read once per reply, for the locks it decides
 		for j := range tallies {
 			t := &tallies[j]
 			switch {
@@ -280,7 +281,10 @@ func (w *watchdog) extendRound(batch []*dueEntry, start time.Time) ([]tally, out
 			if !decided(t.extended, t.refused+t.failed, pendingHung, len(c.nodes)) {
 				undecided++
 			} else if t.decided.IsZero() {
-				t.decided = time.Now()
+				if now.IsZero() {
+					now = time.Now()
+				}
+				t.decided = now
 			}
 		}
 		return undecided == 0
