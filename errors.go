@@ -3,9 +3,9 @@ package redlock
 import (
 	"errors"
 	"fmt"
-	"strings"
-
 	"github.com/redis/go-redis/v9"
+
+	"github.com/seed62cefe0a/redlock/internal/failure"
 )
 
 var (
@@ -99,20 +99,5 @@ func (e *NodeError) Unwrap() error { return e.Err }
 // authentication or permission, a script the server rejects, or a closed
 // client. Timeouts, refused connections and the like are transient.
 func permanent(err error) bool {
-	if errors.Is(err, redis.ErrClosed) || errors.Is(err, ErrClosed) {
-		return true
-	}
-	var redisErr redis.Error
-	if !errors.As(err, &redisErr) {
-		return false
-	}
-	msg := redisErr.Error()
-	// A script's command that the user's ACL denies fails as "ERR The user
-	// executing the script can't run this command" on Redis 7.
-	for _, prefix := range []string{"NOAUTH", "WRONGPASS", "NOPERM", "WRONGTYPE", "ERR unknown command", "ERR Error running script", "ERR user_script", "ERR Error compiling script", "ERR The user executing the script"} {
-		if strings.HasPrefix(msg, prefix) {
-			return true
-		}
-	}
-	return false
+	return errors.Is(err, ErrClosed) || failure.Permanent(err)
 }
