@@ -25,21 +25,18 @@ var (
 	extendSource string
 	//go:embed scripts/release.lua
 	releaseSource string
-	//go:embed scripts/identify.lua
-	identifySource string
 	//go:embed scripts/forget.lua
 	forgetSource string
 	//go:embed scripts/status.lua
 	statusSource string
 
-	acquireScript  = newScript(acquireSource)
-	fenceScript    = newScript(fenceSource)
-	enqueueScript  = newScript(enqueueSource)
-	extendScript   = newScript(extendSource)
-	releaseScript  = newScript(releaseSource)
-	identifyScript = newScript(identifySource)
-	forgetScript   = newScript(forgetSource)
-	statusScript   = newScript(statusSource)
+	acquireScript = newScript(acquireSource)
+	fenceScript   = newScript(fenceSource)
+	enqueueScript = newScript(enqueueSource)
+	extendScript  = newScript(extendSource)
+	releaseScript = newScript(releaseSource)
+	forgetScript  = newScript(forgetSource)
+	statusScript  = newScript(statusSource)
 )
 
 // script is one of the library's Lua scripts, with its source for EVAL and
@@ -106,10 +103,9 @@ type mutexArgs struct {
 
 // The lock's other keys are named after its key, in the same hash slot.
 const (
-	fenceSuffix    = ":fence"           // the fencing counter
-	queueSuffix    = ":waiters"         // the queue of waiters
-	markSuffix     = ":waiters:"        // + waiter id: 'alive' while it calls, 'left' once it gave up
-	identitySuffix = "identity:client:" // after the key prefix, + Client id: see identifyCall
+	fenceSuffix = ":fence"    // the fencing counter
+	queueSuffix = ":waiters"  // the queue of waiters
+	markSuffix  = ":waiters:" // + waiter id: 'alive' while it calls, 'left' once it gave up
 )
 
 func newMutexArgs(key string, ttl time.Duration) mutexArgs {
@@ -350,18 +346,3 @@ func (m *Mutex) statusCall() nodeCall {
 		return reply{ok: true, holder: value, ttl: ttl, waiters: int(live)}
 	}
 }
-
-// identifyCall writes the node's index under the Client's mark, unless
-// another node of the Client reached the same server first; the reply's
-// counter is the index of the node that wrote the mark.
-func (c *Client) identifyCall() nodeCall {
-	mark := c.cfg.keyPrefix + identitySuffix + c.notifier.id
-	return func(ctx context.Context, n *node) reply {
-		identify := prepare(identifyScript, []any{mark}, n.index, identityTTL.Milliseconds())
-		first, err := identify.run(ctx, n).Int64()
-		return reply{ok: err == nil, counter: uint64(first), err: err}
-	}
-}
-
-// identityTTL is how long a Client's mark lasts on a server.
-const identityTTL = time.Minute

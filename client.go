@@ -1,9 +1,9 @@
 package redlock
 
 import (
-	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,9 +46,10 @@ type Client struct {
 // The options are the defaults of every Mutex the Client makes. New reports
 // an error naming the problem if there are no clients, a nil client, the same
 // client or address twice (which would let one server count twice toward a
-// quorum), or an invalid option. Where a client does not tell its server's
-// address (a failover client), the first lock call checks that no two nodes
-// reach the same server, and fails for good if two do. The Client does not
+// quorum), or an invalid option. Since one server can have several
+// addresses (a name and an IP, a failover client that tells none), the
+// first lock call also checks, by writing a mark on each server, that no
+// two nodes reach the same server, and fails for good if two do. The Client does not
 // close the given clients. Clients with ContextTimeoutEnabled and
 // MaxRetries -1 serve best: see the README.
 func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
@@ -62,9 +63,8 @@ func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 	seenAddr := make(map[string]int)
 	nodes := make([]*node, 0, len(clients))
 	closing := make(chan struct{})
-	unaddressed := false
 	for i, rc := range clients {
-		if rc == nil {
+		if isNil(rc) {
 			errs = append(errs, fmt.Errorf("redlock: client %d is nil", i))
 			continue
 		}
@@ -80,7 +80,6 @@ func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 			}
 			seenAddr[addr] = i
 		}
-		unaddressed = unaddressed || len(addrs) == 0
 		n := newNode(i, strings.Join(addrs, ","), rc, closing)
 		n.observer, n.logger = cfg.observer, cfg.logger
 		nodes = append(nodes, n)
@@ -96,8 +95,20 @@ func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 	for _, n := range nodes {
 		c.retries = c.retries || n.retries
 	}
-	c.identity.pending.Store(unaddressed)
+	c.identity.unknown, c.identity.why = make([]bool, len(nodes)), make([]error, len(nodes))
+	for i := range c.identity.unknown {
+		c.identity.unknown[i] = true
+	}
 	return c, nil
+}
+
+// isNil reports whether rc is nil, or a nil pointer inside the interface.
+func isNil(rc redis.UniversalClient) bool {
+	if rc == nil {
+		return true
+	}
+	v := reflect.ValueOf(rc)
+	return v.Kind() == reflect.Pointer && v.IsNil()
 }
 
 // clientAddrs returns the server addresses a client talks to, where its type
@@ -189,55 +200,6 @@ func (c *Client) wakeUnheard(n *node, command string) {
 	}
 	c.cfg.logger.Warn("redlock: a node refuses wake-ups, so waiters poll for the lock instead; an ACL user needs permission on the channels "+wakeChannelPrefix+"*",
 		"node", n.index, "addr", n.addr, "command", command)
-}
-
-// identity is the check, at first use, that no two nodes reach one server,
-// for Clients where New could not tell from the clients' addresses.
-type identity struct {
-	pending atomic.Bool // a check is still to be made
-
-	mu    sync.Mutex
-	known []bool // nodes whose server has been checked
-	err   error  // nodes found to share a server
-}
-
-// identify makes the identity check, if one is pending: every node writes
-// its index under the Client's mark on its server, unless another node got
-// there first. Nodes that do not answer are checked again, with all the
-// others, at the next call. It returns an error if two nodes share a server.
-func (c *Client) identify(ctx context.Context) error {
-	id := &c.identity
-	if !id.pending.Load() {
-		return id.err // written before pending was cleared
-	}
-	id.mu.Lock()
-	defer id.mu.Unlock()
-	if !id.pending.Load() {
-		return id.err
-	}
-	if id.known == nil {
-		id.known = make([]bool, len(c.nodes))
-	}
-	r := c.launch(ctx, roundSpec{call: c.identifyCall(), timeout: c.cfg.perNodeTimeout()})
-	heard := 0
-	out := r.wait(ctx, func(_ int, _ reply, pendingHung int) bool {
-		heard++
-		return heard+pendingHung >= len(c.nodes)
-	})
-	all := true
-	for i, rep := range out.replies {
-		switch {
-		case rep.answered && rep.ok && int(rep.counter) != i:
-			id.err = errors.Join(id.err, fmt.Errorf("redlock: nodes %d and %d reach the same server; each must be an independent master", rep.counter, i))
-		case rep.answered && rep.ok:
-			id.known[i] = true
-		}
-		all = all && id.known[i]
-	}
-	if id.err != nil || all {
-		id.pending.Store(false)
-	}
-	return id.err
 }
 
 // sharded reports whether some node spreads keys over servers by their hash

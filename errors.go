@@ -1,9 +1,11 @@
 package redlock
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"github.com/redis/go-redis/v9"
+	"net"
 
 	"github.com/seed62cefe0a/redlock/internal/failure"
 )
@@ -48,35 +50,97 @@ var (
 	// restart guard: it may have forgotten locks it granted before.
 	errRecentlyRestarted = errors.New("recently restarted")
 
+	// The errors of calls never sent to their node. Each is a
+	// *notSentError, so notSent knows them all without a list.
+
 	// errTooBusy is reported for a node that already has the maximum number
 	// of calls in flight, as happens while it hangs.
-	errTooBusy = errors.New("too many calls in flight to this node")
+	errTooBusy = neverSent(errors.New("too many calls in flight to this node"))
 
 	// errReleaseOnAnswer is reported by Unlock for a node whose grant had
 	// not been heard of yet: it is released once the node answers.
-	errReleaseOnAnswer = errors.New("released once its grant, still in flight, is answered")
+	errReleaseOnAnswer = neverSent(errors.New("released once its grant, still in flight, is answered"))
 
 	// errNotRepaired is the reply of a node a repair round does not call:
 	// it still had the key.
-	errNotRepaired = errors.New("not repaired: it has the key")
+	errNotRepaired = neverSent(errors.New("not repaired: it has the key"))
 
 	// errTooLate is the reply of a repair that would have been sent too
 	// late to leave any validity.
-	errTooLate = errors.New("not repaired: too little validity left")
+	errTooLate = neverSent(errors.New("not repaired: too little validity left"))
 
 	// errEnded is the reply of a grant or repair not sent because its
 	// holding ended while the call waited for the node.
-	errEnded = errors.New("not sent: the attempt or holding had ended")
+	errEnded = neverSent(errors.New("not sent: the attempt or holding had ended"))
+
+	// errNodesClosed is the reply of a call that a closed Client did not
+	// send.
+	errNodesClosed = neverSent(ErrClosed)
 )
+
+// notSentError is the error of a call that was never sent to its node: it
+// cannot have run, and says nothing of the node's health.
+type notSentError struct{ err error }
+
+func neverSent(err error) *notSentError { return &notSentError{err} }
+
+func (e *notSentError) Error() string { return e.err.Error() }
+func (e *notSentError) Unwrap() error { return e.err }
 
 // notSent reports whether a call that failed with err was never sent.
 func notSent(err error) bool {
-	for _, never := range []error{errTooBusy, errReleaseOnAnswer, errNotRepaired, errTooLate, errEnded, ErrClosed, redis.ErrClosed} {
-		if errors.Is(err, never) {
-			return true
-		}
+	if err == nil {
+		return false
 	}
-	return false
+	var never *notSentError
+	return errors.As(err, &never)
+}
+
+// asSent is the error of a call as a round records it: go-redis's
+// ErrClosed, from a client closed under the Client, means the call was
+// never sent either.
+func asSent(err error) error {
+	if err != nil && errors.Is(err, redis.ErrClosed) && !notSent(err) {
+		return neverSent(err)
+	}
+	return err
+}
+
+// fromServer reports whether a call that ended with err got a reply from
+// the server.
+func fromServer(err error) bool {
+	if err == nil {
+		return true // before the variable below, which escapes: no allocation
+	}
+	var redisErr redis.Error
+	return errors.As(err, &redisErr)
+}
+
+// timedOut reports whether err means the node did not answer in time, as
+// opposed to answering, or refusing the connection.
+func timedOut(err error) bool {
+	if err == nil {
+		return false
+	}
+	var netErr net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout())
+}
+
+// neverRan reports whether a call that failed with err cannot have run on
+// the server: it was never sent, or its connection could not be made.
+func neverRan(err error) bool {
+	if err == nil {
+		return false
+	}
+	var opErr *net.OpError
+	return notSent(err) || (errors.As(err, &opErr) && opErr.Op == "dial")
+}
+
+// maybeRan reports whether a call that failed with err may still have run
+// on the server, or may yet run: its reply was lost, or is late. A reply
+// from the server, a refused connection and a call never sent rule that out.
+func maybeRan(err error) bool {
+	return !fromServer(err) && !neverRan(err)
 }
 
 // NodeError is the error of one node in a round of calls.

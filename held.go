@@ -66,7 +66,12 @@ type holding struct {
 	// observing counts the Lost event in delivery, which Unlock waits for
 	// before it reports the release.
 	observing sync.WaitGroup
-	ctx       heldContext
+	// told says that the Acquired event has been delivered; until then a
+	// Lost event waits in pendingLost, and announce delivers it after the
+	// Acquired. Both are guarded by mu.
+	told        bool
+	pendingLost *LostEvent
+	ctx         heldContext
 }
 
 // newHolding starts an acquisition for m.
@@ -77,10 +82,11 @@ func (m *Mutex) newHolding(waiter string) *holding {
 }
 
 // acquire runs the acquisition round, waiting no longer than ctx allows.
-func (h *holding) acquire(ctx context.Context) outcome {
+// The nodes in skip are not asked.
+func (h *holding) acquire(ctx context.Context, skip []error) outcome {
 	m := h.m
 	h.start = time.Now()
-	h.round = m.client.launch(ctx, roundSpec{call: m.acquireCall(h.value), timeout: m.cfg.perNodeTimeout(), kind: acquireRound, holding: h, live: h.acquiringOrHeld})
+	h.round = m.client.launch(ctx, roundSpec{call: m.acquireCall(h.value), timeout: m.cfg.perNodeTimeout(), skip: skip, kind: acquireRound, holding: h, live: h.acquiringOrHeld})
 	return h.round.wait(ctx, nil)
 }
 
@@ -91,7 +97,7 @@ func (h *holding) acquire(ctx context.Context) outcome {
 // release, unless the round was won: the key may then be the holding's
 // own, put back by a repair while the grant was on its way.
 func (h *holding) acquireReplied(n *node, rep reply, late, won bool) {
-	if !late || (rep.refused() && !won) || notSent(rep.err) {
+	if !late || (rep.refused() && !won) || neverRan(rep.err) {
 		return
 	}
 	if timedOut(rep.err) {
@@ -265,8 +271,35 @@ func (h *holding) lose(why LossCause, cause error) {
 		go h.end(context.Background())
 	}
 	if o != nil && o.Lost != nil {
+		event := LostEvent{Name: h.m.name, Cause: why, Held: heldFor, Err: cause}
+		h.mu.Lock()
+		if !h.told {
+			// The acquiring call has not told its Acquired yet: announce
+			// delivers this after it.
+			h.pendingLost = &event
+			h.mu.Unlock()
+			return
+		}
+		h.mu.Unlock()
 		defer h.observing.Done()
-		observe(h.m.cfg.logger, "Lost", o.Lost, LostEvent{Name: h.m.name, Cause: why, Held: heldFor, Err: cause})
+		observe(h.m.cfg.logger, "Lost", o.Lost, event)
+	}
+}
+
+// announce delivers the holding's Acquired event, with acquired, and then
+// the Lost event that came before it, if one did: the events of one
+// acquisition come in order. The acquiring call calls it, where an
+// observer is set, before it returns.
+func (h *holding) announce(acquired func()) {
+	acquired()
+	h.mu.Lock()
+	h.told = true
+	lost := h.pendingLost
+	h.pendingLost = nil
+	h.mu.Unlock()
+	if lost != nil {
+		defer h.observing.Done()
+		observe(h.m.cfg.logger, "Lost", h.m.cfg.observer.Lost, *lost)
 	}
 }
 
@@ -367,7 +400,7 @@ func (h *holding) end(ctx context.Context) (out outcome) {
 		}
 	}
 	release := m.releaseCall(h.value, h.waiter, true)
-	r := m.client.launch(ctx, roundSpec{call: release, timeout: timeout, skip: pending, skipWhy: errReleaseOnAnswer, kind: releaseRound, holding: h})
+	r := m.client.launch(ctx, roundSpec{call: release, timeout: timeout, skip: skipping(pending, errReleaseOnAnswer), kind: releaseRound, holding: h})
 	return r.wait(ctx, nil)
 }
 
@@ -391,6 +424,21 @@ func (h *holding) waitEnd(ctx context.Context) outcome {
 	case <-ctx.Done():
 		return outcome{errs: fmt.Errorf("redlock: release still in flight: %w", ctx.Err())}
 	}
+}
+
+// skipping is the skip of a round that does not call the nodes in bits,
+// each with the reply error why.
+func skipping(bits []bool, why error) []error {
+	if bits == nil {
+		return nil
+	}
+	skip := make([]error, len(bits))
+	for i, b := range bits {
+		if b {
+			skip[i] = why
+		}
+	}
+	return skip
 }
 
 // setBit sets bits[i], making bits n long if it is nil.

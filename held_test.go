@@ -312,7 +312,7 @@ func TestHoldingPastItsValidityIsNeverExtended(t *testing.T) {
 		m := c.NewMutex("expired")
 		m.local <- struct{}{}
 		h := m.newHolding("")
-		h.acquire(t.Context())
+		h.acquire(t.Context(), nil)
 		held := h.hold(context.Background(), time.Now().Add(-time.Millisecond), 0)
 		m.current.Store(h)
 		<-held.Done()

@@ -35,6 +35,8 @@ func (m *Mutex) Unlock() {
 	err := m.UnlockContext(context.Background())
 	switch {
 	case err == nil:
+	case err == m.err:
+		panic(fmt.Errorf("redlock: Unlock of %q cannot succeed: %w", m.name, err))
 	case errors.Is(err, ErrNotHeld):
 		panic("redlock: unlock of unlocked mutex")
 	default:

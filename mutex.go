@@ -199,9 +199,13 @@ func (m *Mutex) try(ctx context.Context, start time.Time) (held context.Context,
 func (m *Mutex) observeAcquisition(ctx context.Context, start time.Time, attempts int, err error) {
 	o := m.cfg.observer
 	switch {
-	case err == nil && o.Acquired != nil:
-		observe(m.cfg.logger, "Acquired", o.Acquired, AcquiredEvent{Context: ctx, Name: m.name, Start: start, Wait: time.Since(start), Attempts: attempts, Token: m.Token()})
-	case err != nil && o.NotAcquired != nil:
+	case err == nil:
+		m.current.Load().announce(func() {
+			if o.Acquired != nil {
+				observe(m.cfg.logger, "Acquired", o.Acquired, AcquiredEvent{Context: ctx, Name: m.name, Start: start, Wait: time.Since(start), Attempts: attempts, Token: m.Token()})
+			}
+		})
+	case o.NotAcquired != nil:
 		observe(m.cfg.logger, "NotAcquired", o.NotAcquired, NotAcquiredEvent{Context: ctx, Name: m.name, Start: start, Wait: time.Since(start), Attempts: attempts, Err: err})
 	}
 }
@@ -254,11 +258,12 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 		return nil, false, ErrNotAcquired // no attempt: the caller says why
 	}
 	c := m.client
-	if err := c.identify(waitCtx); err != nil {
-		return nil, true, err
+	unknown, permanent, err := c.identify(waitCtx)
+	if err != nil {
+		return nil, permanent, err
 	}
 	h := m.newHolding(waiter)
-	out := h.acquire(waitCtx)
+	out := h.acquire(waitCtx, unknown)
 	until := validityEnd(h.start, m.cfg.ttl, m.cfg.drift())
 	var token uint64
 	var fenceErr error
@@ -315,6 +320,9 @@ func notAcquired(out outcome) error {
 // ctx is nil.
 func (m *Mutex) UnlockContext(ctx context.Context) error {
 	mustContext(ctx)
+	if m.err != nil {
+		return m.err
+	}
 	return m.unlock(ctx, m.current.Swap(nil))
 }
 

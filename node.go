@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -214,39 +213,8 @@ func (n *node) answered(err error, sent time.Time) {
 	}
 }
 
-// fromServer reports whether a call that ended with err got a reply from
-// the server.
-func fromServer(err error) bool {
-	if err == nil {
-		return true // before the variable below, which escapes: no allocation
-	}
-	var redisErr redis.Error
-	return errors.As(err, &redisErr)
-}
-
 func (n *node) errorf(err error) error {
 	return &NodeError{Node: n.index, Addr: n.addr, Err: err}
-}
-
-// timedOut reports whether err means the node did not answer in time, as
-// opposed to answering, or refusing the connection.
-func timedOut(err error) bool {
-	if err == nil {
-		return false
-	}
-	var netErr net.Error
-	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout())
-}
-
-// maybeRan reports whether a call that failed with err may still have run
-// on the server, or may yet run: its reply was lost, or is late. A reply
-// from the server, a refused connection and a call never sent rule that out.
-func maybeRan(err error) bool {
-	if fromServer(err) || notSent(err) {
-		return false
-	}
-	var opErr *net.OpError
-	return !(errors.As(err, &opErr) && opErr.Op == "dial")
 }
 
 // leftovers are keys of ours that may still be on a node although nothing

@@ -17,9 +17,10 @@ import (
 // record a metric, end a span, or hand the event to a goroutine of your own.
 // It must not call methods of the Client or of its mutexes, which may wait
 // for it. The events of one acquisition come in order: Acquired, then at
-// most one Lost, then Released if Unlock is called; a Lost can come before
-// its Acquired only if the validity ran out before the acquiring call
-// returned (the process paused). A panic in a func is recovered and
+// most one Lost, then Released if Unlock is called. A loss that happens
+// before the acquiring call has told its Acquired (a maximum hold shorter
+// than the acquisition, a pause) is delivered right after the Acquired, on
+// the acquiring call's goroutine. A panic in a func is recovered and
 // logged at Error with the event's name, and the lock carries on as if the
 // func had returned.
 type Observer struct {
@@ -41,7 +42,8 @@ type Observer struct {
 	// found out: the expiry timer's, the watchdog's, Close's, or one that
 	// called held.Err, held.Done or Unlock after the validity had ended,
 	// or Unlock's when its release finds the key gone from a quorum of
-	// nodes (LostRefused). It comes after held has ended, and before the
+	// nodes (LostRefused); or on the acquiring call's, after its Acquired,
+	// for a loss that came first. It comes after held has ended, and before the
 	// Released event of the same acquisition: Unlock waits for it.
 	Lost func(LostEvent)
 	// NodeError is called for each call to a node that failed or did not

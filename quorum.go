@@ -75,8 +75,9 @@ const (
 type roundSpec struct {
 	call    nodeCall
 	timeout time.Duration
-	skip    []bool // nodes not called, if not nil
-	skipWhy error  // their reply's error
+	// skip[i], if skip is not nil and skip[i] is not nil, is the reply's
+	// error of node i, which is not called: a *notSentError.
+	skip    []error
 	kind    roundKind
 	holding *holding  // the holding of an acquire, release or repair round
 	start   time.Time // when the round was decided on, if not at launch
@@ -170,16 +171,16 @@ func (c *Client) launch(ctx context.Context, spec roundSpec) *round {
 	var busy []*node // nodes to tell the observer of, once c.mu is released
 	c.mu.RLock()
 	for _, n := range c.nodes {
-		skipped := spec.skip != nil && spec.skip[n.index]
+		skipped := spec.skip != nil && spec.skip[n.index] != nil
 		if !skipped && !c.closed && n.submit(spec.timeout, task{round: r}) {
 			continue
 		}
 		var err error
 		switch {
 		case skipped:
-			err = spec.skipWhy
+			err = spec.skip[n.index]
 		case c.closed:
-			err = ErrClosed
+			err = errNodesClosed
 		default:
 			err = errTooBusy
 		}
@@ -210,6 +211,7 @@ func (r *round) call(n *node) {
 	} else {
 		sent := time.Now()
 		rep = r.spec.call(r, n)
+		rep.err = asSent(rep.err)
 		if !notSent(rep.err) {
 			n.answered(rep.err, sent)
 			if rep.err != nil {
@@ -402,8 +404,8 @@ func (o outcome) notAcquired() error {
 
 // abandon marks the round as undone: replies from now on are late, and its
 // holding undoes them as they come. It says which nodes had answered in a
-// way that may have left the holding's key (anything but a refusal or a
-// call never sent: a script can fail after it wrote), which must be
+// way that may have left the holding's key (anything but a refusal, a
+// refused connection or a call never sent: a script can fail after it wrote), which must be
 // released now, and of those, which failed so that the command may yet
 // land. Nodes not yet heard from are left to their late replies.
 func (r *round) abandon() (release, unsure []bool) {
@@ -414,7 +416,7 @@ func (r *round) abandon() (release, unsure []bool) {
 		if !rep.answered || rep.late {
 			continue
 		}
-		if !rep.refused() && !notSent(rep.err) {
+		if !rep.refused() && !neverRan(rep.err) {
 			release = setBit(release, i, len(r.replies))
 		}
 		if maybeRan(rep.err) {

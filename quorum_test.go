@@ -63,7 +63,15 @@ func TestFanOutReturnsAtQuorumDespiteAHungNode(t *testing.T) {
 	c := newClient(t, append(clients, rc), WithNodeTimeout(time.Second), WithTTL(10*time.Second))
 	t.Cleanup(hole.close)
 	m := c.NewMutex("hung")
+	// The Client's first call checks, once, that its nodes are servers of
+	// their own, and waits up to the node timeout for the hung one.
 	start := time.Now()
+	m.Lock()
+	m.Unlock()
+	if first := time.Since(start); first > 1900*time.Millisecond {
+		t.Errorf("the first Lock+Unlock took %v; want at most the 1s node timeout of the identity check, and a round at quorum", first)
+	}
+	start = time.Now()
 	if _, err := m.LockContext(t.Context()); err != nil {
 		t.Fatalf("LockContext: %v", err)
 	}

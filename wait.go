@@ -63,10 +63,15 @@ func (m *Mutex) waitFor(ctx, waitCtx context.Context, start time.Time) (context.
 	if err := m.usable(); err != nil {
 		return nil, 0, err
 	}
+	if waitCtx.Err() != nil {
+		return nil, 0, waitEnded(waitCtx, nil)
+	}
 	select {
 	case m.local <- struct{}{}:
 	case <-waitCtx.Done():
-		return nil, 0, waitEnded(waitCtx, errTakenHere)
+		return nil, 0, waitEnded(waitCtx, m.localReason())
+	case <-m.client.closingCh:
+		return nil, 0, ErrClosed
 	}
 	if !m.client.enter() {
 		<-m.local
@@ -82,6 +87,19 @@ func (m *Mutex) waitFor(ctx, waitCtx context.Context, start time.Time) (context.
 		m.observeAcquisition(ctx, start, w.attempts, nil)
 	}
 	return held, w.attempts, err
+}
+
+// localReason is the reason of a wait for the local lock that ended:
+// errTakenHere while another goroutine holds it, nil if it is free (the
+// wait ended as the lock came free, and the error must not say taken).
+func (m *Mutex) localReason() error {
+	select {
+	case m.local <- struct{}{}:
+		<-m.local
+		return nil
+	default:
+		return errTakenHere
+	}
 }
 
 // wait makes attempts until one succeeds, one fails in a way retrying

@@ -348,9 +348,11 @@ func observeExtension(h *holding, t tally, start time.Time, outcome ExtendOutcom
 // holder's key. The round is waited for, so that Unlock, which waits for
 // this, finds no repair in flight.
 func (w *watchdog) repair(h *holding, until time.Time, lostKey []bool) {
-	skip := make([]bool, len(lostKey))
+	skip := make([]error, len(lostKey))
 	for i, lost := range lostKey {
-		skip[i] = !lost
+		if !lost {
+			skip[i] = errNotRepaired
+		}
 	}
 	m := h.m
 	timeout := m.cfg.perNodeTimeout()
@@ -358,7 +360,7 @@ func (w *watchdog) repair(h *holding, until time.Time, lostKey []bool) {
 	if w.ctx.Err() != nil || !h.isHeld() {
 		return
 	}
-	r := w.c.launch(context.Background(), roundSpec{call: m.repairCall(h.value, until), timeout: timeout, skip: skip, skipWhy: errNotRepaired,
+	r := w.c.launch(context.Background(), roundSpec{call: m.repairCall(h.value, until), timeout: timeout, skip: skip,
 		kind: repairRound, holding: h, start: start, live: h.isHeld})
 	heard := 0
 	out := r.wait(context.Background(), func(int, reply, int) bool {
