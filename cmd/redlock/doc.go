@@ -51,7 +51,8 @@
 //
 //   - COMMAND's own, or 128+N if signal N killed it, or if SIGINT, SIGTERM
 //     or SIGHUP sent to redlock ended its wait for the lock;
-//   - 64, a usage error: a bad flag, no NAME, no -- before COMMAND;
+//   - 64, a usage error: a bad flag, a flag value the lock rejects (a -ttl
+//     too small to leave any validity), no NAME, no -- before COMMAND;
 //   - 70, any other failure: a bad URL, masters that refuse the lock's
 //     commands (an ACL denial, say), a COMMAND that cannot be started, or a
 //     status that too few masters answered;

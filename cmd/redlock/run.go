@@ -121,21 +121,33 @@ func runCommand(args, env []string, stdin io.Reader, stdout, stderr io.Writer) i
 	if err := validName(name); err != nil {
 		return usageError(stderr, "run", err)
 	}
+	opts := f.options()
+	if err := checkOptions(opts); err != nil {
+		return usageError(stderr, "run", err)
+	}
+	return runLocked(name, command, f, redlock.WithLogger(newLogger(stderr)), opts, env, stdin, stdout, stderr)
+}
 
-	return runLocked(name, command, f, env, stdin, stdout, stderr)
+// options returns the library's options that the flags f set.
+func (f *runFlags) options() []flagOption {
+	opts := []flagOption{{"-ttl " + f.ttl.String(), redlock.WithTTL(f.ttl)}}
+	if f.fencing {
+		opts = append(opts, flagOption{"-fencing", redlock.WithFencing()})
+	}
+	if f.wait.d > 0 {
+		opts = append(opts, flagOption{"-wait " + f.wait.d.String(), redlock.WithWaitTimeout(f.wait.d)})
+	}
+	return opts
 }
 
 // runLocked runs command under the lock name, as the flags f say, and
-// returns the exit status.
-func runLocked(name string, command []string, f runFlags, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	opts := []redlock.Option{redlock.WithTTL(f.ttl), redlock.WithLogger(newLogger(stderr))}
-	if f.fencing {
-		opts = append(opts, redlock.WithFencing())
+// returns the exit status. logger and opts are the library's options.
+func runLocked(name string, command []string, f runFlags, logger redlock.Option, opts []flagOption, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	libOpts := []redlock.Option{logger}
+	for _, o := range opts {
+		libOpts = append(libOpts, o.option)
 	}
-	if f.wait.d > 0 {
-		opts = append(opts, redlock.WithWaitTimeout(f.wait.d))
-	}
-	client, err := redlock.Dial(masters(f.urls, env), opts...)
+	client, err := redlock.Dial(masters(f.urls, env), libOpts...)
 	if err != nil {
 		return failure(stderr, err)
 	}
