@@ -16,7 +16,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/seed62cefe0a/redlock"
+	// Named so, since failure is the command's own function.
+	failurekind "github.com/seed62cefe0a/redlock/internal/failure"
 )
 
 const runUsage = `Usage:
@@ -246,31 +249,34 @@ func acquire(m *redlock.Mutex, wait waitFlag, signals <-chan os.Signal) (held co
 }
 
 // notAcquired reports a lock that was not acquired: exitNotAcquired when it
-// was taken, too few masters answered, or the wait ran out, and exitFailure
-// when masters answered with errors that waiting would not cure (an ACL
-// denial, a rejected script) or the error is not about acquisition at all.
+// was taken, too few masters answered, a master answered an error that may
+// pass (OOM, LOADING, BUSY), or the wait ran out; exitFailure when a master
+// answered an error that retrying cannot fix (an ACL denial, a rejected
+// script), or the error is not about acquisition at all.
 func notAcquired(stderr io.Writer, name string, err error) int {
-	if !errors.Is(err, redlock.ErrNotAcquired) {
-		return failure(stderr, fmt.Errorf("lock %q: %w", name, err))
+	if !errors.Is(err, redlock.ErrNotAcquired) || permanent(err) {
+		return failure(stderr, fmt.Errorf("lock %q: %s", name, oneLine(err)))
 	}
-	if redisRefused(err) && !errors.Is(err, context.DeadlineExceeded) {
-		// LockContext gives up before its wait ends only on errors that
-		// retrying cannot fix; for one attempt (-wait 0), an error reply
-		// from Redis is taken for one.
-		return failure(stderr, fmt.Errorf("lock %q: %w", name, err))
-	}
-	fmt.Fprintf(stderr, "redlock: lock %q: %s\n", name, trimPrefix(err))
+	fmt.Fprintf(stderr, "redlock: lock %q: %s\n", name, oneLine(err))
 	return exitNotAcquired
 }
 
-// redisRefused reports whether err holds an error reply from Redis (go-redis
-// marks those with a RedisError method), as opposed to no reply at all.
-func redisRefused(err error) bool {
-	var reply interface {
-		error
-		RedisError()
+// permanent reports whether any error in err's tree is one that retrying
+// cannot fix. failurekind.Permanent looks at the first error reply it finds,
+// and a round's joined errors may hold a transient one (one master's OOM)
+// before a permanent one (another's NOPERM).
+func permanent(err error) bool {
+	switch e := err.(type) {
+	case nil:
+		return false
+	case redis.Error:
+		return failurekind.Permanent(e)
+	case interface{ Unwrap() []error }:
+		return slices.ContainsFunc(e.Unwrap(), permanent)
+	case interface{ Unwrap() error }:
+		return permanent(e.Unwrap())
 	}
-	return errors.As(err, &reply)
+	return failurekind.Permanent(err)
 }
 
 // release unlocks m after COMMAND has run, and reports what went wrong

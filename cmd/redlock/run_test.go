@@ -513,3 +513,43 @@ func TestRunBadURL(t *testing.T) {
 		t.Errorf("redlock exited %d with stderr %q; want %d and the URL named", code, stderr.String(), exitFailure)
 	}
 }
+
+// A master that answers a transient error, here OOM, does not make a taken
+// lock a failure: with the lock held on the other two masters, -wait 0 and
+// -wait 1s both exit 75 without running the command, as a cron job that
+// skips its turn expects. Without -fencing, the round may end on the two
+// refusals before the OOM arrives; with it, the OOM is part of the answer.
+func TestRunTransientErrorNotAcquired(t *testing.T) {
+	masters := startMasters(t, 3)
+	holder := holdLock(t, []string{urlsEnv(masters[:2])}, "transient")
+	oom := masters[2]
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := oom.client.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := oom.client.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		oom.client.ConfigSet(ctx, "maxmemory", "0")
+	})
+	if err := oom.client.Set(ctx, "probe", "x", 0).Err(); err == nil || !strings.HasPrefix(err.Error(), "OOM") {
+		t.Fatalf("SET on the third master: %v; want OOM", err)
+	}
+
+	env := []string{urlsEnv(masters)}
+	for _, wait := range []string{"0", "1s"} {
+		for _, fencing := range [][]string{nil, {"-fencing"}} {
+			args := append(append([]string{"run", "-wait", wait}, fencing...), "transient", "--", "sh", "-c", "echo ran")
+			code, out, p := runRedlock(t, env, args...)
+			if code != exitNotAcquired || len(out) != 0 {
+				t.Errorf("redlock %q exited %d with output %q; want %d and none\nstderr:\n%s", args, code, out, exitNotAcquired, p.stderr())
+			}
+		}
+	}
+	holder.cmd.Process.Signal(syscall.SIGTERM)
+	holder.wait(10 * time.Second)
+}
