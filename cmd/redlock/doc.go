@@ -29,7 +29,8 @@
 // validity ended, redlock kills COMMAND's process group at once with
 // SIGKILL. With -grace D it sends SIGTERM instead, and SIGKILL D later: the
 // command may then run past the lock's validity by up to D. redlock then
-// exits 76.
+// exits 76, once the masters that answer have taken the release of the key,
+// or 250ms later at most.
 //
 // SIGINT, SIGTERM and SIGHUP sent to redlock are passed on to COMMAND's
 // process group. When COMMAND exits, redlock kills what it left running in

@@ -156,15 +156,39 @@ func runLocked(name string, command []string, f runFlags, logger redlock.Option,
 	}
 	code, lost := underLock(client.NewMutex(name), command, f, env, stdin, stdout, stderr)
 	if lost {
-		// Exit now. A lock is lost when a quorum stops answering (or says
-		// the key is gone), and Close would wait for the calls to the
-		// silent masters, a node timeout for each of its steps, while
-		// their keys expire with the TTL anyway.
+		// The library releases the key on every master once it has
+		// declared the loss, after the rounds in flight for it; give the
+		// masters that answer the time to take the release. Those that do
+		// not are often why the lock was lost, and Close would wait for
+		// them a node timeout for each of its steps, while their keys
+		// expire with the TTL anyway.
+		closeWithin(client, lostReleaseWait)
 		return code
 	}
 	// Close waits for the releases still in flight to slow masters.
 	client.Close()
 	return code
+}
+
+// lostReleaseWait bounds the wait for the release after a loss: enough for
+// masters that answer, even slowly, to take it; short enough that whoever
+// watches redlock sees the loss at once.
+const lostReleaseWait = 250 * time.Millisecond
+
+// closeWithin closes client, or gives up after d and leaves Close running
+// in the background of a process about to exit.
+func closeWithin(client *redlock.Client, d time.Duration) {
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		client.Close()
+	}()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-closed:
+	case <-timer.C:
+	}
 }
 
 // underLock acquires m, runs command while it holds it, releases it and
