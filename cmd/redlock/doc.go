@@ -59,7 +59,8 @@
 //     status that too few masters answered;
 //   - 75, the lock was not acquired within -wait, or on the single attempt of
 //     -wait 0, because another process holds it or too few masters answered;
-//   - 76, the lock was lost while COMMAND ran, and COMMAND was killed.
+//   - 76, the lock was lost while COMMAND ran, and COMMAND was killed; or
+//     lost before COMMAND could start, and COMMAND did not run.
 //
 // redlock -h, redlock run -h and redlock status -h print the usage and exit
 // 0.

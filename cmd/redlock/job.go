@@ -27,11 +27,12 @@ type job struct {
 	foreground bool
 }
 
-// startJob starts command in a new process group with env. If redlock is
+// startJob starts command in a new process group with env, unless held has
+// ended: then it returns a *notStartedError. If redlock is
 // in the foreground of the terminal on stdin, the new group takes its place
 // there until it exits, so that COMMAND can read from the terminal and gets
 // its Ctrl-C directly.
-func startJob(name string, command, env []string, stdin io.Reader, stdout, stderr io.Writer) (*job, error) {
+func startJob(held context.Context, name string, command, env []string, stdin io.Reader, stdout, stderr io.Writer) (*job, error) {
 	cmd := exec.Command(command[0], command[1:]...)
 	cmd.Env = env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
@@ -47,6 +48,12 @@ func startJob(name string, command, env []string, stdin io.Reader, stdout, stder
 	// When stdout or stderr is not a file, Wait copies it from a pipe that
 	// a leftover process can keep open; this bounds that wait.
 	cmd.WaitDelay = time.Second
+	// The lock may have been lost since it was acquired. Once COMMAND has
+	// started, supervise sees a loss and kills it; before, this is the last
+	// moment to tell.
+	if held.Err() != nil {
+		return nil, &notStartedError{cause: context.Cause(held)}
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("cannot start COMMAND: %w", err)
 	}
@@ -60,6 +67,13 @@ func startJob(name string, command, env []string, stdin io.Reader, stdout, stder
 	}()
 	return j, nil
 }
+
+// notStartedError is startJob's error when the held context had ended, the
+// lock lost, before COMMAND could start.
+type notStartedError struct{ cause error }
+
+func (e *notStartedError) Error() string { return e.cause.Error() + "; COMMAND not started" }
+func (e *notStartedError) Unwrap() error { return e.cause }
 
 // signal sends sig to the job's process group. A group that is already
 // gone is not an error.

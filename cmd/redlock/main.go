@@ -27,7 +27,8 @@ const (
 	// -wait: it was taken, or too few masters answered. COMMAND did not run.
 	exitNotAcquired = 75
 	// exitLost means the lock was lost while COMMAND ran, and COMMAND's
-	// process group was killed.
+	// process group was killed, or before COMMAND started, which it then
+	// did not.
 	exitLost = 76
 )
 

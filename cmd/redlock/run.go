@@ -214,7 +214,13 @@ func underLock(m *redlock.Mutex, command []string, f runFlags, env []string, std
 		return 128 + int(caught.(syscall.Signal)), false
 	}
 
-	j, err := startJob(m.Name(), command, childEnv(env, m.Name(), f.fencing, m.Token()), stdin, stdout, stderr)
+	j, err := startJob(held, m.Name(), command, childEnv(env, m.Name(), f.fencing, m.Token()), stdin, stdout, stderr)
+	var notStarted *notStartedError
+	if errors.As(err, &notStarted) {
+		// Lost before COMMAND started; the library releases the key.
+		fmt.Fprintf(stderr, "redlock: lock %q: %s\n", m.Name(), oneLine(err))
+		return exitLost, true
+	}
 	if err != nil {
 		release(m, stderr)
 		return failure(stderr, err), false
