@@ -36,6 +36,14 @@
 // process group. When COMMAND exits, redlock kills what it left running in
 // its process group, releases the lock and exits with COMMAND's status.
 //
+// redlock cannot catch SIGKILL, nor the OOM killer. On Linux, COMMAND is
+// started with a parent-death signal, SIGKILL, so that the kernel kills it
+// when redlock dies, however it dies. That covers COMMAND alone: what
+// COMMAND started in its process group runs on, as does COMMAND itself if
+// it executes a set-user-ID or set-group-ID program, for which the kernel
+// clears the parent-death signal. On other systems nothing kills COMMAND
+// when redlock is killed, and it may run on after the lock expires.
+//
 // Run from an interactive shell, in the foreground of a terminal, redlock
 // hands the terminal's foreground to COMMAND's process group while COMMAND
 // runs, so that COMMAND can read from the terminal and Ctrl-C reaches it

@@ -37,7 +37,9 @@ sent SIGTERM and killed D later, which lets COMMAND run past the lock's
 validity by up to D. redlock then exits 76. SIGINT, SIGTERM and SIGHUP sent
 to redlock are passed on to COMMAND's process group; the lock is released
 once COMMAND has exited. In the foreground of a terminal, COMMAND's group
-has the terminal while it runs, with Ctrl-Z (SIGTSTP) ignored.
+has the terminal while it runs, with Ctrl-Z (SIGTSTP) ignored. On Linux,
+COMMAND is killed if redlock itself is killed (SIGKILL, the OOM killer), but
+the processes COMMAND started in its group are not.
 
 Exit status: COMMAND's own, or 128+N if signal N killed it (or, sent to
 redlock, ended the wait for the lock); 75 if the lock was not acquired within

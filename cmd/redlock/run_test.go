@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -603,4 +604,29 @@ func TestRunLossReleases(t *testing.T) {
 		t.Errorf("the key is still on %s after redlock exited; want it released\nstderr:\n%s", slow.addr, p.stderr())
 	}
 	t.Logf("redlock exited %v after the command was gone", p.exitAt.Sub(deathAt).Round(time.Millisecond))
+}
+
+// If redlock itself is killed with SIGKILL, which it cannot catch, COMMAND
+// dies with it, rather than run on past the lock's TTL. Only Linux has the
+// parent-death signal that this relies on.
+func TestRunKilledTakesCommand(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("no parent-death signal on " + runtime.GOOS)
+	}
+	masters := startMasters(t, 3)
+	env := []string{urlsEnv(masters)}
+	p := start(t, env, "run", "killed", "--", "sh", "-c", "echo $$; exec sleep 60")
+	pid := pids(t, p.line(30*time.Second))[0]
+	t.Cleanup(func() { syscall.Kill(-pid, syscall.SIGKILL) })
+	killedAt := time.Now()
+	p.cmd.Process.Kill()
+	p.wait(10 * time.Second)
+	deadline := killedAt.Add(5 * time.Second)
+	for !gone(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("COMMAND (pid %d) still runs 5s after redlock was killed", pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Logf("COMMAND was gone %v after SIGKILL was sent to redlock", time.Since(killedAt).Round(time.Millisecond))
 }
