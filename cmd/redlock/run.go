@@ -156,26 +156,27 @@ func runLocked(name string, command []string, f runFlags, logger redlock.Option,
 	if err != nil {
 		return failure(stderr, err)
 	}
-	code, lost := underLock(client.NewMutex(name), command, f, env, stdin, stdout, stderr)
-	if lost {
-		// The library releases the key on every master once it has
-		// declared the loss, after the rounds in flight for it; give the
-		// masters that answer the time to take the release. Those that do
-		// not are often why the lock was lost, and Close would wait for
-		// them a node timeout for each of its steps, while their keys
-		// expire with the TTL anyway.
-		closeWithin(client, lostReleaseWait)
+	code, unlocked := underLock(client.NewMutex(name), command, f, env, stdin, stdout, stderr)
+	if unlocked {
+		// Close waits for the releases still in flight to slow masters.
+		client.Close()
 		return code
 	}
-	// Close waits for the releases still in flight to slow masters.
-	client.Close()
+	// The lock was lost, or never acquired. The library releases its key
+	// on every master that may have it, the masters that answer within a
+	// round trip or two; give them releaseWait to take it. Close would go
+	// on to wait for the others a node timeout for each of its steps,
+	// though they are often why the lock was lost or not acquired, and
+	// their keys expire with the TTL anyway.
+	closeWithin(client, releaseWait)
 	return code
 }
 
-// lostReleaseWait bounds the wait for the release after a loss: enough for
-// masters that answer, even slowly, to take it; short enough that whoever
-// watches redlock sees the loss at once.
-const lostReleaseWait = 250 * time.Millisecond
+// releaseWait bounds the wait for the library's own release, after a loss
+// or an acquisition that failed: enough for masters that answer, even
+// slowly, to take it; short enough that whoever watches redlock sees the
+// outcome at once.
+const releaseWait = 250 * time.Millisecond
 
 // closeWithin closes client, or gives up after d and leaves Close running
 // in the background of a process about to exit.
@@ -194,8 +195,9 @@ func closeWithin(client *redlock.Client, d time.Duration) {
 }
 
 // underLock acquires m, runs command while it holds it, releases it and
-// returns the exit status, and whether the lock was lost.
-func underLock(m *redlock.Mutex, command []string, f runFlags, env []string, stdin io.Reader, stdout, stderr io.Writer) (code int, lost bool) {
+// returns the exit status, and whether it released the lock with Unlock:
+// not when the lock was lost or never acquired.
+func underLock(m *redlock.Mutex, command []string, f runFlags, env []string, stdin io.Reader, stdout, stderr io.Writer) (code int, unlocked bool) {
 	// From here on, SIGINT, SIGTERM and SIGHUP end the wait for the lock,
 	// or are passed on to COMMAND.
 	signals := make(chan os.Signal, 8)
@@ -213,7 +215,7 @@ func underLock(m *redlock.Mutex, command []string, f runFlags, env []string, std
 	}
 	if caught != nil {
 		release(m, stderr)
-		return 128 + int(caught.(syscall.Signal)), false
+		return 128 + int(caught.(syscall.Signal)), true
 	}
 
 	j, err := startJob(held, m.Name(), command, childEnv(env, m.Name(), f.fencing, m.Token()), stdin, stdout, stderr)
@@ -221,21 +223,21 @@ func underLock(m *redlock.Mutex, command []string, f runFlags, env []string, std
 	if errors.As(err, &notStarted) {
 		// Lost before COMMAND started; the library releases the key.
 		fmt.Fprintf(stderr, "redlock: lock %q: %s\n", m.Name(), oneLine(err))
-		return exitLost, true
+		return exitLost, false
 	}
 	if err != nil {
 		release(m, stderr)
-		return failure(stderr, err), false
+		return failure(stderr, err), true
 	}
-	lost = j.supervise(held, signals, f.grace)
+	lost := j.supervise(held, signals, f.grace)
 	j.finish()
 	if lost {
 		// The library released the key on every master when it declared
 		// the loss; Unlock would only report the loss again.
-		return exitLost, true
+		return exitLost, false
 	}
 	release(m, stderr)
-	return j.status(), false
+	return j.status(), true
 }
 
 // splitCommand splits run's arguments at the first "--" into redlock's and

@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -289,12 +290,12 @@ func TestRunLossKillsCommand(t *testing.T) {
 		t.Errorf("the command was gone %v after the pause began, %v after the TTL since the last confirmed extension", deathAt.Sub(paused), deathAt.Sub(expiry))
 	}
 	// redlock itself exits once it has reaped the command, waiting for the
-	// paused masters no longer than lostReleaseWait. It is not held to the
+	// paused masters no longer than releaseWait. It is not held to the
 	// TTL as the command is: a binary built with -race takes a few
 	// milliseconds to exit, more on a busy machine, and the command is what
 	// the lock protects.
-	if after := p.exitAt.Sub(deathAt); after > lostReleaseWait+200*time.Millisecond {
-		t.Errorf("redlock exited %v after the command was gone; want at most %v", after, lostReleaseWait)
+	if after := p.exitAt.Sub(deathAt); after > releaseWait+200*time.Millisecond {
+		t.Errorf("redlock exited %v after the command was gone; want at most %v", after, releaseWait)
 	}
 	if !strings.Contains(p.stderr(), "lock lost") {
 		t.Errorf("stderr does not say the lock was lost:\n%s", p.stderr())
@@ -629,4 +630,36 @@ func TestRunKilledTakesCommand(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	t.Logf("COMMAND was gone %v after SIGKILL was sent to redlock", time.Since(killedAt).Round(time.Millisecond))
+}
+
+// deadURLs returns n URLs of ports on 127.0.0.1 where nothing listens.
+func deadURLs(t *testing.T, n int) []string {
+	t.Helper()
+	var urls []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		urls = append(urls, "redis://"+ln.Addr().String()+"/0")
+		ln.Close()
+	}
+	return urls
+}
+
+// -wait 0 against masters that refuse connections exits 75 at once, as
+// flock -n does: a refused dial sent nothing, so there is nothing to
+// release, and redlock does not wait for the library to retry the release.
+func TestRunWaitZeroRefused(t *testing.T) {
+	env := []string{"REDLOCK_URLS=" + strings.Join(deadURLs(t, 3), ",")}
+	begin := time.Now()
+	code, out, p := runRedlock(t, env, "run", "-wait", "0", "refused-dial", "--", "sh", "-c", "echo ran")
+	elapsed := p.exitAt.Sub(begin)
+	if code != exitNotAcquired || len(out) != 0 {
+		t.Errorf("redlock exited %d with output %q; want %d and none\nstderr:\n%s", code, out, exitNotAcquired, p.stderr())
+	}
+	t.Logf("-wait 0 against 3 refusing masters exited after %v", elapsed.Round(time.Millisecond))
+	if elapsed > time.Second {
+		t.Errorf("-wait 0 against refusing masters took %v; want well under 1s", elapsed)
+	}
 }
