@@ -50,6 +50,14 @@
 // directly. COMMAND starts with SIGTSTP ignored, so that Ctrl-Z cannot
 // suspend it while redlock keeps the lock for it.
 //
+// # Diagnostics
+//
+// redlock writes its diagnostics, and those of the library and of go-redis,
+// to stderr, one line each, starting with "redlock: ". A master it cannot
+// connect to is reported once while it stays down, and again only after it
+// has gone a TTL (at least 2s) without a failed connection, as when it came
+// back and went down once more.
+//
 // # status
 //
 // status prints "free", or "held ttl=D waiters=N" where D is the time left

@@ -62,5 +62,5 @@ func probe(opts ...redlock.Option) error {
 // oneLine returns err's text without the library's prefix, its joined
 // errors on one line.
 func oneLine(err error) string {
-	return strings.ReplaceAll(strings.ReplaceAll(trimPrefix(err), "\nredlock: ", "\n"), "\n", "; ")
+	return oneLineText(strings.ReplaceAll(trimPrefix(err), "\nredlock: ", "\n"))
 }

@@ -130,7 +130,9 @@ func runCommand(args, env []string, stdin io.Reader, stdout, stderr io.Writer) i
 	if err := checkOptions(opts); err != nil {
 		return usageError(stderr, "run", err)
 	}
-	return runLocked(name, command, f, redlock.WithLogger(newLogger(stderr)), opts, env, stdin, stdout, stderr)
+	diagnostics := newDiagnostics(stderr, upAfter(f.ttl))
+	redis.SetLogger(diagnostics)
+	return runLocked(name, command, f, redlock.WithLogger(diagnostics.logger()), opts, env, stdin, stdout, stderr)
 }
 
 // options returns the library's options that the flags f set.

@@ -663,3 +663,25 @@ func TestRunWaitZeroRefused(t *testing.T) {
 		t.Errorf("-wait 0 against refusing masters took %v; want well under 1s", elapsed)
 	}
 }
+
+// With one master of three down, go-redis fails to dial it many times a
+// second; redlock says so once, not once per dial.
+func TestRunDownMasterLogsOnce(t *testing.T) {
+	live := startMasters(t, 2)
+	urls := append([]string{live[0].url(), live[1].url()}, deadURLs(t, 1)...)
+	env := []string{"REDLOCK_URLS=" + strings.Join(urls, ",")}
+	code, _, p := runRedlock(t, env, "run", "-ttl", "900ms", "one-down", "--", "sleep", "1")
+	if code != 0 {
+		t.Fatalf("redlock exited %d; want 0\nstderr:\n%s", code, p.stderr())
+	}
+	dials := 0
+	for line := range strings.Lines(p.stderr()) {
+		if strings.Contains(line, "dial") {
+			dials++
+		}
+	}
+	t.Logf("%d lines on a failed dial in a run of 1s:\n%s", dials, p.stderr())
+	if dials > 2 {
+		t.Errorf("%d lines on a failed dial in a run of 1s; want at most 2", dials)
+	}
+}
