@@ -126,13 +126,17 @@ func runCommand(args, env []string, stdin io.Reader, stdout, stderr io.Writer) i
 	if err := validName(name); err != nil {
 		return usageError(stderr, "run", err)
 	}
-	opts := f.options()
-	if err := checkOptions(opts); err != nil {
+	flagOpts := f.options()
+	if err := checkOptions(flagOpts); err != nil {
 		return usageError(stderr, "run", err)
 	}
 	diagnostics := newDiagnostics(stderr, upAfter(f.ttl))
 	redis.SetLogger(diagnostics)
-	return runLocked(name, command, f, redlock.WithLogger(diagnostics.logger()), opts, env, stdin, stdout, stderr)
+	opts := []redlock.Option{redlock.WithLogger(diagnostics.logger())}
+	for _, o := range flagOpts {
+		opts = append(opts, o.option)
+	}
+	return runLocked(name, command, f, opts, env, stdin, stdout, stderr)
 }
 
 // options returns the library's options that the flags f set.
@@ -147,14 +151,10 @@ func (f *runFlags) options() []flagOption {
 	return opts
 }
 
-// runLocked runs command under the lock name, as the flags f say, and
-// returns the exit status. logger and opts are the library's options.
-func runLocked(name string, command []string, f runFlags, logger redlock.Option, opts []flagOption, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	libOpts := []redlock.Option{logger}
-	for _, o := range opts {
-		libOpts = append(libOpts, o.option)
-	}
-	client, err := redlock.Dial(masters(f.urls, env), libOpts...)
+// runLocked runs command under the lock name, as the flags f and the
+// library's options opts say, and returns the exit status.
+func runLocked(name string, command []string, f runFlags, opts []redlock.Option, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	client, err := redlock.Dial(masters(f.urls, env), opts...)
 	if err != nil {
 		return failure(stderr, err)
 	}
