@@ -29,17 +29,34 @@
 // validity ended, redlock kills COMMAND's process group at once with
 // SIGKILL. With -grace D it sends SIGTERM instead, and SIGKILL D later: the
 // command may then run past the lock's validity by up to D. redlock then
-// exits 76.
+// exits 76, once the masters that answer have taken the release of the key,
+// or 250ms later at most.
 //
 // SIGINT, SIGTERM and SIGHUP sent to redlock are passed on to COMMAND's
 // process group. When COMMAND exits, redlock kills what it left running in
 // its process group, releases the lock and exits with COMMAND's status.
+//
+// redlock cannot catch SIGKILL, nor the OOM killer. On Linux, COMMAND is
+// started with a parent-death signal, SIGKILL, so that the kernel kills it
+// when redlock dies, however it dies. That covers COMMAND alone: what
+// COMMAND started in its process group runs on, as does COMMAND itself if
+// it executes a set-user-ID or set-group-ID program, for which the kernel
+// clears the parent-death signal. On other systems nothing kills COMMAND
+// when redlock is killed, and it may run on after the lock expires.
 //
 // Run from an interactive shell, in the foreground of a terminal, redlock
 // hands the terminal's foreground to COMMAND's process group while COMMAND
 // runs, so that COMMAND can read from the terminal and Ctrl-C reaches it
 // directly. COMMAND starts with SIGTSTP ignored, so that Ctrl-Z cannot
 // suspend it while redlock keeps the lock for it.
+//
+// # Diagnostics
+//
+// redlock writes its diagnostics, and those of the library and of go-redis,
+// to stderr, one line each, starting with "redlock: ". A master it cannot
+// connect to is reported once while it stays down, and again only after it
+// has gone a TTL (at least 2s) without a failed connection, as when it came
+// back and went down once more.
 //
 // # status
 //
@@ -51,13 +68,15 @@
 //
 //   - COMMAND's own, or 128+N if signal N killed it, or if SIGINT, SIGTERM
 //     or SIGHUP sent to redlock ended its wait for the lock;
-//   - 64, a usage error: a bad flag, no NAME, no -- before COMMAND;
+//   - 64, a usage error: a bad flag, a flag value the lock rejects (a -ttl
+//     too small to leave any validity), no NAME, no -- before COMMAND;
 //   - 70, any other failure: a bad URL, masters that refuse the lock's
 //     commands (an ACL denial, say), a COMMAND that cannot be started, or a
 //     status that too few masters answered;
 //   - 75, the lock was not acquired within -wait, or on the single attempt of
 //     -wait 0, because another process holds it or too few masters answered;
-//   - 76, the lock was lost while COMMAND ran, and COMMAND was killed.
+//   - 76, the lock was lost while COMMAND ran, and COMMAND was killed; or
+//     lost before COMMAND could start, and COMMAND did not run.
 //
 // redlock -h, redlock run -h and redlock status -h print the usage and exit
 // 0.

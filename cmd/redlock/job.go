@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 )
@@ -27,17 +28,20 @@ type job struct {
 	foreground bool
 }
 
-// startJob starts command in a new process group with env. If redlock is
-// in the foreground of the terminal on stdin, the new group takes its place
-// there until it exits, so that COMMAND can read from the terminal and gets
-// its Ctrl-C directly.
-func startJob(name string, command, env []string, stdin io.Reader, stdout, stderr io.Writer) (*job, error) {
+// startJob starts command in a new process group with env, unless held has
+// ended: then it returns a *notStartedError. If redlock is in the
+// foreground of the terminal on stdin, the new group takes its place there
+// until it exits, so that COMMAND can read from the terminal and gets its
+// Ctrl-C directly. Where the system has a parent-death signal, COMMAND gets
+// SIGKILL if redlock dies, even of SIGKILL.
+func startJob(held context.Context, name string, command, env []string, stdin io.Reader, stdout, stderr io.Writer) (*job, error) {
 	cmd := exec.Command(command[0], command[1:]...)
 	cmd.Env = env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
 	// Its own group, so that a loss kills whatever COMMAND started too.
 	terminal, foreground := foregroundTerminal(stdin)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Foreground: foreground, Ctty: terminal}
+	dieWithParent(cmd.SysProcAttr)
 	if foreground {
 		// Ctrl-Z would stop COMMAND while redlock kept the lock, and the
 		// terminal, from everyone: COMMAND inherits SIGTSTP ignored.
@@ -47,19 +51,49 @@ func startJob(name string, command, env []string, stdin io.Reader, stdout, stder
 	// When stdout or stderr is not a file, Wait copies it from a pipe that
 	// a leftover process can keep open; this bounds that wait.
 	cmd.WaitDelay = time.Second
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("cannot start COMMAND: %w", err)
+	j := &job{name: name, cmd: cmd, stderr: stderr, done: make(chan struct{}), terminal: terminal, foreground: foreground}
+	started := make(chan error)
+	go j.run(held, started)
+	if err := <-started; err != nil {
+		return nil, err
 	}
 	if foreground {
 		inBackground()
 	}
-	j := &job{name: name, cmd: cmd, stderr: stderr, done: make(chan struct{}), terminal: terminal, foreground: foreground}
-	go func() {
-		j.err = cmd.Wait()
-		close(j.done)
-	}()
 	return j, nil
 }
+
+// run starts COMMAND, sends the outcome on started, and if it started,
+// waits for it and closes j.done. The kernel sends the parent-death signal
+// when the thread that forked the child exits, not the process, and Go ends
+// a thread when a goroutine locked to it returns; so the goroutine that
+// starts COMMAND is locked to its thread until COMMAND has been reaped, and
+// no other goroutine can end that thread meanwhile.
+func (j *job) run(held context.Context, started chan<- error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	// The lock may have been lost since it was acquired. Once COMMAND has
+	// started, supervise sees a loss and kills it; before, this is the last
+	// moment to tell.
+	if held.Err() != nil {
+		started <- &notStartedError{cause: context.Cause(held)}
+		return
+	}
+	if err := j.cmd.Start(); err != nil {
+		started <- fmt.Errorf("cannot start COMMAND: %w", err)
+		return
+	}
+	started <- nil
+	j.err = j.cmd.Wait()
+	close(j.done)
+}
+
+// notStartedError is startJob's error when the held context had ended, the
+// lock lost, before COMMAND could start.
+type notStartedError struct{ cause error }
+
+func (e *notStartedError) Error() string { return e.cause.Error() + "; COMMAND not started" }
+func (e *notStartedError) Unwrap() error { return e.cause }
 
 // signal sends sig to the job's process group. A group that is already
 // gone is not an error.

@@ -16,8 +16,8 @@ import (
 // signal N killed it, or ended redlock's wait for the lock. The numbers below
 // 76 are those of sysexits.h.
 const (
-	// exitUsage (EX_USAGE) is a bad flag, a missing NAME or COMMAND, or an
-	// unknown subcommand.
+	// exitUsage (EX_USAGE) is a bad flag, a flag value the library rejects,
+	// a missing NAME or COMMAND, or an unknown subcommand.
 	exitUsage = 64
 	// exitFailure (EX_SOFTWARE) is any other failure: a bad URL, a Redis
 	// that refuses the lock's scripts or commands, a COMMAND that cannot be
@@ -27,7 +27,8 @@ const (
 	// -wait: it was taken, or too few masters answered. COMMAND did not run.
 	exitNotAcquired = 75
 	// exitLost means the lock was lost while COMMAND ran, and COMMAND's
-	// process group was killed.
+	// process group was killed, or before COMMAND started, which it then
+	// did not.
 	exitLost = 76
 )
 

@@ -16,7 +16,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/seed62cefe0a/redlock"
+	// Named so, since failure is the command's own function.
+	failurekind "github.com/seed62cefe0a/redlock/internal/failure"
 )
 
 const runUsage = `Usage:
@@ -34,7 +37,9 @@ sent SIGTERM and killed D later, which lets COMMAND run past the lock's
 validity by up to D. redlock then exits 76. SIGINT, SIGTERM and SIGHUP sent
 to redlock are passed on to COMMAND's process group; the lock is released
 once COMMAND has exited. In the foreground of a terminal, COMMAND's group
-has the terminal while it runs, with Ctrl-Z (SIGTSTP) ignored.
+has the terminal while it runs, with Ctrl-Z (SIGTSTP) ignored. On Linux,
+COMMAND is killed if redlock itself is killed (SIGKILL, the OOM killer), but
+the processes COMMAND started in its group are not.
 
 Exit status: COMMAND's own, or 128+N if signal N killed it (or, sent to
 redlock, ended the wait for the lock); 75 if the lock was not acquired within
@@ -121,40 +126,80 @@ func runCommand(args, env []string, stdin io.Reader, stdout, stderr io.Writer) i
 	if err := validName(name); err != nil {
 		return usageError(stderr, "run", err)
 	}
-
-	return runLocked(name, command, f, env, stdin, stdout, stderr)
+	flagOpts := f.options()
+	if err := checkOptions(flagOpts); err != nil {
+		return usageError(stderr, "run", err)
+	}
+	diagnostics := newDiagnostics(stderr, upAfter(f.ttl))
+	redis.SetLogger(diagnostics)
+	opts := []redlock.Option{redlock.WithLogger(diagnostics.logger())}
+	for _, o := range flagOpts {
+		opts = append(opts, o.option)
+	}
+	return runLocked(name, command, f, opts, env, stdin, stdout, stderr)
 }
 
-// runLocked runs command under the lock name, as the flags f say, and
-// returns the exit status.
-func runLocked(name string, command []string, f runFlags, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	opts := []redlock.Option{redlock.WithTTL(f.ttl), redlock.WithLogger(newLogger(stderr))}
+// options returns the library's options that the flags f set.
+func (f *runFlags) options() []flagOption {
+	opts := []flagOption{{"-ttl " + f.ttl.String(), redlock.WithTTL(f.ttl)}}
 	if f.fencing {
-		opts = append(opts, redlock.WithFencing())
+		opts = append(opts, flagOption{"-fencing", redlock.WithFencing()})
 	}
 	if f.wait.d > 0 {
-		opts = append(opts, redlock.WithWaitTimeout(f.wait.d))
+		opts = append(opts, flagOption{"-wait " + f.wait.d.String(), redlock.WithWaitTimeout(f.wait.d)})
 	}
+	return opts
+}
+
+// runLocked runs command under the lock name, as the flags f and the
+// library's options opts say, and returns the exit status.
+func runLocked(name string, command []string, f runFlags, opts []redlock.Option, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	client, err := redlock.Dial(masters(f.urls, env), opts...)
 	if err != nil {
 		return failure(stderr, err)
 	}
-	code, lost := underLock(client.NewMutex(name), command, f, env, stdin, stdout, stderr)
-	if lost {
-		// Exit now. A lock is lost when a quorum stops answering (or says
-		// the key is gone), and Close would wait for the calls to the
-		// silent masters, a node timeout for each of its steps, while
-		// their keys expire with the TTL anyway.
+	code, unlocked := underLock(client.NewMutex(name), command, f, env, stdin, stdout, stderr)
+	if unlocked {
+		// Close waits for the releases still in flight to slow masters.
+		client.Close()
 		return code
 	}
-	// Close waits for the releases still in flight to slow masters.
-	client.Close()
+	// The lock was lost, or never acquired. The library releases its key
+	// on every master that may have it, the masters that answer within a
+	// round trip or two; give them releaseWait to take it. Close would go
+	// on to wait for the others a node timeout for each of its steps,
+	// though they are often why the lock was lost or not acquired, and
+	// their keys expire with the TTL anyway.
+	closeWithin(client, releaseWait)
 	return code
 }
 
+// releaseWait bounds the wait for the library's own release, after a loss
+// or an acquisition that failed: enough for masters that answer, even
+// slowly, to take it; short enough that whoever watches redlock sees the
+// outcome at once.
+const releaseWait = 250 * time.Millisecond
+
+// closeWithin closes client, or gives up after d and leaves Close running
+// in the background of a process about to exit.
+func closeWithin(client *redlock.Client, d time.Duration) {
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		client.Close()
+	}()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-closed:
+	case <-timer.C:
+	}
+}
+
 // underLock acquires m, runs command while it holds it, releases it and
-// returns the exit status, and whether the lock was lost.
-func underLock(m *redlock.Mutex, command []string, f runFlags, env []string, stdin io.Reader, stdout, stderr io.Writer) (code int, lost bool) {
+// returns the exit status, and whether it released the lock with Unlock:
+// not when the lock was lost or never acquired.
+func underLock(m *redlock.Mutex, command []string, f runFlags, env []string, stdin io.Reader, stdout, stderr io.Writer) (code int, unlocked bool) {
 	// From here on, SIGINT, SIGTERM and SIGHUP end the wait for the lock,
 	// or are passed on to COMMAND.
 	signals := make(chan os.Signal, 8)
@@ -172,23 +217,29 @@ func underLock(m *redlock.Mutex, command []string, f runFlags, env []string, std
 	}
 	if caught != nil {
 		release(m, stderr)
-		return 128 + int(caught.(syscall.Signal)), false
+		return 128 + int(caught.(syscall.Signal)), true
 	}
 
-	j, err := startJob(m.Name(), command, childEnv(env, m.Name(), f.fencing, m.Token()), stdin, stdout, stderr)
+	j, err := startJob(held, m.Name(), command, childEnv(env, m.Name(), f.fencing, m.Token()), stdin, stdout, stderr)
+	var notStarted *notStartedError
+	if errors.As(err, &notStarted) {
+		// Lost before COMMAND started; the library releases the key.
+		fmt.Fprintf(stderr, "redlock: lock %q: %s\n", m.Name(), oneLine(err))
+		return exitLost, false
+	}
 	if err != nil {
 		release(m, stderr)
-		return failure(stderr, err), false
+		return failure(stderr, err), true
 	}
-	lost = j.supervise(held, signals, f.grace)
+	lost := j.supervise(held, signals, f.grace)
 	j.finish()
 	if lost {
 		// The library released the key on every master when it declared
 		// the loss; Unlock would only report the loss again.
-		return exitLost, true
+		return exitLost, false
 	}
 	release(m, stderr)
-	return j.status(), false
+	return j.status(), true
 }
 
 // splitCommand splits run's arguments at the first "--" into redlock's and
@@ -234,31 +285,34 @@ func acquire(m *redlock.Mutex, wait waitFlag, signals <-chan os.Signal) (held co
 }
 
 // notAcquired reports a lock that was not acquired: exitNotAcquired when it
-// was taken, too few masters answered, or the wait ran out, and exitFailure
-// when masters answered with errors that waiting would not cure (an ACL
-// denial, a rejected script) or the error is not about acquisition at all.
+// was taken, too few masters answered, a master answered an error that may
+// pass (OOM, LOADING, BUSY), or the wait ran out; exitFailure when a master
+// answered an error that retrying cannot fix (an ACL denial, a rejected
+// script), or the error is not about acquisition at all.
 func notAcquired(stderr io.Writer, name string, err error) int {
-	if !errors.Is(err, redlock.ErrNotAcquired) {
-		return failure(stderr, fmt.Errorf("lock %q: %w", name, err))
+	if !errors.Is(err, redlock.ErrNotAcquired) || permanent(err) {
+		return failure(stderr, fmt.Errorf("lock %q: %s", name, oneLine(err)))
 	}
-	if redisRefused(err) && !errors.Is(err, context.DeadlineExceeded) {
-		// LockContext gives up before its wait ends only on errors that
-		// retrying cannot fix; for one attempt (-wait 0), an error reply
-		// from Redis is taken for one.
-		return failure(stderr, fmt.Errorf("lock %q: %w", name, err))
-	}
-	fmt.Fprintf(stderr, "redlock: lock %q: %s\n", name, trimPrefix(err))
+	fmt.Fprintf(stderr, "redlock: lock %q: %s\n", name, oneLine(err))
 	return exitNotAcquired
 }
 
-// redisRefused reports whether err holds an error reply from Redis (go-redis
-// marks those with a RedisError method), as opposed to no reply at all.
-func redisRefused(err error) bool {
-	var reply interface {
-		error
-		RedisError()
+// permanent reports whether any error in err's tree is one that retrying
+// cannot fix. failurekind.Permanent looks at the first error reply it finds,
+// and a round's joined errors may hold a transient one (one master's OOM)
+// before a permanent one (another's NOPERM).
+func permanent(err error) bool {
+	switch e := err.(type) {
+	case nil:
+		return false
+	case redis.Error:
+		return failurekind.Permanent(e)
+	case interface{ Unwrap() []error }:
+		return slices.ContainsFunc(e.Unwrap(), permanent)
+	case interface{ Unwrap() error }:
+		return permanent(e.Unwrap())
 	}
-	return errors.As(err, &reply)
+	return failurekind.Permanent(err)
 }
 
 // release unlocks m after COMMAND has run, and reports what went wrong

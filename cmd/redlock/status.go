@@ -11,6 +11,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/seed62cefe0a/redlock"
 )
 
@@ -63,7 +64,9 @@ func statusCommand(args, env []string, stdout, stderr io.Writer) int {
 		return usageError(stderr, "status", err)
 	}
 
-	client, err := redlock.Dial(masters(urls, env), redlock.WithLogger(newLogger(stderr)))
+	diagnostics := newDiagnostics(stderr, upAfter(defaultTTL))
+	redis.SetLogger(diagnostics)
+	client, err := redlock.Dial(masters(urls, env), redlock.WithLogger(diagnostics.logger()))
 	if err != nil {
 		return failure(stderr, err)
 	}

@@ -35,6 +35,8 @@ func TestUsage(t *testing.T) {
 		{"negative grace", []string{"run", "-grace", "-1s", "job", "--", "true"}, exitUsage, nil, "-grace -1s is negative"},
 		{"zero ttl", []string{"run", "-ttl", "0", "job", "--", "true"}, exitUsage, nil, "-ttl 0s is not a positive whole number of milliseconds"},
 		{"fractional ttl", []string{"run", "-ttl", "1500us", "job", "--", "true"}, exitUsage, nil, "-ttl 1.5ms"},
+		{"ttl too small", []string{"run", "-ttl", "3ms", "job", "--", "true"}, exitUsage, nil, "-ttl 3ms: TTL 3ms is too small"},
+		{"ttl too small, bad url", []string{"run", "-url", "http://127.0.0.1:1/", "-ttl", "5ms", "job", "--", "true"}, exitUsage, nil, "-ttl 5ms: TTL 5ms is too small"},
 		{"empty url", []string{"run", "-url", "", "job", "--", "true"}, exitUsage, nil, "empty URL"},
 		{"no name", []string{"run", "--", "true"}, exitUsage, nil, "missing NAME"},
 		{"no dashes", []string{"run", "job", "true"}, exitUsage, nil, "missing -- between NAME and COMMAND"},
