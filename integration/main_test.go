@@ -1,18 +1,21 @@
 package integration
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"testing"
 )
 
-// TestMain starts the Redis containers once for the suite. Without Docker the
+// TestMain starts the Redis containers once for the suite, after removing
+// those that earlier runs left when they died. Without Docker the
 // suite skips with a loud message, unless REDLOCK_REQUIRE_DOCKER=1 (set by
 // scripts/test.sh under CI), in which case it fails.
 func TestMain(m *testing.M) {
 	if os.Getenv("REDLOCK_CHAOS_WORKER") != "" {
 		os.Exit(m.Run()) // a chaos worker process: the parent owns the containers
 	}
+	flag.Parse() // setUp reads -test.timeout for its containers' expiry
 	var err error
 	suite, err = setUp()
 	if err != nil {

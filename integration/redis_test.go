@@ -37,7 +37,8 @@ type cluster struct {
 	pool       *dockertest.Pool
 	repo, tag  string
 	servers    []*server
-	persistDir string // host folder for the AOF files of servers that keep them
+	persistDir string    // host folder for the AOF files of servers that keep them
+	deadline   time.Time // when this run is over for sure; its containers expire then
 }
 
 var suite *cluster
@@ -52,6 +53,14 @@ func setUp() (*cluster, error) {
 		return nil, fmt.Errorf("docker daemon does not answer: %w", err)
 	}
 	pool.MaxWait = 30 * time.Second
+	deadline := runDeadline(time.Now())
+	removed, err := removeLeftovers(pool.Client, time.Now())
+	if len(removed) > 0 {
+		fmt.Fprintf(os.Stderr, "integration suite: removed %d containers left by runs that died\n", len(removed))
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "integration suite: %v\n", err) // theirs to expire; ours use other ports
+	}
 	image := os.Getenv("REDLOCK_REDIS_IMAGE")
 	if image == "" {
 		image = defaultImage
@@ -64,7 +73,7 @@ func setUp() (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &cluster{pool: pool, repo: repo, tag: tag, persistDir: dir}
+	c := &cluster{pool: pool, repo: repo, tag: tag, persistDir: dir, deadline: deadline}
 	for range nodeCount {
 		port, err := freePort()
 		if err != nil {
@@ -102,7 +111,7 @@ func (c *cluster) start(s *server, aof bool) error {
 		Tag:        c.tag,
 		Cmd:        cmd,
 		Mounts:     mounts,
-		Labels:     map[string]string{"redlock-test": "integration"},
+		Labels:     ownerLabels(c.deadline),
 	}, func(hc *docker.HostConfig) {
 		hc.NetworkMode = "host"                             // the bridge network is off; see scripts/test.sh
 		hc.RestartPolicy = docker.RestartPolicy{Name: "no"} // kill leaves it for restart
@@ -111,6 +120,9 @@ func (c *cluster) start(s *server, aof bool) error {
 		return fmt.Errorf("run %s:%s: %w", c.repo, c.tag, err)
 	}
 	s.resource = resource
+	if err := expire(c.pool.Client, resource.Container.ID, c.deadline); err != nil {
+		return err
+	}
 	if err := c.pool.Retry(func() error { return ping(s.addr()) }); err != nil {
 		return fmt.Errorf("redis in container %s did not answer on %s: %w", resource.Container.ID[:12], s.addr(), err)
 	}
@@ -132,6 +144,9 @@ func (c *cluster) restart(i int) error {
 	s := c.servers[i]
 	if err := c.pool.Client.StartContainer(s.resource.Container.ID, nil); err != nil {
 		return fmt.Errorf("restart server %d: %w", i, err)
+	}
+	if err := expire(c.pool.Client, s.resource.Container.ID, c.deadline); err != nil {
+		return err
 	}
 	return c.pool.Retry(func() error { return ping(s.addr()) })
 }
