@@ -9,16 +9,16 @@ import (
 // benchClient is a Client over n nodes whose calls answer at once, without
 // Redis, so that benchmarks measure the fan-out machinery alone.
 func benchClient(n int) *Client {
-	c := &Client{cfg: defaultConfig(), closingCh: make(chan struct{}), closedCh: make(chan struct{})}
+	c := &Client{cfg: defaultConfig(), closing: make(chan struct{}), closed: make(chan struct{})}
 	for i := range n {
-		c.nodes = append(c.nodes, newNode(i, "", nil, c.closingCh))
+		c.nodes = append(c.nodes, newNode(i, "", nil, c.closing))
 	}
 	c.watchdog = newWatchdog(c)
 	c.notifier = newNotifier(c)
 	return c
 }
 
-func instantOK(context.Context, *node) reply { return reply{ok: true} }
+func instantOK(context.Context, *node, liveness) reply[none] { return reply[none]{ok: true} }
 
 // BenchmarkFanOut measures one round's overhead: goroutines, timers,
 // contexts and the outcome.
@@ -30,7 +30,7 @@ func BenchmarkFanOut(b *testing.B) {
 			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {
-				if out := c.fanOut(ctx, time.Second, instantOK); !out.won {
+				if out := fanOut(c, ctx, time.Second, instantOK); !out.won {
 					b.Fatal("round lost")
 				}
 			}
@@ -109,10 +109,10 @@ func BenchmarkReleaseCall(b *testing.B) {
 	n := m.client.nodes[0]
 	ctx := context.Background()
 	b.Run("prepared", func(b *testing.B) {
-		call := m.releaseCall("value", "", true)
+		call := m.kind.release("value", "", true)
 		b.ReportAllocs()
 		for b.Loop() {
-			if rep := call(ctx, n); rep.err != nil {
+			if rep := call(ctx, n, nil); rep.err != nil {
 				b.Fatal(rep.err)
 			}
 		}

@@ -15,21 +15,30 @@ import (
 // one per set of masters and share it: it is safe for concurrent use, and
 // every Mutex it makes shares its connections. The zero value is not usable;
 // call New or Dial.
+//
+// Locks are taken in this order, never the other way: a lease's mu, then
+// the watchdog's mu (a lease joins the watchdog under its own lock); the
+// Client's mu (read), then the notifier's mu, or a node's leftovers' mu. A
+// round's mu, the identity's mu and the eventOrder's mu are taken alone.
+// Observer funcs are called with none of them held.
 type Client struct {
 	nodes []*node
 	cfg   config
 	owned []redis.UniversalClient // made by Dial; closed by Close
 
-	mu        sync.RWMutex // orders Close against the calls that start work
-	closed    bool         // the nodes take no more calls
-	closing   atomic.Bool  // Close has begun: no new lock calls
-	closingCh chan struct{}
-	closedCh  chan struct{}  // closed when Close has finished
-	active    sync.WaitGroup // lock calls in progress, which Close waits for
-	// ends counts the holdings not yet ended: held, or lost or unlocked
-	// with their release still to finish. Only a lock call adds to it, so
-	// once Close has waited for those, it can wait for ends.
-	ends sync.WaitGroup
+	mu sync.RWMutex // orders Close against the calls that start work
+	// closing is closed when Close begins: no new lock call starts, and
+	// waits end.
+	closing chan struct{}
+	// callsStopped says that the nodes take no more calls: every call in
+	// flight has finished. Guarded by mu.
+	callsStopped bool
+	closed       chan struct{}  // closed when Close has finished
+	active       sync.WaitGroup // lock calls in progress, which Close waits for
+	// leases counts the leases not yet released: held, or lost or
+	// unlocked with their final release still to finish. Only a lock call
+	// adds to it, so once Close has waited for those, it can wait for it.
+	leases sync.WaitGroup
 
 	watchdog   *watchdog
 	batchLimit int  // locks one extension call may carry; see batchLimit
@@ -87,7 +96,7 @@ func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	c := &Client{nodes: nodes, cfg: cfg, closingCh: closing, closedCh: make(chan struct{})}
+	c := &Client{nodes: nodes, cfg: cfg, closing: closing, closed: make(chan struct{})}
 	c.notifier = newNotifier(c)
 	c.watchdog = newWatchdog(c)
 	c.batchLimit = batchLimit(nodes)
@@ -141,33 +150,48 @@ func clientAddrs(rc redis.UniversalClient) []string {
 // Calls after Close fail with ErrClosed. Close is safe to call more than
 // once: later calls wait for the first to finish and return nil.
 func (c *Client) Close() error {
+	// 1. Say that Close has begun, under mu, so that no lock call starts
+	// after this and every wait ends: once enterCall has said no, active
+	// only goes down.
 	c.mu.Lock()
-	if c.closing.Load() {
+	if c.isClosing() {
 		c.mu.Unlock()
-		<-c.closedCh
+		<-c.closed
 		return nil
 	}
-	c.closing.Store(true)
-	close(c.closingCh)
+	close(c.closing)
 	c.mu.Unlock()
-	defer close(c.closedCh)
+	defer close(c.closed)
 
+	// 2. Wait for the lock calls in progress, which end with ErrClosed or
+	// with a lease held: after this no lease is made.
 	c.active.Wait()
-	c.watchdog.stop()
-	c.ends.Wait()
-	c.notifier.stop()
+	// 3. Stop the watchdog, waiting for its rounds, so that no extension
+	// or repair overtakes a release; it loses the leases still held,
+	// which starts their final releases.
+	c.watchdog.shutdown()
+	// 4. Wait for every lease's final release: before the nodes close, so
+	// that each is sent.
+	c.leases.Wait()
+	// 5. End the wake-up subscriptions: no waiter is left to wake.
+	c.notifier.shutdown()
+	// 6. Stop the nodes' calls, and wait for those in flight (each bounded
+	// by its timeout), so that the sweep runs after every command of ours
+	// that could still land.
 	c.mu.Lock()
-	c.closed = true
+	c.callsStopped = true
 	c.mu.Unlock()
 	for _, n := range c.nodes {
 		n.calls.Wait()
 	}
-	// Nothing is in flight now; a last try for the keys that may be left.
+	// 7. A last try for the holds that may be left, now that nothing else
+	// is in flight.
 	var sweeps sync.WaitGroup
 	for _, n := range c.nodes {
 		sweeps.Go(func() { n.sweep(c.cfg.perNodeTimeout()) })
 	}
 	sweeps.Wait()
+	// 8. Close the clients that Dial made, last: the sweep used them.
 	var errs []error
 	for _, rc := range c.owned {
 		errs = append(errs, rc.Close())
@@ -175,22 +199,51 @@ func (c *Client) Close() error {
 	return errors.Join(errs...)
 }
 
-// enter records a lock call in progress, unless Close has begun; the caller
-// calls leave when it is done.
-func (c *Client) enter() bool {
+// enterCall records a lock call in progress, unless Close has begun; the
+// caller calls exitCall when it is done.
+func (c *Client) enterCall() bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	if c.closing.Load() {
+	if c.isClosing() {
 		return false
 	}
 	c.active.Add(1)
 	return true
 }
 
-func (c *Client) leave() { c.active.Done() }
+func (c *Client) exitCall() { c.active.Done() }
 
 // isClosing reports whether Close has begun.
-func (c *Client) isClosing() bool { return c.closing.Load() }
+func (c *Client) isClosing() bool {
+	select {
+	case <-c.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// scriptsRunEverywhere reports whether a script has run on every node.
+func (c *Client) scriptsRunEverywhere() bool {
+	for _, n := range c.nodes {
+		if !n.scriptsRun.Load() {
+			return false
+		}
+	}
+	return true
+}
+
+// noticeRestart logs when a node's run_id changes, which means it restarted.
+func (c *Client) noticeRestart(n *node, runID string, uptime int64) {
+	if runID == "" {
+		return
+	}
+	previous := n.runID.Swap(&runID)
+	if previous != nil && *previous != runID {
+		c.cfg.logger.Warn("redlock: node restarted; its grants do not count until the restart guard has passed",
+			"node", n.index, "addr", n.addr, "run_id", runID, "uptime_seconds", uptime)
+	}
+}
 
 // wakeUnheard logs, once per Client, that a node refused to pass on a
 // wake-up: waiters then poll at their retry delay.

@@ -26,27 +26,27 @@ func (m *Mutex) Do(ctx context.Context, fn func(held context.Context) error) err
 	if err != nil {
 		return err
 	}
-	h := held.(*heldContext).h
+	l := held.(*heldContext).l
 	returned := false
 	defer func() {
 		if !returned { // fn panicked, or called runtime.Goexit
-			if err := m.release(ctx, h); err != nil && !errors.Is(err, ErrNotHeld) {
+			if err := m.releaseDo(ctx, l); err != nil && !errors.Is(err, ErrNotHeld) {
 				m.cfg.logger.Warn("redlock: release after a panic in Do incomplete", "lock", m.name, "error", err)
 			}
 		}
 	}()
 	fnErr := fn(held)
 	returned = true
-	return errors.Join(fnErr, m.release(ctx, h))
+	return errors.Join(fnErr, m.releaseDo(ctx, l))
 }
 
-// release ends Do's holding h, unless fn already unlocked the Mutex; then
-// it reports that, with the loss if h had been lost.
-func (m *Mutex) release(ctx context.Context, h *holding) error {
-	if !m.current.CompareAndSwap(h, nil) {
-		return errors.Join(fmt.Errorf("%w: the Mutex was unlocked inside Do", ErrNotHeld), h.lostCause())
+// releaseDo ends Do's lease l, unless fn already unlocked the Mutex; then
+// it reports that, with the loss if l had been lost.
+func (m *Mutex) releaseDo(ctx context.Context, l *lease) error {
+	if !m.current.CompareAndSwap(l, nil) {
+		return errors.Join(fmt.Errorf("%w: the Mutex was unlocked inside Do", ErrNotHeld), l.lostCause())
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*m.cfg.perNodeTimeout())
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*m.spec.nodeTimeout)
 	defer cancel()
-	return m.unlock(ctx, h)
+	return m.unlock(ctx, l)
 }

@@ -23,16 +23,16 @@ import (
 // call is a command as the fault layer sees it.
 type call struct {
 	node   int
-	at     time.Time // when the library handed it to go-redis
-	name   string    // "set", "evalsha", ...
-	kind   string    // acquire, fence, release, extend, enqueue, repair, or the command name
-	key    string    // the first key, if any
-	values []string  // the holders' values it names
-	px     int64     // SET: the PX argument, or 0
-	round  *round    // the round it belongs to, if it was sent as part of one
-	result string    // what the caller got back, once it did
-	back   time.Time // when the caller got it
-	ran    string    // when the server ran it, and what it answered
+	at     time.Time   // when the library handed it to go-redis
+	name   string      // "set", "evalsha", ...
+	kind   string      // acquire, fence, release, extend, enqueue, repair, or the command name
+	key    string      // the first key, if any
+	values []string    // the holders' values it names
+	px     int64       // SET: the PX argument, or 0
+	round  tracedRound // the round it belongs to, if it was sent as part of one
+	result string      // what the caller got back, once it did
+	back   time.Time   // when the caller got it
+	ran    string      // when the server ran it, and what it answered
 }
 
 // fault is what happens to the commands it matches.
@@ -362,11 +362,51 @@ func copyReply(cmd redis.Cmder, shadow *redis.Cmd) {
 	cmd.SetErr(err)
 }
 
+// tracedRound is what the fault layer reads of the round a command was
+// sent in: the round is its context.
+type tracedRound interface {
+	traceStart() time.Time
+	// traceLease is the lease the round is for, and what for: "acquire",
+	// "release" or "repair"; nil and "" for other rounds.
+	traceLease() (*lease, string)
+	// traceConcluded is when the round's wait ended, or zero.
+	traceConcluded() time.Time
+	// gaveUp reports whether the round gave up on node i: its wait timed
+	// out, or node i's call did.
+	gaveUp(i int) bool
+}
+
+func (r *round[R]) traceStart() time.Time { return r.start }
+
+func (r *round[R]) traceLease() (*lease, string) {
+	switch h := any(r.spec.heard).(type) {
+	case *granting:
+		return (*lease)(h), "acquire"
+	case *releasing:
+		return (*lease)(h), "release"
+	case *repairing:
+		return (*lease)(h), "repair"
+	}
+	return nil, ""
+}
+
+func (r *round[R]) traceConcluded() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.concluded
+}
+
+func (r *round[R]) gaveUp(i int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.timedOut || timedOut(r.replies[i].err)
+}
+
 // classify names a command the library sends.
 func classify(node int, ctx context.Context, cmd redis.Cmder) call {
 	args := cmd.Args()
 	c := call{node: node, at: time.Now(), name: strings.ToLower(cmd.Name())}
-	c.round, _ = ctx.(*round)
+	c.round, _ = ctx.(tracedRound)
 	str := func(i int) string {
 		if i < len(args) {
 			return fmt.Sprint(args[i])
@@ -383,7 +423,7 @@ func classify(node int, ctx context.Context, cmd redis.Cmder) call {
 		}
 		if len(args) > 3 && strings.EqualFold(str(len(args)-1), "nx") {
 			c.kind = "acquire"
-			if c.round != nil && c.round.spec.kind == repairRound {
+			if _, purpose := c.round.traceLease(); purpose == "repair" {
 				c.kind = "repair"
 			}
 		}

@@ -226,7 +226,7 @@ func warm(t *testing.T, c *Client) {
 
 // valueOf returns the value of the holding whose held context is held.
 func valueOf(_ *Mutex, held context.Context) string {
-	return held.(*heldContext).h.value
+	return held.(*heldContext).l.value
 }
 
 // stopExpiryTimer stops the expiry timer of m's holding, as if it were late.
@@ -234,7 +234,7 @@ func stopExpiryTimer(m *Mutex) {
 	h := m.current.Load()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.timer.Stop()
+	h.timer.t.Stop()
 }
 
 // gateHandler is a slog handler that blocks the goroutine logging a record

@@ -63,9 +63,9 @@ func (c *Client) identify(ctx context.Context) (skip []error, permanent bool, er
 	id.next = time.Now().Add(timeout)
 	id.mu.Unlock()
 
-	r := c.launch(ctx, roundSpec{call: c.identifyCall(), timeout: timeout})
+	r := launch(c, ctx, roundSpec[none]{call: c.identifyCall(), timeout: timeout})
 	heard := 0
-	out := r.wait(ctx, func(_ int, _ reply, pendingHung int) bool {
+	out := r.wait(ctx, func(_ int, _ reply[none], pendingHung int) bool {
 		heard++
 		return heard+pendingHung >= len(c.nodes)
 	})
@@ -110,15 +110,15 @@ func (id *identity) skip() []error {
 // identifyCall writes the node's index under the Client's mark, unless
 // another node of the Client reached the same server first, and records
 // what the server said, whenever it answers.
-func (c *Client) identifyCall() nodeCall {
+func (c *Client) identifyCall() nodeCall[none] {
 	mark := c.cfg.keyPrefix + identitySuffix + c.notifier.id
-	return func(ctx context.Context, n *node) reply {
+	return func(ctx context.Context, n *node, live liveness) reply[none] {
 		identify := prepare(identifyScript, []any{mark}, n.index, identityTTL.Milliseconds())
-		first, err := identify.run(ctx, n).Int64()
+		first, err := identify.run(ctx, n, live).Int64()
 		if err == nil {
 			c.identity.record(n.index, int(first))
 		}
-		return reply{ok: err == nil, err: err}
+		return reply[none]{ok: err == nil, err: err}
 	}
 }
 

@@ -16,7 +16,7 @@ var _ sync.Locker = (*Mutex)(nil)
 // and the panic names the cause. Lock ignores WithWaitTimeout. The lock is
 // extended until Unlock; to learn that it was lost, use LockContext.
 func (m *Mutex) Lock() {
-	if _, err := m.lock(context.Background(), context.Background()); err != nil {
+	if _, err := m.acquire(context.Background(), context.Background(), false); err != nil {
 		panic(fmt.Errorf("redlock: Lock of %q cannot succeed: %w", m.name, err))
 	}
 }

@@ -22,19 +22,15 @@ type Mutex struct {
 	key    string // prefix + "{" + name + "}", so that the lock's keys share a hash slot; or the name, with WithExactKey
 	cfg    config
 	err    error // bad configuration, reported by every call
-	args   mutexArgs
+	kind   mutexKind
+	spec   leaseSpec // of every lease of the Mutex; its kind is &kind
+	retry  retryPolicy
 
 	// local is the process-local lock: a token in it means a goroutine of
 	// this process holds or is acquiring the remote lock.
 	local chan struct{}
-	// current is the holding from a successful acquisition until Unlock.
-	current atomic.Pointer[holding]
-	// expiry is the expiry timer of the Mutex's holdings, which come one at
-	// a time: each arms it for itself, under its own lock, after naming
-	// itself in expiring, whose expire it calls. Reusing one timer saves two
-	// allocations per acquisition.
-	expiry   *time.Timer
-	expiring atomic.Pointer[holding]
+	// current is the lease from a successful acquisition until Unlock.
+	current atomic.Pointer[lease]
 	// queued is set when this Mutex's last release woke a queued waiter:
 	// its next Lock then queues behind it instead of trying first, so that
 	// a releaser does not snatch the lock back from the waiter it woke.
@@ -45,8 +41,8 @@ type Mutex struct {
 // Client's for this Mutex. An empty name, a name with a brace (which would
 // break the key's hash tag; WithExactKey allows it) or an invalid option is
 // reported by every call on the Mutex: LockContext, TryLockContext and
-// UnlockContext return the error and Lock panics with it. NewMutex does not
-// contact Redis.
+// UnlockContext return the error and Lock and Unlock panic with it. NewMutex
+// does not contact Redis.
 func (c *Client) NewMutex(name string, opts ...Option) *Mutex {
 	cfg := c.cfg
 	cfg.errs = nil
@@ -67,14 +63,32 @@ func (c *Client) NewMutex(name string, opts ...Option) *Mutex {
 		client: c,
 		name:   name,
 		key:    key,
-		args:   newMutexArgs(key, cfg.ttl),
+		kind:   newMutexKind(c, key, &cfg),
 		cfg:    cfg,
 		err:    err,
+		retry:  newRetryPolicy(&cfg),
 		local:  make(chan struct{}, 1),
 	}
-	m.expiry = time.AfterFunc(time.Hour, func() { m.expiring.Load().expire() })
-	m.expiry.Stop()
+	m.spec = cfg.leaseSpec(c, &m.kind, name)
 	return m
+}
+
+// leaseSpec is the spec of the leases of a lock of the given kind and name
+// with this configuration.
+func (c *config) leaseSpec(client *Client, kind leaseKind, name string) leaseSpec {
+	return leaseSpec{
+		client:      client,
+		kind:        kind,
+		name:        name,
+		ttl:         c.ttl,
+		drift:       c.drift(),
+		interval:    c.extendInterval(),
+		nodeTimeout: c.perNodeTimeout(),
+		maxHold:     c.maxHold,
+		repair:      !c.noRepair,
+		logger:      c.logger,
+		events:      events{observer: c.observer, logger: c.logger, name: name},
+	}
 }
 
 // hasHashTag reports whether key has a Redis Cluster hash tag: a non-empty
@@ -96,8 +110,8 @@ func (m *Mutex) Name() string { return m.name }
 // acquire it, assuming bounded clock drift. It is the zero time when the lock
 // is not held or was lost. The watchdog moves it forward while the lock is held.
 func (m *Mutex) Until() time.Time {
-	if h := m.current.Load(); h != nil {
-		until, _ := h.validity()
+	if l := m.current.Load(); l != nil {
+		until, _ := l.validity()
 		return until
 	}
 	return time.Time{}
@@ -108,8 +122,8 @@ func (m *Mutex) Until() time.Time {
 // the largest token it has seen can reject a stale holder. It is 0 when the
 // lock is not held or was lost, and always without WithFencing.
 func (m *Mutex) Token() uint64 {
-	if h := m.current.Load(); h != nil {
-		_, token := h.validity()
+	if l := m.current.Load(); l != nil {
+		_, token := l.validity()
 		return token
 	}
 	return 0
@@ -137,7 +151,7 @@ func (m *Mutex) LockContext(ctx context.Context) (held context.Context, err erro
 		waitCtx, cancel = context.WithTimeout(ctx, m.cfg.waitTimeout)
 		defer cancel()
 	}
-	return m.lock(ctx, waitCtx)
+	return m.acquire(ctx, waitCtx, false)
 }
 
 // TryLockContext makes one attempt to acquire the lock, bounded by ctx and the
@@ -148,66 +162,7 @@ func (m *Mutex) LockContext(ctx context.Context) (held context.Context, err erro
 // success, held is as for LockContext. It panics if ctx is nil.
 func (m *Mutex) TryLockContext(ctx context.Context) (held context.Context, err error) {
 	mustContext(ctx)
-	if m.cfg.observer == nil {
-		held, _, err := m.try(ctx, time.Time{})
-		return held, err
-	}
-	start := time.Now()
-	held, attempts, err := m.try(ctx, start)
-	if err != nil {
-		m.observeAcquisition(ctx, start, attempts, err)
-	}
-	return held, err
-}
-
-// try is TryLockContext, which began at start: it tells the observer of an
-// acquisition before the Client can close, and leaves a failure to
-// TryLockContext. It also says whether it made an attempt.
-func (m *Mutex) try(ctx context.Context, start time.Time) (held context.Context, attempts int, err error) {
-	if err := m.usable(); err != nil {
-		return nil, 0, err
-	}
-	if ctx.Err() != nil {
-		return nil, 0, waitEnded(ctx, nil)
-	}
-	select {
-	case m.local <- struct{}{}:
-	default:
-		return nil, 0, errTakenHere
-	}
-	if !m.client.enter() {
-		<-m.local
-		return nil, 0, ErrClosed
-	}
-	defer m.client.leave()
-	held, _, err = m.attempt(ctx, ctx, "")
-	if err != nil {
-		<-m.local
-		if ctx.Err() != nil {
-			err = waitEnded(ctx, err)
-		}
-		return nil, 1, err
-	}
-	if m.cfg.observer != nil {
-		m.observeAcquisition(ctx, start, 1, nil)
-	}
-	return held, 1, nil
-}
-
-// observeAcquisition tells the observer, which is set, how an acquiring
-// call that began at start ended.
-func (m *Mutex) observeAcquisition(ctx context.Context, start time.Time, attempts int, err error) {
-	o := m.cfg.observer
-	switch {
-	case err == nil:
-		m.current.Load().announce(func() {
-			if o.Acquired != nil {
-				observe(m.cfg.logger, "Acquired", o.Acquired, AcquiredEvent{Context: ctx, Name: m.name, Start: start, Wait: time.Since(start), Attempts: attempts, Token: m.Token()})
-			}
-		})
-	case o.NotAcquired != nil:
-		observe(m.cfg.logger, "NotAcquired", o.NotAcquired, NotAcquiredEvent{Context: ctx, Name: m.name, Start: start, Wait: time.Since(start), Attempts: attempts, Err: err})
-	}
+	return m.acquire(ctx, ctx, true)
 }
 
 // mustContext panics, as the standard library does, on a nil context: it
@@ -250,7 +205,7 @@ func newValue() string {
 
 // attempt makes one acquisition round, waiting for it no longer than waitCtx
 // allows; held derives from ctx. Its error names the round's reasons, not
-// the end of waitCtx: the caller adds that. On failure the holding releases
+// the end of waitCtx: the caller adds that. On failure the lease releases
 // the nodes that may have granted the lock, and attempt reports whether the
 // failure is permanent. m.local is held.
 func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held context.Context, permanent bool, err error) {
@@ -262,17 +217,17 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 	if err != nil {
 		return nil, permanent, err
 	}
-	h := m.newHolding(waiter)
-	out := h.acquire(waitCtx, unknown)
-	until := validityEnd(h.start, m.cfg.ttl, m.cfg.drift())
+	l := newLease(&m.spec, waiter)
+	out := l.acquire(waitCtx, unknown)
+	until := m.spec.validityEnd(l.start)
 	var token uint64
 	var fenceErr error
 	if out.won && m.cfg.fencing {
 		// Record the token on a quorum before reporting the lock held, so
 		// that every later holder reads a larger counter: any two quorums
 		// share a node.
-		token = out.token()
-		fenced := c.fanOut(waitCtx, m.cfg.perNodeTimeout(), m.fenceCall(h.value, token))
+		token = fencingToken(out)
+		fenced := fanOut(c, waitCtx, m.spec.nodeTimeout, m.kind.fence(l.value, token))
 		if !fenced.won {
 			// A node that refuses no longer has the grant (it expired, or
 			// the node restarted): the quorum did not hold.
@@ -283,11 +238,11 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 		}
 	}
 	if out.won && fenceErr == nil && time.Now().Before(until) {
-		held := h.hold(ctx, until, token)
-		m.current.Store(h)
+		held := l.hold(ctx, until, token)
+		m.current.Store(l)
 		return held, false, nil
 	}
-	h.abandon()
+	l.abandon()
 	switch {
 	case fenceErr != nil:
 		return nil, false, fenceErr
@@ -298,9 +253,21 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 	return nil, permanent, notAcquired(out)
 }
 
+// fencingToken is the token a won acquisition round earns: one more than
+// the largest counter among the nodes that granted it.
+func fencingToken(out outcome[uint64]) uint64 {
+	var largest uint64
+	for _, r := range out.replies {
+		if r.answered && r.ok {
+			largest = max(largest, r.value)
+		}
+	}
+	return largest + 1
+}
+
 // notAcquired is the error of a lost round: its reasons, or if it has none
 // (the wait ended before any node answered) ErrNotAcquired alone.
-func notAcquired(out outcome) error {
+func notAcquired[R any](out outcome[R]) error {
 	if err := out.notAcquired(); err != nil {
 		return err
 	}
@@ -313,11 +280,11 @@ func notAcquired(out outcome) error {
 // nodes has confirmed, or a quorum has said that the key was gone, or
 // neither can happen any more, and at the latest after the node timeout;
 // calls to slower nodes finish in the background. The Mutex is unlocked locally
-// whatever the result. It returns ErrNotHeld if the Mutex is not locked, an
-// error wrapping ErrLockLost if the lock had been lost or a quorum of nodes
-// no longer held it, and otherwise the node errors that kept a quorum from
-// confirming. ctx bounds only the wait for the nodes' answers. It panics if
-// ctx is nil.
+// whatever the result. It returns ErrNotHeld if the Mutex is not locked, the
+// configuration error of a badly made Mutex, an error wrapping ErrLockLost
+// if the lock had been lost or a quorum of nodes no longer held it, and
+// otherwise the node errors that kept a quorum from confirming. ctx bounds
+// only the wait for the nodes' answers. It panics if ctx is nil.
 func (m *Mutex) UnlockContext(ctx context.Context) error {
 	mustContext(ctx)
 	if m.err != nil {
@@ -326,49 +293,24 @@ func (m *Mutex) UnlockContext(ctx context.Context) error {
 	return m.unlock(ctx, m.current.Swap(nil))
 }
 
-// unlock ends h, which the caller has taken out of m.current, for
+// unlock ends l, which the caller has taken out of m.current, for
 // UnlockContext.
-func (m *Mutex) unlock(ctx context.Context, h *holding) error {
-	if h == nil {
+func (m *Mutex) unlock(ctx context.Context, l *lease) error {
+	if l == nil {
 		return ErrNotHeld
 	}
 	defer func() { <-m.local }()
-	var start time.Time
-	if m.cfg.observer != nil {
-		start = time.Now()
-	}
-	out, lost := h.unlock(ctx)
-	m.queued.Store(out.woke())
-	err := m.unlockError(out, lost)
-	foundLost := lost == nil && !out.won && out.refusals >= quorum(len(m.client.nodes))
-	if foundLost {
-		h.lostAtRelease(err)
-	}
-	if o := m.cfg.observer; o != nil {
-		h.observing.Wait() // a Lost event comes before the Released
-		if foundLost && o.Lost != nil {
-			observe(m.cfg.logger, "Lost", o.Lost, LostEvent{Name: m.name, Cause: LostRefused, Held: start.Sub(h.heldAt), Err: err})
-		}
-		if o.Released != nil {
-			observe(m.cfg.logger, "Released", o.Released, ReleasedEvent{Context: ctx, Name: m.name, Start: start, Duration: time.Since(start),
-				Held: start.Sub(h.heldAt), Lost: lost != nil || foundLost, Err: err})
-		}
-	}
+	out, err := l.release(ctx)
+	m.queued.Store(woke(out))
 	return err
 }
 
-// unlockError is UnlockContext's error, given what the release learned and
-// the cause of the loss, if the lock had been lost.
-func (m *Mutex) unlockError(out outcome, lost error) error {
-	nodes := len(m.client.nodes)
-	switch {
-	case lost != nil:
-		return errors.Join(lost, out.errs)
-	case out.won:
-		return nil
-	case out.refusals >= quorum(nodes):
-		return errors.Join(fmt.Errorf("%w: %d of %d nodes no longer held it at unlock", ErrLockLost, out.refusals, nodes), out.errs)
-	default:
-		return errors.Join(fmt.Errorf("redlock: release confirmed by %d of %d nodes, less than a quorum; %d no longer held it", out.oks, nodes, out.refusals), out.errs)
+// woke reports whether any node of a release woke a queued waiter.
+func woke(out outcome[releaseReport]) bool {
+	for _, r := range out.replies {
+		if r.answered && r.value.woke {
+			return true
+		}
 	}
+	return false
 }

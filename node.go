@@ -5,8 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -84,19 +82,21 @@ func (n *node) failed(err error) {
 }
 
 // A task is one call to a node: a round's call, or any other.
-type task struct {
-	round *round
-	f     func()
-}
+type task interface{ run(n *node) }
+
+// taskFunc is a task that is not a round's call.
+type taskFunc func()
+
+func (f taskFunc) run(*node) { f() }
 
 // workerIdle is how long a node's worker goroutine waits for another call
 // before it exits.
 const workerIdle = 5 * time.Second
 
-// start runs f on a goroutine owned by the node, unless the node has too
+// spawn runs f on a goroutine owned by the node, unless the node has too
 // many calls in flight (see submit). It reports whether f was started.
-func (n *node) start(timeout time.Duration, f func()) bool {
-	return n.submit(timeout, task{f: f})
+func (n *node) spawn(timeout time.Duration, f func()) bool {
+	return n.submit(timeout, taskFunc(f))
 }
 
 // submit hands t to an idle worker of the node, or starts a new one, unless
@@ -130,11 +130,7 @@ func (n *node) worker(t task) {
 	idle := time.NewTimer(workerIdle)
 	defer idle.Stop()
 	for {
-		if t.round != nil {
-			t.round.call(n)
-		} else {
-			t.f()
-		}
+		t.run(n)
 		n.inFlight.Add(-1)
 		idle.Reset(workerIdle)
 		select {
@@ -153,30 +149,23 @@ func (n *node) worker(t task) {
 // it, and go-redis drops it; the next try takes another connection. A pool
 // can hold many such connections, so up to maxResends are tried. resent
 // reports whether the command was sent more than once: the server may then
-// have run an earlier copy whose reply was lost.
+// have run an earlier copy whose reply was lost. A command is not sent again
+// once live says it is no longer wanted: each copy is a new send.
 //
 // redlock does this itself rather than through go-redis's MaxRetries, which
 // also retries dials in goroutines that outlive the client, and backs off
 // between tries while a round's timeout runs.
-func send[C redis.Cmder](ctx context.Context, n *node, newCmd func(context.Context, ...any) C, args []any) (cmd C, resent bool) {
+func send[C redis.Cmder](ctx context.Context, n *node, live liveness, newCmd func(context.Context, ...any) C, args []any) (cmd C, resent bool) {
 	cmd = newCmd(ctx, args...)
 	err := n.client.Process(ctx, cmd)
 	for range maxResends {
-		if err == nil || !(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) || ctx.Err() != nil || !stillWanted(ctx) {
+		if err == nil || !(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) || ctx.Err() != nil || !stillWanted(live) {
 			break
 		}
 		cmd, resent = newCmd(ctx, args...), true
 		err = n.client.Process(ctx, cmd)
 	}
 	return cmd, resent
-}
-
-// stillWanted reports whether a round's call may still be sent, or sent
-// again: not once the holding it is for has ended, since each copy is a
-// new send.
-func stillWanted(ctx context.Context) bool {
-	r, ok := ctx.(*round)
-	return !ok || r.spec.live == nil || r.spec.live()
 }
 
 // maxResends bounds the dead connections one call goes through.
@@ -215,198 +204,4 @@ func (n *node) answered(err error, sent time.Time) {
 
 func (n *node) errorf(err error) error {
 	return &NodeError{Node: n.index, Addr: n.addr, Err: err}
-}
-
-// leftovers are keys of ours that may still be on a node although nothing
-// holds them: a grant or a repair whose reply never came back, or a release
-// that got no answer. Such a command may sit unread in a paused server while
-// a release sent after it runs first. Once the node answers a command sent
-// afterwards, it has run whatever it had been sent before; a release sent
-// from then on, and answered, is the last word. Leftovers of one lock are
-// released together, with one call for all their values.
-type leftovers struct {
-	count atomic.Int32 // len(list), read on every answer
-
-	mu       sync.Mutex
-	list     []*leftover              // oldest first
-	byID     map[leftoverID]*leftover // the same, to find one at once
-	flushing bool
-	timeout  time.Duration // of the calls that release them
-}
-
-// leftoverID names a leftover: a key, and a value it may hold.
-type leftoverID struct{ key, value string }
-
-// leftover is one key of ours that may still be on a node.
-type leftover struct {
-	leftoverID
-	since time.Time // when it was remembered
-	proof time.Time // when the node first answered a command sent after since; zero until then
-}
-
-// maxLeftovers bounds the keys remembered per node, for a node that never
-// answers again; the oldest are forgotten first, and expire with their TTL.
-const maxLeftovers = 4096
-
-// remember notes that key may still hold value on n; calls to release it
-// wait at most timeout.
-func (n *node) remember(key, value string, timeout time.Duration) {
-	l := &n.leftovers
-	id := leftoverID{key, value}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if o := l.byID[id]; o != nil {
-		o.since, o.proof = time.Now(), time.Time{} // the newest doubt counts
-		return
-	}
-	if len(l.list) == maxLeftovers {
-		delete(l.byID, l.list[0].leftoverID)
-		l.list = l.list[1:]
-	}
-	if l.byID == nil {
-		l.byID = make(map[leftoverID]*leftover)
-	}
-	o := &leftover{leftoverID: id, since: time.Now()}
-	l.list = append(l.list, o)
-	l.byID[id] = o
-	l.timeout = max(l.timeout, timeout)
-	l.count.Store(int32(len(l.list)))
-}
-
-// proven records that n answered a call sent no earlier than sent, and
-// releases, in the background, the leftovers remembered before sent.
-func (l *leftovers) proven(n *node, sent time.Time) {
-	now := time.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	due := false
-	for _, o := range l.list {
-		if o.proof.IsZero() && sent.After(o.since) {
-			o.proof = now
-		}
-		due = due || !o.proof.IsZero()
-	}
-	if !due || l.flushing {
-		return
-	}
-	l.flushing = true
-	timeout := l.timeout
-	if !n.start(timeout, func() { l.flush(n, time.Now().Add(2*timeout)) }) {
-		l.flushing = false
-	}
-}
-
-// flush releases the leftovers whose proof has come, one call per lock, and
-// forgets those that the node answered. It stops at the first call that
-// gets no answer (the node has stopped answering) and at deadline; the rest
-// wait for the next proof.
-func (l *leftovers) flush(n *node, deadline time.Time) {
-	l.mu.Lock()
-	byKey := make(map[string][]*leftover)
-	var keys []string
-	for _, o := range l.list {
-		if o.proof.IsZero() {
-			continue
-		}
-		if byKey[o.key] == nil {
-			keys = append(keys, o.key)
-		}
-		byKey[o.key] = append(byKey[o.key], o)
-	}
-	timeout := l.timeout
-	l.mu.Unlock()
-	var done []*leftover
-	for _, key := range keys {
-		if !time.Now().Before(deadline) {
-			break
-		}
-		ctx, cancel := context.WithDeadline(context.Background(), earliest(deadline, time.Now().Add(timeout)))
-		err := forget(ctx, n, key, byKey[key])
-		cancel()
-		if err != nil {
-			n.failed(err)
-		}
-		if err == nil {
-			done = append(done, byKey[key]...)
-		}
-		if !fromServer(err) {
-			break
-		}
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, o := range done {
-		delete(l.byID, o.leftoverID)
-	}
-	l.list = slices.DeleteFunc(l.list, func(o *leftover) bool { return l.byID[o.leftoverID] != o })
-	l.count.Store(int32(len(l.list)))
-	l.flushing = false
-	// A leftover proven while this flush ran, for a lock it did not
-	// cover, would otherwise wait for the node's next answer.
-	for _, o := range l.list {
-		if !o.proof.IsZero() && byKey[o.key] == nil {
-			l.flushing = true
-			if !n.start(timeout, func() { l.flush(n, time.Now().Add(2*timeout)) }) {
-				l.flushing = false
-			}
-			return
-		}
-	}
-}
-
-// forget deletes key on n if it holds the value of any of list.
-func forget(ctx context.Context, n *node, key string, list []*leftover) error {
-	argv := make([]any, len(list))
-	for i, o := range list {
-		argv[i] = o.value
-	}
-	return prepare(forgetScript, []any{key}, argv...).run(ctx, n).Err()
-}
-
-func earliest(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
-}
-
-// sweep makes a last attempt, at Close, once no call to n is in flight, to
-// release n's leftovers: an answer to PING is the proof, then each gets a
-// release. It tries PING once a timeout until an answer comes, for three
-// timeouts at most, then releases for two at most; then it forgets them: a
-// key on a node that does not answer expires with its TTL.
-func (n *node) sweep(timeout time.Duration) {
-	if n.leftovers.count.Load() == 0 {
-		return
-	}
-	deadline := time.Now().Add(3 * timeout)
-	answered := false
-	for !answered && time.Now().Before(deadline) {
-		ctx, cancel := context.WithDeadline(context.Background(), earliest(deadline, time.Now().Add(timeout)))
-		err := n.client.Ping(ctx).Err()
-		answered = fromServer(err)
-		if err != nil {
-			n.failed(err)
-		}
-		if !answered {
-			<-ctx.Done() // a refused connection fails at once: try again a timeout later
-		}
-		cancel()
-	}
-	l := &n.leftovers
-	if answered {
-		now := time.Now()
-		l.mu.Lock()
-		for _, o := range l.list {
-			if o.proof.IsZero() {
-				o.proof = now
-			}
-		}
-		l.mu.Unlock()
-		l.flush(n, time.Now().Add(2*timeout))
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.list, l.byID = nil, nil
-	l.count.Store(0)
 }

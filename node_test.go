@@ -114,7 +114,7 @@ func TestSaturatedNodeFailsFast(t *testing.T) {
 	for _, n := range c.nodes[1:] {
 		n.lastAnswer.Store(-int64(time.Hour)) // no answer for an hour
 		for range maxCallsToHungNode {
-			if !n.start(time.Second, func() { <-release }) {
+			if !n.spawn(time.Second, func() { <-release }) {
 				t.Fatal("could not fill a hung node's call slots")
 			}
 		}
@@ -140,7 +140,7 @@ func TestBusyHealthyNodeIsNotBounded(t *testing.T) {
 	// node that answers: only a hung node is held to the small bound.
 	n.answered(nil, time.Now())
 	for i := range 2 * maxCallsToHungNode {
-		if !n.start(time.Hour, func() { <-release }) {
+		if !n.spawn(time.Hour, func() { <-release }) {
 			t.Fatalf("call %d to a healthy node refused; want up to %d", i, maxCallsPerNode)
 		}
 	}
@@ -216,7 +216,7 @@ func TestLeftoversWaitForAnAnswer(t *testing.T) {
 	m := c.NewMutex("left")
 	n := c.nodes[0]
 	mrs[0].Set(m.key, "stale")
-	n.remember(m.key, "stale", time.Second)
+	n.remember(m.kind.forgetting(), "stale", time.Second)
 	n.answered(context.DeadlineExceeded, time.Now())
 	settle(t, c.nodes)
 	if !mrs[0].Exists(m.key) {

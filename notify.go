@@ -97,25 +97,25 @@ func (n *notifier) newWaiter() string {
 }
 
 // listen registers waiter, subscribing on every node at the Client's first
-// wait. The caller must call stop.
+// wait. The caller must call unregister.
 func (n *notifier) listen(waiter string) *listener {
 	l := &listener{C: make(chan struct{}, 1), waiter: waiter, n: n}
 	n.client.mu.RLock()
 	defer n.client.mu.RUnlock()
-	if n.client.closing.Load() {
+	if n.client.isClosing() {
 		return l // never woken by a message; the waiter's timer still runs
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.subs == nil {
-		n.start()
+		n.subscribe()
 	}
 	n.listeners[waiter] = l
 	return l
 }
 
-// stop unregisters the waiter.
-func (l *listener) stop() {
+// unregister stops passing wake-ups to the waiter.
+func (l *listener) unregister() {
 	n := l.n
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -124,9 +124,9 @@ func (l *listener) stop() {
 	}
 }
 
-// start subscribes to the Client's channel on every node. n.mu and
+// subscribe subscribes to the Client's channel on every node. n.mu and
 // client.mu (read) are held.
-func (n *notifier) start() {
+func (n *notifier) subscribe() {
 	for _, nd := range n.client.nodes {
 		sub := &subscription{node: nd, pubsub: nd.client.Subscribe(context.Background())}
 		n.subs = append(n.subs, sub)
@@ -151,7 +151,7 @@ func (n *notifier) run(sub *subscription) {
 	pinged := false
 	for {
 		msg, err := sub.pubsub.ReceiveTimeout(ctx, healthInterval)
-		if n.closing() {
+		if n.client.isClosing() {
 			return
 		}
 		switch {
@@ -229,16 +229,7 @@ func (n *notifier) sleep(d time.Duration) bool {
 	select {
 	case <-timer.C:
 		return true
-	case <-n.client.closingCh:
-		return false
-	}
-}
-
-func (n *notifier) closing() bool {
-	select {
-	case <-n.client.closingCh:
-		return true
-	default:
+	case <-n.client.closing:
 		return false
 	}
 }
@@ -283,7 +274,7 @@ func (l *listener) ready(ctx context.Context, timeout time.Duration) bool {
 			return false
 		case <-ctx.Done():
 			return false
-		case <-n.client.closingCh:
+		case <-n.client.closing:
 			return false
 		}
 	}
@@ -304,9 +295,9 @@ func (n *notifier) wake(waiter string) {
 	}
 }
 
-// stop ends the subscriptions and waits for their goroutines, after the
-// Client began closing.
-func (n *notifier) stop() {
+// shutdown ends the subscriptions and waits for their goroutines, after
+// the Client began closing.
+func (n *notifier) shutdown() {
 	n.mu.Lock()
 	subs := n.subs
 	n.mu.Unlock()

@@ -39,7 +39,7 @@ func TestDroppedSubscriptionStopsCounting(t *testing.T) {
 	c := newClient(t, clients)
 	n := c.notifier
 	l := n.listen(n.newWaiter())
-	defer l.stop()
+	defer l.unregister()
 	listening := func(i int) bool {
 		n.mu.Lock()
 		defer n.mu.Unlock()

@@ -3,6 +3,7 @@ package redlock
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 )
 
@@ -181,4 +182,100 @@ func observe[E any](logger *slog.Logger, name string, f func(E), event E) {
 		}
 	}()
 	f(event)
+}
+
+// events delivers one lock's events to its Observer. Every observer call of
+// the package goes through it, or through eventOrder, which keeps the events
+// of one lease in order. With no Observer it does nothing, and its methods
+// are not reached where building the event would cost: callers check on().
+type events struct {
+	observer *Observer // nil: none
+	logger   *slog.Logger
+	name     string
+}
+
+// on reports whether an Observer is set.
+func (e *events) on() bool { return e.observer != nil }
+
+// acquired tells of an acquisition by a call that began at start.
+func (e *events) acquired(ctx context.Context, start time.Time, attempts int, token uint64) {
+	if f := e.observer.Acquired; f != nil {
+		observe(e.logger, "Acquired", f, AcquiredEvent{Context: ctx, Name: e.name, Start: start, Wait: time.Since(start), Attempts: attempts, Token: token})
+	}
+}
+
+// notAcquired tells of a call that began at start and returned err.
+func (e *events) notAcquired(ctx context.Context, start time.Time, attempts int, err error) {
+	if f := e.observer.NotAcquired; f != nil {
+		observe(e.logger, "NotAcquired", f, NotAcquiredEvent{Context: ctx, Name: e.name, Start: start, Wait: time.Since(start), Attempts: attempts, Err: err})
+	}
+}
+
+// extended tells of one lock's part in an extension round that began at
+// start and was decided at decidedAt.
+func (e *events) extended(start, decidedAt time.Time, outcome ExtendOutcome) {
+	if f := e.observer.Extended; f != nil {
+		observe(e.logger, "Extended", f, ExtendedEvent{Name: e.name, Latency: decidedAt.Sub(start), Outcome: outcome})
+	}
+}
+
+// eventOrder keeps the events of one lease in their order: Acquired, then
+// at most one Lost, then Released. A loss found before the acquiring call
+// told its Acquired (a maximum hold shorter than the acquisition, a pause)
+// waits, and is delivered right after the Acquired; Released waits for a
+// Lost in delivery. Its zero value is ready.
+type eventOrder struct {
+	mu       sync.Mutex
+	told     bool       // the Acquired has been told
+	pending  *LostEvent // a Lost waiting for the Acquired
+	inFlight sync.WaitGroup
+}
+
+// losing records that a Lost is coming, before the lease's loss can be
+// seen by its holder, so that its Released waits for it.
+func (o *eventOrder) losing(e *events) {
+	if e.on() && e.observer.Lost != nil {
+		o.inFlight.Add(1)
+	}
+}
+
+// lost delivers a Lost announced by losing, now if the Acquired has been
+// told, or else right after it.
+func (o *eventOrder) lost(e *events, event LostEvent) {
+	if !e.on() || e.observer.Lost == nil {
+		return
+	}
+	o.mu.Lock()
+	if !o.told {
+		o.pending = &event
+		o.mu.Unlock()
+		return
+	}
+	o.mu.Unlock()
+	defer o.inFlight.Done()
+	observe(e.logger, "Lost", e.observer.Lost, event)
+}
+
+// acquired tells the lease's Acquired, with tell, and then the Lost that
+// came before it, if one did. The acquiring call calls it, where an
+// Observer is set, before it returns.
+func (o *eventOrder) acquired(e *events, tell func()) {
+	tell()
+	o.mu.Lock()
+	o.told = true
+	pending := o.pending
+	o.pending = nil
+	o.mu.Unlock()
+	if pending != nil {
+		defer o.inFlight.Done()
+		observe(e.logger, "Lost", e.observer.Lost, *pending)
+	}
+}
+
+// released tells the lease's Released, once any Lost has been delivered.
+func (o *eventOrder) released(e *events, event ReleasedEvent) {
+	o.inFlight.Wait()
+	if f := e.observer.Released; f != nil {
+		observe(e.logger, "Released", f, event)
+	}
 }

@@ -202,7 +202,7 @@ type closeSpan struct {
 // observed is one acquisition as the test saw it.
 type observed struct {
 	who      string
-	h        *holding
+	h        *lease
 	acquired time.Time
 	done     time.Time     // when held's AfterFunc ran
 	ran      chan struct{} // closed once it has
@@ -398,7 +398,7 @@ func (s *schedule) do(who string, m *Mutex, rng *rand.Rand, stop context.Context
 
 // acquired records a successful acquisition.
 func (s *schedule) acquired(who string, held context.Context) *observed {
-	h := held.(*heldContext).h
+	h := held.(*heldContext).l
 	o := &observed{who: who, h: h, acquired: time.Now(), ran: make(chan struct{})}
 	until, token := h.validity()
 	s.logf("%s: acquired %s, valid for %v, token %d", who, short(h.value), time.Until(until).Round(time.Millisecond), token)
@@ -715,31 +715,30 @@ func (s *schedule) check() {
 // and repair rounds in flight for it: none started after such a round and
 // before that round's wait ended.
 func (s *schedule) checkReleases() {
-	busy := make(map[string]map[*round]bool) // by value: its extension and repair rounds
-	releases := make(map[*round]bool)
+	busy := make(map[string]map[tracedRound]bool) // by value: its extension and repair rounds
+	releases := make(map[tracedRound]bool)
 	for _, h := range s.hooks {
 		for _, c := range h.sent(func(c call) bool { return c.round != nil }) {
 			switch {
 			case c.kind == "extend" || c.kind == "repair":
 				for _, v := range c.values {
 					if busy[v] == nil {
-						busy[v] = make(map[*round]bool)
+						busy[v] = make(map[tracedRound]bool)
 					}
 					busy[v][c.round] = true
 				}
-			case c.round.spec.kind == releaseRound:
+			case purposeOf(c.round) == "release":
 				releases[c.round] = true
 			}
 		}
 	}
 	for rel := range releases {
-		v := rel.spec.holding.value
+		l, _ := rel.traceLease()
+		v := l.value
 		for b := range busy[v] {
-			b.mu.Lock()
-			settled := b.settled
-			b.mu.Unlock()
-			if b.start.Before(rel.start) && (settled.IsZero() || rel.start.Before(settled)) {
-				s.violate("(c) %s released %v before a round in flight for it was over", short(v), settled.Sub(rel.start))
+			concluded := b.traceConcluded()
+			if b.traceStart().Before(rel.traceStart()) && (concluded.IsZero() || rel.traceStart().Before(concluded)) {
+				s.violate("(c) %s released %v before a round in flight for it was over", short(v), concluded.Sub(rel.traceStart()))
 			}
 		}
 	}
@@ -748,7 +747,7 @@ func (s *schedule) checkReleases() {
 // checkEnd checks (d) for one holding, and returns when it ended.
 func (s *schedule) checkEnd(o *observed) time.Time {
 	o.h.mu.Lock()
-	ended, until, state := o.h.endedAt, o.h.until, o.h.state
+	ended, until, state := o.h.stoppedAt, o.h.until, o.h.state
 	o.h.mu.Unlock()
 	s.mu.Lock()
 	done := o.done
@@ -757,7 +756,7 @@ func (s *schedule) checkEnd(o *observed) time.Time {
 	// The expiry timer was due at until-lead. A stall of the test process
 	// in between, at least half as long as the timer was late (or 5ms),
 	// explains the lateness.
-	due := until.Add(-o.h.lead)
+	due := until.Add(-o.h.spec.lead())
 	least := min(stallGap, max(hiccupGap, latest(ended, done).Sub(due)/2))
 	switch {
 	case state == held || ended.IsZero():
@@ -824,7 +823,7 @@ func (s *schedule) checkIssued(ends map[string]time.Time) {
 		for _, c := range h.sent(isKind("extend", "repair")) {
 			issued := c.at
 			if c.round != nil {
-				issued = c.round.start
+				issued = c.round.traceStart()
 			}
 			for _, v := range c.values {
 				if end, ok := ends[v]; ok && issued.After(end) {
@@ -872,8 +871,8 @@ func (s *schedule) closedUnreachable(i int, value string) bool {
 	var owner *Client
 	for _, h := range s.hooks {
 		for _, c := range h.sent(func(c call) bool { return slices.Contains(c.values, value) }) {
-			if c.round != nil && c.round.spec.holding != nil {
-				owner = c.round.spec.holding.m.client
+			if l := leaseOf(c.round); l != nil {
+				owner = l.spec.client
 			}
 		}
 	}
@@ -981,10 +980,7 @@ func (s *schedule) checkRepairs(holdings []*observed) {
 		// The round gave up on the node when its wait timed out, or when
 		// the call itself did: at the round's deadline the call's timeout
 		// and the round's can come in either order.
-		c.round.mu.Lock()
-		gaveUp := c.round.timedOut || timedOut(c.round.replies[c.node].err)
-		c.round.mu.Unlock()
-		if !gaveUp {
+		if !c.round.gaveUp(c.node) {
 			s.violations = append(s.violations, fmt.Sprintf("(c) node %d: a repair of %s ran %v after Unlock returned", c.node, short(c.values[0]), c.at.Sub(end)))
 		}
 	}
@@ -999,4 +995,22 @@ func noAnswer(result string) bool {
 		}
 	}
 	return false
+}
+
+// purposeOf is what round r was for, or "" if it is not a lease's round.
+func purposeOf(r tracedRound) string {
+	if r == nil {
+		return ""
+	}
+	_, purpose := r.traceLease()
+	return purpose
+}
+
+// leaseOf is the lease round r was for, or nil.
+func leaseOf(r tracedRound) *lease {
+	if r == nil {
+		return nil
+	}
+	l, _ := r.traceLease()
+	return l
 }

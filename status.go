@@ -44,16 +44,16 @@ func (m *Mutex) Status(ctx context.Context) (Status, error) {
 		return Status{}, err
 	}
 	c := m.client
-	if !c.enter() {
+	if !c.enterCall() {
 		return Status{}, ErrClosed
 	}
-	defer c.leave()
+	defer c.exitCall()
 	if err := ctx.Err(); err != nil {
 		return Status{}, fmt.Errorf("redlock: status: %w", err)
 	}
 	heard := 0
-	r := c.launch(ctx, roundSpec{call: m.statusCall(), timeout: m.cfg.perNodeTimeout(), waitAll: true})
-	out := r.wait(ctx, func(int, reply, int) bool {
+	r := launch(c, ctx, roundSpec[nodeStatus]{call: m.kind.status(), timeout: m.spec.nodeTimeout, waitAll: true})
+	out := r.wait(ctx, func(int, reply[nodeStatus], int) bool {
 		heard++
 		return heard == len(c.nodes)
 	})
@@ -67,14 +67,14 @@ func (m *Mutex) Status(ctx context.Context) (Status, error) {
 }
 
 // status makes a Status of the nodes' answers.
-func (m *Mutex) status(replies []reply) Status {
+func (m *Mutex) status(replies []reply[nodeStatus]) Status {
 	nodes := len(m.client.nodes)
 	var holders []string
 	var waiters []int
 	for _, rep := range replies {
 		if rep.answered && rep.ok {
-			holders = append(holders, rep.holder)
-			waiters = append(waiters, rep.waiters)
+			holders = append(holders, rep.value.holder)
+			waiters = append(waiters, rep.value.waiters)
 		}
 	}
 	var s Status
@@ -82,8 +82,8 @@ func (m *Mutex) status(replies []reply) Status {
 	s.Waiters = waiters[len(waiters)-quorum(nodes)]
 	var ttls []time.Duration
 	for _, rep := range replies {
-		if rep.answered && rep.ok && rep.holder != "" {
-			ttls = append(ttls, rep.ttl)
+		if rep.answered && rep.ok && rep.value.holder != "" {
+			ttls = append(ttls, rep.value.ttl)
 		}
 	}
 	if len(ttls) < quorum(nodes) {
@@ -93,7 +93,7 @@ func (m *Mutex) status(replies []reply) Status {
 	slices.Sort(ttls)
 	s.TTL = ttls[len(ttls)-quorum(nodes)]
 	count, holder := mostCommon(holders)
-	if h := m.current.Load(); h != nil && count >= quorum(nodes) && h.value == holder && h.isHeld() {
+	if l := m.current.Load(); l != nil && count >= quorum(nodes) && l.value == holder && l.isHeld() {
 		s.Mine = true
 	}
 	return s

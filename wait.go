@@ -10,15 +10,73 @@ import (
 	"time"
 )
 
-// waiter is one LockContext call waiting for the lock: the retry policy
-// around Mutex.attempt. After a first failed attempt it joins the lock's
-// queue on every node, under its own id; a release wakes the waiter at the
-// head of the queue by that id, so that one release costs one attempt, not
-// one per waiter. It polls as well, for wake-ups that are lost.
+// retryPolicy is how a waiter spaces its attempts, and so how long its
+// place in the lock's queue must last without it. enqueue.lua keeps a
+// queued waiter's mark alive for aliveTTL and the queue for queueTTL after
+// each call; release.lua and status.lua skip waiters whose mark has
+// expired. Both TTLs are derived here, from the delays that space the
+// calls which refresh them, so that a change of policy changes them too.
+type retryPolicy struct {
+	delay       time.Duration // base delay between attempts
+	jitter      time.Duration // upper bound of the random delay added to each
+	nodeTimeout time.Duration // how long each attempt and queue call may take
+	ttl         time.Duration // the lock's TTL
+}
+
+// queuedPollFactor is how many retry delays a waiter waits between attempts
+// while it is queued behind a holder: the holder's release wakes it by name,
+// so polling is only the fallback for a lost wake-up, or a holder that died
+// and whose key must expire. Each poll costs an attempt and a queue refresh
+// on every node.
+const queuedPollFactor = 10
+
+func newRetryPolicy(c *config) retryPolicy {
+	return retryPolicy{delay: c.retryDelay, jitter: c.retryJitter, nodeTimeout: c.perNodeTimeout(), ttl: c.ttl}
+}
+
+// next is the delay before the next attempt: the base delay plus jitter,
+// times queuedPollFactor while queued behind a holder that will wake the
+// waiter.
+func (p retryPolicy) next(queued bool) time.Duration {
+	delay := p.delay
+	if p.jitter > 0 {
+		delay += mathrand.N(p.jitter)
+	}
+	if queued {
+		delay *= queuedPollFactor
+	}
+	return delay
+}
+
+// longestPoll is the longest delay between a queued waiter's calls: its
+// longest wait, then an attempt and a queue call.
+func (p retryPolicy) longestPoll() time.Duration {
+	return queuedPollFactor*(p.delay+p.jitter) + 2*p.nodeTimeout
+}
+
+// aliveTTL is how long a queued waiter counts as alive without calling
+// again: three of its longest polls. A release skips the ids of waiters
+// whose mark has expired: their process died without leaving the queue.
+func (p retryPolicy) aliveTTL() time.Duration { return 3 * p.longestPoll() }
+
+// queueTTL is how long a lock's queue outlives its last change: long enough
+// for waiters that poll to keep their place, short enough that it does not
+// linger once nobody waits.
+func (p retryPolicy) queueTTL() time.Duration {
+	return max(4*p.ttl, 20*(p.delay+p.jitter))
+}
+
+// waiter is one acquiring call: the retry policy around Mutex.attempt.
+// TryLockContext is a waiter that makes one attempt. After a first failed
+// attempt a waiter that waits joins the lock's queue on every node, under
+// its own id; a release wakes the waiter at the head of the queue by that
+// id, so that one release costs one attempt, not one per waiter. It polls
+// as well, for wake-ups that are lost.
 type waiter struct {
 	m       *Mutex
 	ctx     context.Context // what held derives from
 	waitCtx context.Context // what bounds the wait
+	once    bool            // one attempt, not waiting for the local lock either
 
 	id       string    // the id it queues under; "" until it first joins
 	listener *listener // hears its wake-ups once it has an id
@@ -30,63 +88,79 @@ type waiter struct {
 	attempts int       // attempts made
 }
 
-// queuedPollFactor is how many retry delays a waiter waits between attempts
-// while it is queued behind a holder: the holder's release wakes it by name,
-// so polling is only the fallback for a lost wake-up, or a holder that died
-// and whose key must expire. Each poll costs an attempt and a queue refresh
-// on every node.
-const queuedPollFactor = 10
-
 // handoffGrace is how long a releaser that locks again waits for the waiter
 // it woke to take the lock, when the lock looks free: several round trips.
 const handoffGrace = 5 * time.Millisecond
 
-// lock acquires the lock, waiting until waitCtx is done; held derives from
-// ctx.
-func (m *Mutex) lock(ctx, waitCtx context.Context) (context.Context, error) {
-	if m.cfg.observer == nil {
-		held, _, err := m.waitFor(ctx, waitCtx, time.Time{})
-		return held, err
+// acquire acquires the lock for LockContext, or with once for
+// TryLockContext, waiting until waitCtx is done; held derives from ctx. It
+// tells the observer how the call ended, an acquisition before the Client
+// can close.
+func (m *Mutex) acquire(ctx, waitCtx context.Context, once bool) (context.Context, error) {
+	var start time.Time
+	if m.spec.events.on() {
+		start = time.Now()
 	}
-	start := time.Now()
-	held, attempts, err := m.waitFor(ctx, waitCtx, start)
-	if err != nil {
-		m.observeAcquisition(ctx, start, attempts, err)
+	w := &waiter{m: m, ctx: ctx, waitCtx: waitCtx, once: once}
+	held, err := w.run()
+	switch {
+	case !m.spec.events.on():
+	case err == nil:
+		l := m.current.Load()
+		l.order.acquired(&m.spec.events, func() { m.spec.events.acquired(ctx, start, w.attempts, m.Token()) })
+	default:
+		m.spec.events.notAcquired(ctx, start, w.attempts, err)
 	}
 	return held, err
 }
 
-// waitFor is lock, which began at start: it tells the observer of an
-// acquisition before the Client can close, and leaves a failure to lock.
-// It also says how many attempts it made.
-func (m *Mutex) waitFor(ctx, waitCtx context.Context, start time.Time) (context.Context, int, error) {
+// run takes the local lock, then acquires the remote one, and holds the
+// local lock on success only.
+func (w *waiter) run() (context.Context, error) {
+	m := w.m
 	if err := m.usable(); err != nil {
-		return nil, 0, err
+		return nil, err
 	}
-	if waitCtx.Err() != nil {
-		return nil, 0, waitEnded(waitCtx, nil)
+	if err := w.lockLocal(); err != nil {
+		return nil, err
 	}
-	select {
-	case m.local <- struct{}{}:
-	case <-waitCtx.Done():
-		return nil, 0, waitEnded(waitCtx, m.localReason())
-	case <-m.client.closingCh:
-		return nil, 0, ErrClosed
-	}
-	if !m.client.enter() {
+	if !m.client.enterCall() {
 		<-m.local
-		return nil, 0, ErrClosed
+		return nil, ErrClosed
 	}
-	defer m.client.leave()
-	w := &waiter{m: m, ctx: ctx, waitCtx: waitCtx}
+	defer m.client.exitCall()
 	held, err := w.wait()
 	w.close(err == nil)
 	if err != nil {
 		<-m.local
-	} else if m.cfg.observer != nil {
-		m.observeAcquisition(ctx, start, w.attempts, nil)
 	}
-	return held, w.attempts, err
+	return held, err
+}
+
+// lockLocal takes the Mutex's local lock: at once or not at all for one
+// attempt, or waiting until the wait ends or the Client closes. A wait that
+// ended says taken only while another goroutine holds the Mutex.
+func (w *waiter) lockLocal() error {
+	m := w.m
+	if w.waitCtx.Err() != nil {
+		return waitEnded(w.waitCtx, nil)
+	}
+	if w.once {
+		select {
+		case m.local <- struct{}{}:
+			return nil
+		default:
+			return errTakenHere
+		}
+	}
+	select {
+	case m.local <- struct{}{}:
+		return nil
+	case <-w.waitCtx.Done():
+		return waitEnded(w.waitCtx, m.localReason())
+	case <-m.client.closing:
+		return ErrClosed
+	}
 }
 
 // localReason is the reason of a wait for the local lock that ended:
@@ -103,10 +177,10 @@ func (m *Mutex) localReason() error {
 }
 
 // wait makes attempts until one succeeds, one fails in a way retrying
-// cannot fix, or the wait ends.
+// cannot fix, the waiter made its one attempt, or the wait ends.
 func (w *waiter) wait() (context.Context, error) {
 	m := w.m
-	if m.queued.Load() {
+	if !w.once && m.queued.Load() {
 		w.queueBehindWoken()
 	}
 	for {
@@ -115,10 +189,12 @@ func (w *waiter) wait() (context.Context, error) {
 		}
 		w.attempts++
 		held, permanent, err := m.attempt(w.waitCtx, w.ctx, w.id)
-		if err == nil {
+		switch {
+		case err == nil:
 			return held, nil
-		}
-		if permanent {
+		case w.once && w.waitCtx.Err() != nil:
+			return nil, waitEnded(w.waitCtx, err)
+		case permanent || w.once:
 			return nil, err
 		}
 		if err != ErrNotAcquired || w.last == nil {
@@ -161,7 +237,7 @@ func (w *waiter) queueBehindWoken() {
 func (w *waiter) listen() {
 	w.id = w.m.client.notifier.newWaiter()
 	w.listener = w.m.client.notifier.listen(w.id)
-	w.hears = w.listener.ready(w.waitCtx, w.m.cfg.perNodeTimeout())
+	w.hears = w.listener.ready(w.waitCtx, w.m.spec.nodeTimeout)
 }
 
 // join puts the waiter in the lock's queue, or keeps its place: back at the
@@ -192,11 +268,7 @@ func (w *waiter) join() (delay time.Duration, now bool) {
 // or ten while the holder is one of this package's, whose release will wake
 // the waiter. Other Redlock clients (see WithExactKey) do not.
 func (w *waiter) pollDelay(holder string) time.Duration {
-	delay := w.m.retryDelay()
-	if strings.HasPrefix(holder, valuePrefix) && w.hears {
-		delay *= queuedPollFactor
-	}
-	return delay
+	return w.m.retry.next(strings.HasPrefix(holder, valuePrefix) && w.hears)
 }
 
 // await waits until a release names the waiter, delay passes, the wait ends
@@ -211,7 +283,7 @@ func (w *waiter) await(delay time.Duration) bool {
 		return false
 	case <-w.waitCtx.Done():
 		return false
-	case <-w.m.client.closingCh:
+	case <-w.m.client.closing:
 		return false
 	}
 }
@@ -222,25 +294,10 @@ func (w *waiter) close(acquired bool) {
 	if w.listener == nil {
 		return
 	}
-	w.listener.stop()
+	w.listener.unregister()
 	if !acquired {
 		w.m.leaveQueue(w.id)
 	}
-}
-
-// queueTTL is how long a lock's queue outlives its last change: long enough
-// for waiters that poll to keep their place, short enough that it does not
-// linger once nobody waits.
-func (m *Mutex) queueTTL() time.Duration {
-	return max(4*m.cfg.ttl, 20*(m.cfg.retryDelay+m.cfg.retryJitter))
-}
-
-// aliveTTL is how long a queued waiter counts as alive without calling
-// again: three of its polls, each with an attempt and a queue call. A
-// release skips the ids of waiters whose mark has expired: their process
-// died without leaving the queue.
-func (m *Mutex) aliveTTL() time.Duration {
-	return 3 * (queuedPollFactor*(m.cfg.retryDelay+m.cfg.retryJitter) + 2*m.cfg.perNodeTimeout())
 }
 
 // joinQueue puts waiter in the lock's queue (or keeps it there) on the
@@ -249,13 +306,14 @@ func (m *Mutex) aliveTTL() time.Duration {
 // released; "" if not.
 func (m *Mutex) joinQueue(ctx context.Context, waiter, mode string) (holder string) {
 	c := m.client
-	r := c.launch(ctx, roundSpec{call: m.enqueueCall(waiter, mode), timeout: m.cfg.perNodeTimeout()})
+	call := m.kind.enqueue(waiter, mode, m.retry.aliveTTL(), m.retry.queueTTL())
+	r := launch(c, ctx, roundSpec[string]{call: call, timeout: m.spec.nodeTimeout})
 	var holders []string // the value each answering node named
 	unanswered := len(c.nodes)
-	r.wait(ctx, func(_ int, rep reply, _ int) bool {
+	r.wait(ctx, func(_ int, rep reply[string], _ int) bool {
 		unanswered--
 		if rep.ok {
-			holders = append(holders, rep.holder)
+			holders = append(holders, rep.value)
 		}
 		most, value := mostCommon(holders)
 		if most >= quorum(len(c.nodes)) {
@@ -288,7 +346,7 @@ func mostCommon(values []string) (count int, value string) {
 // leaveQueue takes a waiter that gave up out of the queue. It waits for a
 // quorum at most; the other nodes finish in the background.
 func (m *Mutex) leaveQueue(waiter string) {
-	m.client.fanOut(context.Background(), m.cfg.perNodeTimeout(), m.enqueueCall(waiter, dequeue))
+	fanOut(m.client, context.Background(), m.spec.nodeTimeout, m.kind.enqueue(waiter, dequeue, m.retry.aliveTTL(), m.retry.queueTTL()))
 }
 
 // waitEnded is the error of a wait that ctx ended; last is the error of the
@@ -314,12 +372,4 @@ func (w *waiter) logRetry(err error) {
 		w.logged = true
 	}
 	w.m.cfg.logger.Log(context.Background(), level, "redlock: attempt failed; retrying", "lock", w.m.name, "error", err)
-}
-
-func (m *Mutex) retryDelay() time.Duration {
-	delay := m.cfg.retryDelay
-	if m.cfg.retryJitter > 0 {
-		delay += mathrand.N(m.cfg.retryJitter)
-	}
-	return delay
 }

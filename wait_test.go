@@ -332,7 +332,7 @@ func TestTinyRetryDelaysStillQueue(t *testing.T) {
 	if mark != "alive" {
 		t.Errorf("mark of a queued waiter = %q; want alive", mark)
 	}
-	if ttl := m.aliveTTL(); ttl < 2*m.cfg.perNodeTimeout() {
+	if ttl := m.retry.aliveTTL(); ttl < 2*m.cfg.perNodeTimeout() {
 		t.Errorf("aliveTTL() = %v; want at least two node timeouts, %v", ttl, 2*m.cfg.perNodeTimeout())
 	}
 }

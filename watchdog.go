@@ -26,27 +26,27 @@ const (
 )
 
 // watchdog schedules the extensions of the locks a Client holds. It owns
-// its queue entries; the holdings own their state, and it asks them before
-// it extends (admit) and tells them what it learned (extended, lose).
+// its queue entries; the leases own their state, and it asks them before
+// it extends (beginRound) and tells them what it learned (extended, lose).
 type watchdog struct {
 	c *Client
 
 	mu      sync.Mutex
-	due     dueHeap                // entries waiting for their turn, soonest first
-	entries map[*holding]*dueEntry // every holding watched, waiting or in a round
-	running bool                   // the scheduling goroutine has been started
-	stopped bool                   // the Client is closing: nothing more is watched
-	wake    chan struct{}          // the soonest extension moved earlier
-	free    []*dueEntry            // entries no round refers to, for reuse
+	due     dueHeap              // entries waiting for their turn, soonest first
+	entries map[*lease]*dueEntry // every lease watched, waiting or in a round
+	running bool                 // the scheduling goroutine has been started
+	stopped bool                 // the Client is closing: nothing more is watched
+	wake    chan struct{}        // the soonest extension moved earlier
+	free    []*dueEntry          // entries no round refers to, for reuse
 
 	ctx        context.Context // ends when the Client closes: no round starts
 	cancel     context.CancelFunc
 	goroutines sync.WaitGroup // the scheduler and its rounds
 }
 
-// dueEntry is one holding's place in the watchdog's queue.
+// dueEntry is one lease's place in the watchdog's queue.
 type dueEntry struct {
-	h     *holding
+	l     *lease
 	at    time.Time // next extension
 	retry bool      // at is a retry after a failed round: not early
 	index int       // in due, or -1 while its round runs
@@ -54,13 +54,13 @@ type dueEntry struct {
 
 func newWatchdog(c *Client) *watchdog {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &watchdog{c: c, entries: make(map[*holding]*dueEntry), wake: make(chan struct{}, 1), ctx: ctx, cancel: cancel}
+	return &watchdog{c: c, entries: make(map[*lease]*dueEntry), wake: make(chan struct{}, 1), ctx: ctx, cancel: cancel}
 }
 
-// add starts watching h, first due at at. It reports false if the Client is
-// closing. The holding calls it while it holds its own lock, so the watchdog
-// never takes a holding's lock while it holds its own.
-func (w *watchdog) add(h *holding, at time.Time) bool {
+// add starts watching l, first due at at. It reports false if the Client is
+// closing. The lease calls it while it holds its own lock, so the watchdog
+// never takes a lease's lock while it holds its own.
+func (w *watchdog) add(l *lease, at time.Time) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.stopped {
@@ -69,11 +69,11 @@ func (w *watchdog) add(h *holding, at time.Time) bool {
 	var e *dueEntry
 	if n := len(w.free); n > 0 {
 		e, w.free = w.free[n-1], w.free[:n-1]
-		*e = dueEntry{h: h, at: at, index: -1}
+		*e = dueEntry{l: l, at: at, index: -1}
 	} else {
-		e = &dueEntry{h: h, at: at, index: -1}
+		e = &dueEntry{l: l, at: at, index: -1}
 	}
-	w.entries[h] = e
+	w.entries[l] = e
 	w.push(e)
 	if !w.running {
 		w.running = true
@@ -94,16 +94,16 @@ func (w *watchdog) push(e *dueEntry) {
 	}
 }
 
-// remove stops watching h. A round in flight for h finishes, but h does not
+// remove stops watching l. A round in flight for l finishes, but l does not
 // come due again.
-func (w *watchdog) remove(h *holding) {
+func (w *watchdog) remove(l *lease) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	e := w.entries[h]
+	e := w.entries[l]
 	if e == nil {
 		return
 	}
-	delete(w.entries, h)
+	delete(w.entries, l)
 	if e.index >= 0 {
 		// Not taken by a round, which would still refer to it: reuse it.
 		heap.Remove(&w.due, e.index)
@@ -116,11 +116,11 @@ func (w *watchdog) remove(h *holding) {
 // maxFree bounds the entries kept for reuse.
 const maxFree = 64
 
-// reschedule queues e again for at, if its holding is still watched.
+// reschedule queues e again for at, if its lease is still watched.
 func (w *watchdog) reschedule(e *dueEntry, at time.Time, retry bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.entries[e.h] != e {
+	if w.entries[e.l] != e {
 		return
 	}
 	e.at, e.retry = at, retry
@@ -158,7 +158,7 @@ func (w *watchdog) takeDue(now time.Time) (batch []*dueEntry, next time.Time) {
 	defer w.mu.Unlock()
 	for len(w.due) > 0 {
 		e := w.due[0]
-		early := e.h.m.cfg.extendInterval() / 4
+		early := e.l.spec.interval / 4
 		if e.retry {
 			early = 0
 		}
@@ -171,24 +171,24 @@ func (w *watchdog) takeDue(now time.Time) (batch []*dueEntry, next time.Time) {
 	return batch, now.Add(time.Hour)
 }
 
-// stop ends the watchdog, since the Client is closing: no round starts, the
-// rounds in flight (each bounded by the node timeout) are waited for, so
-// that no release overtakes a repair, and every holding still watched is
+// shutdown ends the watchdog, since the Client is closing: no round starts,
+// the rounds in flight (each bounded by the node timeout) are waited for, so
+// that no release overtakes a repair, and every lease still watched is
 // lost.
-func (w *watchdog) stop() {
+func (w *watchdog) shutdown() {
 	w.mu.Lock()
 	w.stopped = true
 	w.mu.Unlock()
 	w.cancel()
 	w.goroutines.Wait()
 	w.mu.Lock()
-	watched := make([]*holding, 0, len(w.entries))
-	for h := range w.entries {
-		watched = append(watched, h)
+	watched := make([]*lease, 0, len(w.entries))
+	for l := range w.entries {
+		watched = append(watched, l)
 	}
 	w.mu.Unlock()
-	for _, h := range watched {
-		h.lose(LostClosed, fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
+	for _, l := range watched {
+		l.lose(LostClosed, fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
 	}
 }
 
@@ -200,32 +200,32 @@ type tally struct {
 	decided                   time.Time // when the lock's outcome was known
 }
 
-// extend runs one extension round for the holdings in batch that are still
+// extend runs one extension round for the leases in batch that are still
 // held, and acts on what each lock's quorum says.
 func (w *watchdog) extend(batch []*dueEntry) {
-	// The round counts from before any holding is admitted to it.
+	// The round counts from before any lease is admitted to it.
 	start := time.Now()
 	admitted := batch[:0]
 	for _, e := range batch {
-		if e.h.admit() {
+		if e.l.beginRound() {
 			admitted = append(admitted, e)
 		}
 	}
 	if len(admitted) == 0 {
 		return
 	}
-	first := admitted[0].h.m.name // the entries may be reused once settled
+	first := admitted[0].l.spec.name // the entries may be reused once applied
 	tallies, out := w.extendRound(admitted, start)
 	if w.ctx.Err() != nil {
-		// The Client is closing: stop loses the locks.
+		// The Client is closing: shutdown loses the leases.
 		for _, e := range admitted {
-			e.h.leave()
+			e.l.roundDone()
 		}
 		return
 	}
 	retried := 0
 	for j, e := range admitted {
-		if !w.settle(e, tallies[j], start) {
+		if !w.apply(e, tallies[j], start) {
 			retried++
 		}
 	}
@@ -237,40 +237,33 @@ func (w *watchdog) extend(batch []*dueEntry) {
 // extendRound sends one extension call per node for the entries, and counts
 // each node's answer for each lock as it comes, until every lock is decided:
 // extended by a quorum, or no longer able to be.
-func (w *watchdog) extendRound(batch []*dueEntry, start time.Time) ([]tally, outcome) {
+func (w *watchdog) extendRound(batch []*dueEntry, start time.Time) ([]tally, outcome[[]bool]) {
 	c := w.c
 	keys := make([]any, len(batch))
 	argv := make([]any, 0, 2*len(batch))
-	holdings := make([]*holding, len(batch))
+	leases := make(allHeld, len(batch))
 	timeout := time.Duration(0)
 	for i, e := range batch {
-		m := e.h.m
-		keys[i] = m.args.key
-		argv = append(argv, e.h.value, m.args.ttlMillis)
-		holdings[i] = e.h
-		timeout = max(timeout, m.cfg.perNodeTimeout())
+		key, ttl := e.l.spec.kind.extension(e.l.value)
+		keys[i] = key
+		argv = append(argv, e.l.value, ttl)
+		leases[i] = e.l
+		timeout = max(timeout, e.l.spec.nodeTimeout)
 	}
 	timeout += time.Duration(len(batch)-1) * batchKeyTime
 	call := extendCall(prepare(extendScript, keys, argv...), len(batch))
 	tallies := make([]tally, len(batch))
 	// A call is sent again only while every lock it names is held: the
-	// copy would extend them all.
-	live := func() bool {
-		for _, h := range holdings {
-			if !h.isHeld() {
-				return false
-			}
-		}
-		return true
-	}
-	r := c.launch(context.Background(), roundSpec{call: call, timeout: timeout, start: start, live: live})
-	out := r.wait(context.Background(), func(i int, rep reply, pendingHung int) bool {
+	// copy would extend them all. The first send goes out regardless: a
+	// lease that ended meanwhile waits for this round before its release.
+	r := launch(c, context.Background(), roundSpec[[]bool]{call: call, timeout: timeout, start: start, resendLive: &leases})
+	out := r.wait(context.Background(), func(i int, rep reply[[]bool], pendingHung int) bool {
 		undecided := 0
 		var now time.Time // read once per reply, for the locks it decides
 		for j := range tallies {
 			t := &tallies[j]
 			switch {
-			case rep.ok && rep.extended[j]:
+			case rep.ok && rep.value[j]:
 				t.extended++
 			case rep.ok:
 				t.refused++
@@ -292,53 +285,62 @@ func (w *watchdog) extendRound(batch []*dueEntry, start time.Time) ([]tally, out
 	return tallies, out
 }
 
-// settle acts on what an extension round that started at start learned of
+// apply acts on what an extension round that started at start learned of
 // one lock: it moves the validity on and repairs the nodes that lost the
 // key, or gives the lock up, or schedules a retry. It reports false for a
-// retry. The holding decides whether any of it still applies.
-func (w *watchdog) settle(e *dueEntry, t tally, start time.Time) bool {
-	h := e.h
-	defer h.leave()
-	m := h.m
+// retry. The lease decides whether any of it still applies.
+func (w *watchdog) apply(e *dueEntry, t tally, start time.Time) bool {
+	l := e.l
+	defer l.roundDone()
 	nodes := len(w.c.nodes)
-	interval := m.cfg.extendInterval()
+	interval := l.spec.interval
 	switch {
 	case t.extended >= quorum(nodes):
-		until, stillHeld := h.extended(validityEnd(start, m.cfg.ttl, m.cfg.drift()))
+		until, stillHeld := l.extended(l.spec.validityEnd(start))
 		if !stillHeld {
 			return true
 		}
-		observeExtension(h, t, start, ExtendOK)
-		if t.refusedBy != nil && !m.cfg.noRepair {
-			w.repair(h, until, t.refusedBy)
+		observeExtension(l, t, start, ExtendOK)
+		if t.refusedBy != nil && l.spec.repair {
+			w.repair(l, until, t.refusedBy)
 		}
 		w.reschedule(e, start.Add(interval), false)
 	case t.refused >= quorum(nodes):
-		observeExtension(h, t, start, ExtendRefused)
-		h.lose(LostRefused, fmt.Errorf("%w: %d of %d nodes no longer hold it", ErrLockLost, t.refused, nodes))
+		observeExtension(l, t, start, ExtendRefused)
+		l.lose(LostRefused, fmt.Errorf("%w: %d of %d nodes no longer hold it", ErrLockLost, t.refused, nodes))
 	default:
 		// Too few answers: try again sooner, while validity remains.
-		observeExtension(h, t, start, ExtendFailed)
+		observeExtension(l, t, start, ExtendFailed)
 		w.reschedule(e, time.Now().Add(max(interval/4, time.Millisecond)), true)
 		return false
 	}
 	return true
 }
 
-// observeExtension tells the holding's observer, if it has one, what an
+// allHeld says whether every lease of an extension round is still held.
+type allHeld []*lease
+
+func (a *allHeld) wanted() bool {
+	for _, l := range *a {
+		if !l.isHeld() {
+			return false
+		}
+	}
+	return true
+}
+
+// observeExtension tells the lease's observer, if it has one, what an
 // extension round that began at start learned of the lock, unless the lock
 // is no longer held.
-func observeExtension(h *holding, t tally, start time.Time, outcome ExtendOutcome) {
-	m := h.m
-	o := m.cfg.observer
-	if o == nil || o.Extended == nil || !h.isHeld() {
+func observeExtension(l *lease, t tally, start time.Time, outcome ExtendOutcome) {
+	if !l.spec.events.on() || !l.isHeld() {
 		return
 	}
 	decidedAt := t.decided
 	if decidedAt.IsZero() { // the round timed out before it was decided
 		decidedAt = time.Now()
 	}
-	observe(m.cfg.logger, "Extended", o.Extended, ExtendedEvent{Name: m.name, Latency: decidedAt.Sub(start), Outcome: outcome})
+	l.spec.events.extended(start, decidedAt, outcome)
 }
 
 // repair sets the key again, with SET NX, on the nodes that said in a won
@@ -347,30 +349,47 @@ func observeExtension(h *holding, t tally, start time.Time, outcome ExtendOutcom
 // than the validity the quorum confirmed, and never replaces another
 // holder's key. The round is waited for, so that Unlock, which waits for
 // this, finds no repair in flight.
-func (w *watchdog) repair(h *holding, until time.Time, lostKey []bool) {
+func (w *watchdog) repair(l *lease, until time.Time, lostKey []bool) {
 	skip := make([]error, len(lostKey))
 	for i, lost := range lostKey {
 		if !lost {
 			skip[i] = errNotRepaired
 		}
 	}
-	m := h.m
-	timeout := m.cfg.perNodeTimeout()
 	start := time.Now()
-	if w.ctx.Err() != nil || !h.isHeld() {
+	if w.ctx.Err() != nil || !l.isHeld() {
 		return
 	}
-	r := w.c.launch(context.Background(), roundSpec{call: m.repairCall(h.value, until), timeout: timeout, skip: skip,
-		kind: repairRound, holding: h, start: start, live: h.isHeld})
+	r := launch(w.c, context.Background(), roundSpec[none]{call: l.spec.kind.repair(l.value, until), timeout: l.spec.nodeTimeout, skip: skip,
+		heard: (*repairing)(l), start: start, live: (*holding)(l)})
 	heard := 0
-	out := r.wait(context.Background(), func(int, reply, int) bool {
+	out := r.wait(context.Background(), func(int, reply[none], int) bool {
 		heard++
 		return heard == len(lostKey)
 	})
 	for i, rep := range out.replies {
 		if lostKey[i] && rep.ok {
-			m.cfg.logger.Info("redlock: lock repaired on a node that had lost it", "lock", m.name, "node", i, "addr", w.c.nodes[i].addr)
+			l.spec.logger.Info("redlock: lock repaired on a node that had lost it", "lock", l.spec.name, "node", i, "addr", w.c.nodes[i].addr)
 		}
+	}
+}
+
+// extendCall extends, on one node, the locks a prepared extend script names;
+// count says how many. The reply says, lock by lock, which it extended.
+func extendCall(extend prepared, count int) nodeCall[[]bool] {
+	return func(ctx context.Context, n *node, live liveness) reply[[]bool] {
+		res, err := extend.run(ctx, n, live).Int64Slice()
+		if err == nil && len(res) != count {
+			err = fmt.Errorf("extend script returned %d values; want %d", len(res), count)
+		}
+		if err != nil {
+			return reply[[]bool]{err: err}
+		}
+		extended := make([]bool, count)
+		for j, v := range res {
+			extended[j] = v == 1
+		}
+		return reply[[]bool]{ok: true, value: extended}
 	}
 }
 

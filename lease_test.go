@@ -237,7 +237,7 @@ func TestLostLockIsNotExtendedOrRepaired(t *testing.T) {
 	}
 	// The extension round in flight at the loss is over, and whatever it
 	// led to has been sent.
-	held.(*heldContext).h.busy.Wait()
+	held.(*heldContext).l.busy.Wait()
 	for _, h := range hooks {
 		for _, call := range h.sent(isKind("extend", "acquire", "repair", "set")) {
 			if call.at.After(lostAt) && slices.Contains(call.values, value) {
@@ -311,7 +311,7 @@ func TestHoldingPastItsValidityIsNeverExtended(t *testing.T) {
 	for range 200 {
 		m := c.NewMutex("expired")
 		m.local <- struct{}{}
-		h := m.newHolding("")
+		h := newLease(&m.spec, "")
 		h.acquire(t.Context(), nil)
 		held := h.hold(context.Background(), time.Now().Add(-time.Millisecond), 0)
 		m.current.Store(h)

@@ -146,20 +146,20 @@ func TestRoundsDoNotWaitForHungNodes(t *testing.T) {
 }
 
 func TestOutcomeToken(t *testing.T) {
-	out := outcome{
-		replies: []reply{
-			{answered: true, ok: true, counter: 7},
-			{answered: true, ok: false, counter: 99},
-			{answered: true, ok: true, counter: 41},
-			{answered: false, ok: true, counter: 3},
+	out := outcome[uint64]{
+		replies: []reply[uint64]{
+			{answered: true, ok: true, value: 7},
+			{answered: true, ok: false, value: 99},
+			{answered: true, ok: true, value: 41},
+			{answered: false, ok: true, value: 3},
 		},
 	}
 	// Node 1 refused and node 3 has not answered: only granting nodes count.
-	if got, want := out.token(), uint64(42); got != want {
-		t.Errorf("token() = %d; want %d", got, want)
+	if got, want := fencingToken(out), uint64(42); got != want {
+		t.Errorf("fencingToken = %d; want %d", got, want)
 	}
-	if got, want := (outcome{replies: []reply{{answered: true, ok: true}}}).token(), uint64(1); got != want {
-		t.Errorf("token() with no counters = %d; want %d", got, want)
+	if got, want := fencingToken(outcome[uint64]{replies: []reply[uint64]{{answered: true, ok: true}}}), uint64(1); got != want {
+		t.Errorf("fencingToken with no counters = %d; want %d", got, want)
 	}
 }
 
@@ -182,17 +182,17 @@ func TestCallsOfAnEndedHoldingAreNotSent(t *testing.T) {
 	}
 	// As if the watchdog had decided on a repair, and the acquisition round
 	// on a grant, just before Unlock began: the calls reach the workers now.
-	timeout := m.cfg.perNodeTimeout()
-	for _, spec := range []roundSpec{
-		{call: m.repairCall(h.value, until), timeout: timeout, kind: repairRound, holding: h, live: h.isHeld},
-		{call: m.acquireCall(h.value), timeout: timeout, kind: acquireRound, holding: h, live: h.acquiringOrHeld},
-	} {
-		heard := 0
-		c.launch(t.Context(), spec).wait(t.Context(), func(int, reply, int) bool {
-			heard++
-			return heard == len(c.nodes)
-		})
+	timeout := m.spec.nodeTimeout
+	heard := 0
+	all := func(int, reply[none], int) bool {
+		heard++
+		return heard == len(c.nodes)
 	}
+	launch(c, t.Context(), roundSpec[none]{call: m.kind.repair(h.value, until), timeout: timeout, heard: (*repairing)(h), live: (*holding)(h)}).wait(t.Context(), all)
+	heard = 0
+	launch(c, t.Context(), roundSpec[uint64]{call: m.kind.grant(h.value), timeout: timeout, heard: (*granting)(h), live: (*unended)(h)}).wait(t.Context(), func(i int, _ reply[uint64], hung int) bool {
+		return all(i, reply[none]{}, hung)
+	})
 	settle(t, c.nodes)
 	for i, hook := range hooks {
 		if sent := hook.sent(nil)[before[i]:]; len(sent) > 0 {

@@ -1,0 +1,237 @@
+package redlock
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// mutexKind is the Mutex's kind of lease: one key per lock, which a holder
+// sets to its value with SET NX PX and deletes with a compare-and-delete,
+// as every Redlock client does; a fencing counter beside it; and a queue of
+// waiters, whose releases wake the next. It makes the calls of the rounds
+// over the lock's nodes; its arguments are made once, so that each call
+// does not convert them again.
+type mutexKind struct {
+	client      *Client
+	key         string
+	fencing     bool
+	guard       time.Duration // the restart guard, or 0
+	keyArg      any           // the lock's key
+	keyAndFence []any         // the lock's key and its fencing counter
+	releaseKeys []any         // the lock's key and its queue
+	ttlMillis   any           // the TTL in milliseconds
+}
+
+// The lock's other keys are named after its key, in the same hash slot.
+const (
+	fenceSuffix = ":fence"    // the fencing counter
+	queueSuffix = ":waiters"  // the queue of waiters
+	markSuffix  = ":waiters:" // + waiter id: 'alive' while it calls, 'left' once it gave up
+)
+
+func newMutexKind(c *Client, key string, cfg *config) mutexKind {
+	return mutexKind{
+		client:      c,
+		key:         key,
+		fencing:     cfg.fencing,
+		guard:       cfg.restartGuard,
+		keyArg:      key,
+		keyAndFence: []any{key, key + fenceSuffix},
+		releaseKeys: []any{key, key + queueSuffix},
+		ttlMillis:   cfg.ttl.Milliseconds(),
+	}
+}
+
+// grant asks a node for the lock. With fencing it also reads the node's
+// counter; with a restart guard, a node up for less than guard does not vote:
+// its grant comes back as an error (and is released if the round fails).
+//
+// Without either, a node gets a plain SET NX, with no script to parse and
+// run on the server, once a script has run there: the lock is extended and
+// released by scripts, and a user whose ACL denies them must not take a
+// lock it cannot give back, so until then the acquisition goes through the
+// script, whose denial fails it for good. A node whose client sends
+// commands again by itself also gets the script: a resent SET NX that finds
+// the key its lost first copy set answers as a refusal, and the script
+// knows the key for its own.
+func (k *mutexKind) grant(value string) nodeCall[uint64] {
+	guard, fencing := k.guard, k.fencing
+	// The arguments are shared by the node calls, which only read them.
+	args := []any{"set", k.keyArg, value, "px", k.ttlMillis, "nx"}
+	if !fencing && guard == 0 && !k.client.retries && k.client.scriptsRunEverywhere() {
+		return func(ctx context.Context, n *node, live liveness) reply[uint64] {
+			return setNX[uint64](ctx, n, live, args)
+		}
+	}
+	acquire := prepare(acquireScript, k.keyAndFence, value, k.ttlMillis, flag(fencing), flag(guard > 0))
+	return func(ctx context.Context, n *node, live liveness) reply[uint64] {
+		if fencing || guard > 0 || n.retries || !n.scriptsRun.Load() {
+			return k.acquireScripted(ctx, n, live, acquire)
+		}
+		return setNX[uint64](ctx, n, live, args)
+	}
+}
+
+// acquireScripted runs the acquire script on n and reads its reply.
+func (k *mutexKind) acquireScripted(ctx context.Context, n *node, live liveness, acquire prepared) reply[uint64] {
+	res, err := acquire.run(ctx, n, live).Slice()
+	if err != nil {
+		return reply[uint64]{err: err}
+	}
+	if len(res) != 4 {
+		return reply[uint64]{err: fmt.Errorf("acquire script returned %d values; want 4", len(res))}
+	}
+	granted, _ := res[0].(int64)
+	counterText, _ := res[1].(string)
+	runID, _ := res[2].(string)
+	uptime, _ := res[3].(int64)
+	if k.guard > 0 {
+		k.client.noticeRestart(n, runID, uptime)
+		if up := time.Duration(uptime) * time.Second; up < k.guard {
+			return reply[uint64]{err: fmt.Errorf("%w: up for %v, less than the restart guard %v", errRecentlyRestarted, up, k.guard)}
+		}
+	}
+	if granted != 1 {
+		return reply[uint64]{}
+	}
+	counter, err := strconv.ParseUint(counterText, 10, 64)
+	if err != nil {
+		return reply[uint64]{err: fmt.Errorf("fencing counter %q: %w", counterText, err)}
+	}
+	return reply[uint64]{ok: true, value: counter}
+}
+
+// setNX sends args, a SET ... NX, and reads the reply. If the command had to
+// be sent again and the server refused it, the refusal may be the key that
+// the lost first copy set: the key is read to tell.
+func setNX[R any](ctx context.Context, n *node, live liveness, args []any) reply[R] {
+	cmd, resent := send(ctx, n, live, redis.NewStatusCmd, args)
+	err := cmd.Err()
+	if err == redis.Nil && resent {
+		value, getErr := n.client.Get(ctx, args[1].(string)).Result()
+		if getErr != nil && getErr != redis.Nil {
+			return reply[R]{err: getErr}
+		}
+		return reply[R]{ok: value == args[2]}
+	}
+	if err == redis.Nil {
+		return reply[R]{}
+	}
+	return reply[R]{ok: err == nil, err: err}
+}
+
+// fence records token on a node while value still holds the lock there.
+func (k *mutexKind) fence(value string, token uint64) nodeCall[none] {
+	fence := prepare(fenceScript, k.keyAndFence, value, token)
+	return func(ctx context.Context, n *node, live liveness) reply[none] {
+		res, err := fence.run(ctx, n, live).Int64()
+		return reply[none]{ok: err == nil && res == 1, err: err}
+	}
+}
+
+// The release script's channel prefix argument, boxed once: "" wakes no one.
+var wakeArgs = [2]any{"", wakeChannelPrefix}
+
+// release deletes the key if value still holds it. With wake it also takes
+// the holder's own waiter id (if any) out of the lock's queue and wakes the
+// next live waiter, by publishing its id on the channel of the waiter's
+// Client, which the script finds from the id.
+func (k *mutexKind) release(value, waiter string, wake bool) nodeCall[releaseReport] {
+	channelPrefix := wakeArgs[0]
+	if wake {
+		channelPrefix = wakeArgs[1]
+	}
+	release := prepare(releaseScript, k.releaseKeys, value, channelPrefix, waiter)
+	return func(ctx context.Context, n *node, live liveness) reply[releaseReport] {
+		cmd, resent := release.runResent(ctx, n, live)
+		res, err := cmd.Int64()
+		if err == nil && res == 0 && (resent || n.retries) {
+			// The key may be gone because an earlier copy, whose reply was
+			// lost, deleted it: not a sign that the lock was lost.
+			res = 1
+		}
+		ok := err == nil && res >= 1
+		return reply[releaseReport]{ok: ok, err: err, value: releaseReport{woke: ok && res == 2, unheard: ok && res == 3}}
+	}
+}
+
+// repair puts the key back, with SET NX, on a node that lost it. The key
+// lives until until at the latest: its PX is what is left of the validity
+// at the round's deadline, after which go-redis does not send the command
+// (a pooled connection is waited for no longer than the context allows).
+func (k *mutexKind) repair(value string, until time.Time) nodeCall[none] {
+	return func(ctx context.Context, n *node, live liveness) reply[none] {
+		deadline, _ := ctx.Deadline()
+		px := until.Sub(deadline).Milliseconds()
+		if px < 1 {
+			return reply[none]{err: errTooLate}
+		}
+		return setNX[none](ctx, n, live, []any{"set", k.keyArg, value, "px", px, "nx"})
+	}
+}
+
+// extension is the key and TTL of extend.lua for any value.
+func (k *mutexKind) extension(string) (key, ttl any) { return k.keyArg, k.ttlMillis }
+
+// forgetting deletes the key where it holds a leftover value.
+func (k *mutexKind) forgetting() forgetting { return forgetting{forgetScript, k.key} }
+
+// Modes of enqueue.
+const (
+	enqueueLast  = "0"
+	enqueueFirst = "1"
+	dequeue      = "-"
+)
+
+// enqueue puts waiter in the lock's queue on a node, or takes it out, as
+// mode says; the waiter counts as alive for aliveTTL, and the queue lives
+// for queueTTL after its last change (see retryPolicy). The reply names
+// the value that holds the lock on the node.
+func (k *mutexKind) enqueue(waiter, mode string, aliveTTL, queueTTL time.Duration) nodeCall[string] {
+	keys := []any{k.key + queueSuffix, k.key, k.key + markSuffix + waiter}
+	enqueue := prepare(enqueueScript, keys, waiter, mode, aliveTTL.Milliseconds(), queueTTL.Milliseconds())
+	return func(ctx context.Context, n *node, live liveness) reply[string] {
+		holder, err := enqueue.run(ctx, n, live).Text()
+		if err == redis.Nil {
+			return reply[string]{ok: true}
+		}
+		return reply[string]{ok: err == nil, value: holder, err: err}
+	}
+}
+
+// nodeStatus is what one node says of a lock.
+type nodeStatus struct {
+	holder  string        // the value that holds the key, or ""
+	ttl     time.Duration // the key's PTTL
+	waiters int           // the live waiters queued
+}
+
+// status reads the lock's value, its PTTL and its live waiters on a node.
+func (k *mutexKind) status() nodeCall[nodeStatus] {
+	status := prepare(statusScript, k.releaseKeys, maxStatusWaiters)
+	return func(ctx context.Context, n *node, live liveness) reply[nodeStatus] {
+		res, err := status.run(ctx, n, live).Slice()
+		if err == nil && len(res) != 3 {
+			err = fmt.Errorf("status script returned %d values; want 3", len(res))
+		}
+		if err != nil {
+			return reply[nodeStatus]{err: err}
+		}
+		value, _ := res[0].(string)
+		pttl, _ := res[1].(int64)
+		waiting, _ := res[2].(int64)
+		ttl := time.Duration(pttl) * time.Millisecond
+		switch {
+		case value == "":
+			ttl = 0
+		case pttl == -1: // no expiry
+			ttl = math.MaxInt64
+		}
+		return reply[nodeStatus]{ok: true, value: nodeStatus{holder: value, ttl: ttl, waiters: int(waiting)}}
+	}
+}
