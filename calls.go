@@ -100,15 +100,18 @@ func (p prepared) runResent(ctx context.Context, n *node) (*redis.Cmd, bool) {
 type mutexArgs struct {
 	key         any   // the lock's key
 	keyAndFence []any // the lock's key and its fencing counter
-	releaseKeys []any // the lock's key and its queue
+	releaseKeys []any // the lock's key, its queue and its live waiters
+	enqueueKeys []any // the lock's queue, its key, its live waiters and those that left
 	ttlMillis   any   // the TTL in milliseconds
 }
 
 // The lock's other keys are named after its key, in the same hash slot.
+// Every key a script touches is one of them, named in its KEYS.
 const (
 	fenceSuffix    = ":fence"           // the fencing counter
 	queueSuffix    = ":waiters"         // the queue of waiters
-	markSuffix     = ":waiters:"        // + waiter id: 'alive' while it calls, 'left' once it gave up
+	aliveSuffix    = ":waiters:alive"   // waiter ids, scored with the time until which they count as alive
+	leftSuffix     = ":waiters:left"    // ids of waiters that gave up, scored with the time until which they stay out
 	identitySuffix = "identity:client:" // after the key prefix, + Client id: see identifyCall
 )
 
@@ -116,7 +119,8 @@ func newMutexArgs(key string, ttl time.Duration) mutexArgs {
 	return mutexArgs{
 		key:         key,
 		keyAndFence: []any{key, key + fenceSuffix},
-		releaseKeys: []any{key, key + queueSuffix},
+		releaseKeys: []any{key, key + queueSuffix, key + aliveSuffix},
+		enqueueKeys: []any{key + queueSuffix, key, key + aliveSuffix, key + leftSuffix},
 		ttlMillis:   ttl.Milliseconds(),
 	}
 }
@@ -279,9 +283,7 @@ const (
 // enqueueCall puts waiter in the lock's queue on a node, or takes it out.
 // The reply names the value that holds the lock on the node.
 func (m *Mutex) enqueueCall(waiter, mode string) nodeCall {
-	key := m.key
-	keys := []any{key + queueSuffix, key, key + markSuffix + waiter}
-	enqueue := prepare(enqueueScript, keys, waiter, mode, m.aliveTTL().Milliseconds(), m.queueTTL().Milliseconds())
+	enqueue := prepare(enqueueScript, m.args.enqueueKeys, waiter, mode, m.aliveTTL().Milliseconds(), m.queueTTL().Milliseconds())
 	return func(ctx context.Context, n *node) reply {
 		holder, err := enqueue.run(ctx, n).Text()
 		if err == redis.Nil {
