@@ -318,47 +318,59 @@ func TestDeadWaiterDoesNotAbsorbAWakeUp(t *testing.T) {
 }
 
 // A waiter that left the queue is not queued again by a late call of its
-// own (one sent before it left, which reached a node after), and what it
-// leaves on the server expires.
+// own (one sent before it left, which reached a node after). Each of the
+// waiters' sets drops its entries whose time has passed when it gets a new
+// one, and expires with the queue.
 func TestWaiterThatLeftIsNotQueuedAgain(t *testing.T) {
 	mrs, clients := servers(t, 1)
 	c := newClient(t, clients)
 	m := c.NewMutex("gone")
-	const id = "someclient.waiter"
-	call := func(mode string) {
+	call := func(id, mode string) {
 		t.Helper()
 		if rep := m.enqueueCall(id, mode)(t.Context(), c.nodes[0]); rep.err != nil {
 			t.Fatalf("enqueue %q: %v", mode, rep.err)
 		}
 	}
-	call(enqueueLast)
+	members := func(suffix string) []string {
+		list, _ := mrs[0].ZMembers(m.key + suffix)
+		return list
+	}
+	expired := float64(time.Now().Add(-time.Second).UnixMilli())
+	const id, other = "someclient.waiter", "someclient.other"
+	call(id, enqueueLast)
 	if q := queueOf(mrs[0], "gone"); !slices.Equal(q, []string{id}) {
 		t.Fatalf("queue = %q; want %q", q, id)
 	}
-	call(dequeue)
+	call(id, dequeue)
 	for _, mode := range []string{enqueueLast, enqueueFirst} {
-		call(mode)
+		call(id, mode)
 		if q := queueOf(mrs[0], "gone"); len(q) != 0 {
 			t.Errorf("queue after a late call (mode %q) of a waiter that left = %q; want it empty", mode, q)
 		}
 	}
-	if alive, _ := mrs[0].ZMembers(m.key + aliveSuffix); slices.Contains(alive, id) {
+	if alive := members(aliveSuffix); slices.Contains(alive, id) {
 		t.Errorf("live waiters = %q; want the waiter that left not among them", alive)
 	}
 	if ttl := mrs[0].TTL(m.key + leftSuffix); ttl <= 0 || ttl > m.queueTTL() {
 		t.Errorf("TTL of the waiters that left = %v; want in (0, %v]", ttl, m.queueTTL())
 	}
-	// Once its time out has passed, the next call drops its entry, and it
-	// may queue again.
-	mrs[0].ZAdd(m.key+leftSuffix, float64(time.Now().Add(-time.Second).UnixMilli()), id)
-	call(enqueueLast)
+
+	// Once its time out has passed, it may queue again; a dead waiter's
+	// entry whose time has passed goes when another waiter is added.
+	mrs[0].ZAdd(m.key+leftSuffix, expired, id)
+	mrs[0].ZAdd(m.key+aliveSuffix, expired, "deadclient.waiter")
+	call(id, enqueueLast)
 	if q := queueOf(mrs[0], "gone"); !slices.Equal(q, []string{id}) {
 		t.Errorf("queue after the waiter's time out passed = %q; want %q", q, id)
 	}
-	if left, err := mrs[0].ZMembers(m.key + leftSuffix); len(left) != 0 {
-		t.Errorf("waiters that left = %q (%v); want none", left, err)
+	if alive := members(aliveSuffix); !slices.Equal(alive, []string{id}) {
+		t.Errorf("live waiters = %q; want %q, the dead one dropped", alive, id)
 	}
-	for _, suffix := range []string{queueSuffix, aliveSuffix} {
+	call(other, dequeue)
+	if left := members(leftSuffix); !slices.Equal(left, []string{other}) {
+		t.Errorf("waiters that left = %q; want %q, the one whose time out passed dropped", left, other)
+	}
+	for _, suffix := range []string{queueSuffix, aliveSuffix, leftSuffix} {
 		if ttl := mrs[0].TTL(m.key + suffix); ttl <= 0 || ttl > m.queueTTL() {
 			t.Errorf("TTL of %s = %v; want in (0, %v]", m.key+suffix, ttl, m.queueTTL())
 		}

@@ -11,32 +11,31 @@
 -- remove it; ARGV[3] how long, in milliseconds, the waiter counts as alive
 -- without calling again; ARGV[4] how long the queue and both sets outlive
 -- their last call, and a waiter that left stays so.
--- The entries whose time has passed are dropped from both sets, and every
--- call gives the queue and both sets ARGV[4] to live, so that nothing grows
--- without bound or lingers once nobody waits.
+-- A set that gets an entry first loses those whose time has passed, and
+-- then lives as long as the queue, so that nothing grows without bound or
+-- lingers once nobody waits.
 -- Returns the value that holds the lock on this node, or nil.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-local holder = false
 if ARGV[2] == '-' then
   redis.call('LREM', KEYS[1], 0, ARGV[1])
   redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
   redis.call('ZADD', KEYS[4], now + tonumber(ARGV[4]), ARGV[1])
-elseif redis.call('ZSCORE', KEYS[4], ARGV[1]) then
-  holder = redis.call('GET', KEYS[2])
-else
-  if ARGV[2] == '1' then
-    redis.call('LREM', KEYS[1], 0, ARGV[1])
-    redis.call('LPUSH', KEYS[1], ARGV[1])
-  elseif not redis.call('LPOS', KEYS[1], ARGV[1]) then
-    redis.call('RPUSH', KEYS[1], ARGV[1])
-  end
-  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
-  holder = redis.call('GET', KEYS[2])
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+  return false
 end
+if tonumber(redis.call('ZSCORE', KEYS[4], ARGV[1]) or '0') > now then
+  return redis.call('GET', KEYS[2])
+end
+if ARGV[2] == '1' then
+  redis.call('LREM', KEYS[1], 0, ARGV[1])
+  redis.call('LPUSH', KEYS[1], ARGV[1])
+elseif not redis.call('LPOS', KEYS[1], ARGV[1]) then
+  redis.call('RPUSH', KEYS[1], ARGV[1])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
-redis.call('PEXPIRE', KEYS[4], ARGV[4])
-return holder
+return redis.call('GET', KEYS[2])
