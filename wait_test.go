@@ -275,8 +275,12 @@ func TestDeadWaiterDoesNotAbsorbAWakeUp(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			mrs, clients := servers(t, 3)
 			opts := []Option{WithRetryDelay(10 * time.Second), WithRetryJitter(0)}
-			holder := newClient(t, clients, opts...).NewMutex("dead")
+			releaser := newClient(t, clients, opts...)
+			holder := releaser.NewMutex("dead")
 			holder.Lock()
+			// A grant still in flight at Unlock is released without a
+			// wake-up, which pops no waiter.
+			waitFor(t, "every server to grant", func() bool { return keysOn(mrs, holder.key) == len(mrs) })
 			waiter := newClient(t, clients, opts...).NewMutex("dead")
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
@@ -307,6 +311,7 @@ func TestDeadWaiterDoesNotAbsorbAWakeUp(t *testing.T) {
 				<-got
 				t.Fatal("the waiter was not woken within 3s of the release; the dead waiter took its wake-up")
 			}
+			settle(t, releaser.nodes) // Unlock returned at a quorum of releases
 			for i, mr := range mrs {
 				if alive, _ := mr.ZMembers(holder.key + aliveSuffix); slices.Contains(alive, dead) {
 					t.Errorf("live waiters on server %d after the release = %q; want the dead one dropped", i, alive)
