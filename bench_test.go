@@ -118,7 +118,7 @@ func BenchmarkReleaseCall(b *testing.B) {
 		}
 	})
 	b.Run("redis.Script", func(b *testing.B) {
-		keys := []string{m.key, m.key + queueSuffix}
+		keys := []string{m.key, m.key + queueSuffix, m.key + aliveSuffix}
 		b.ReportAllocs()
 		for b.Loop() {
 			if err := releaseScript.Run(ctx, n.client, keys, "value", wakeChannelPrefix, "").Err(); err != nil {

@@ -23,15 +23,18 @@ type mutexKind struct {
 	guard       time.Duration // the restart guard, or 0
 	keyArg      any           // the lock's key
 	keyAndFence []any         // the lock's key and its fencing counter
-	releaseKeys []any         // the lock's key and its queue
+	releaseKeys []any         // the lock's key, its queue and its live waiters
+	enqueueKeys []any         // the lock's queue, its key, its live waiters and those that left
 	ttlMillis   any           // the TTL in milliseconds
 }
 
 // The lock's other keys are named after its key, in the same hash slot.
+// Every key a script touches is one of them, named in its KEYS.
 const (
-	fenceSuffix = ":fence"    // the fencing counter
-	queueSuffix = ":waiters"  // the queue of waiters
-	markSuffix  = ":waiters:" // + waiter id: 'alive' while it calls, 'left' once it gave up
+	fenceSuffix = ":fence"         // the fencing counter
+	queueSuffix = ":waiters"       // the queue of waiters
+	aliveSuffix = ":waiters:alive" // waiter ids, scored with the time until which they count as alive
+	leftSuffix  = ":waiters:left"  // ids of waiters that gave up, scored with the time until which they stay out
 )
 
 func newMutexKind(c *Client, key string, cfg *config) mutexKind {
@@ -42,7 +45,8 @@ func newMutexKind(c *Client, key string, cfg *config) mutexKind {
 		guard:       cfg.restartGuard,
 		keyArg:      key,
 		keyAndFence: []any{key, key + fenceSuffix},
-		releaseKeys: []any{key, key + queueSuffix},
+		releaseKeys: []any{key, key + queueSuffix, key + aliveSuffix},
+		enqueueKeys: []any{key + queueSuffix, key, key + aliveSuffix, key + leftSuffix},
 		ttlMillis:   cfg.ttl.Milliseconds(),
 	}
 }
@@ -193,8 +197,7 @@ const (
 // for queueTTL after its last change (see retryPolicy). The reply names
 // the value that holds the lock on the node.
 func (k *mutexKind) enqueue(waiter, mode string, aliveTTL, queueTTL time.Duration) nodeCall[string] {
-	keys := []any{k.key + queueSuffix, k.key, k.key + markSuffix + waiter}
-	enqueue := prepare(enqueueScript, keys, waiter, mode, aliveTTL.Milliseconds(), queueTTL.Milliseconds())
+	enqueue := prepare(enqueueScript, k.enqueueKeys, waiter, mode, aliveTTL.Milliseconds(), queueTTL.Milliseconds())
 	return func(ctx context.Context, n *node, live liveness) reply[string] {
 		holder, err := enqueue.run(ctx, n, live).Text()
 		if err == redis.Nil {

@@ -170,3 +170,41 @@ func TestStatusWithAnEndedContextFails(t *testing.T) {
 		t.Errorf("Status with a ctx cancelled before the call succeeded %d times of 200; want an error every time", ok)
 	}
 }
+
+// Status counts only the queued waiters that are alive: not one whose
+// process died, whose time as alive has passed.
+func TestStatusCountsOnlyLiveWaiters(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	opts := []Option{WithRetryDelay(10 * time.Second), WithRetryJitter(0)}
+	holder := newClient(t, clients, opts...).NewMutex("live")
+	holder.Lock()
+	defer holder.Unlock()
+	waiter := newClient(t, clients, opts...).NewMutex("live")
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		waiter.LockContext(ctx)
+	}()
+	defer func() { cancel(); <-done }()
+	waitFor(t, "the waiter to queue", func() bool {
+		for _, mr := range mrs {
+			if len(queueOf(mr, "live")) != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, mr := range mrs {
+		mr.RPush(holder.key+queueSuffix, "deadclient.expired")
+		mr.ZAdd(holder.key+aliveSuffix, float64(time.Now().Add(-time.Second).UnixMilli()), "deadclient.expired")
+		mr.RPush(holder.key+queueSuffix, "deadclient.unknown")
+	}
+	status, err := holder.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status.Waiters != 1 {
+		t.Errorf("Status.Waiters with one live waiter and two dead ones queued = %d; want 1", status.Waiters)
+	}
+}

@@ -11,10 +11,10 @@ import (
 )
 
 // retryPolicy is how a waiter spaces its attempts, and so how long its
-// place in the lock's queue must last without it. enqueue.lua keeps a
-// queued waiter's mark alive for aliveTTL and the queue for queueTTL after
-// each call; release.lua and status.lua skip waiters whose mark has
-// expired. Both TTLs are derived here, from the delays that space the
+// place in the lock's queue must last without it. enqueue.lua counts a
+// queued waiter as alive for aliveTTL after each of its calls (its score in
+// the lock's set of live waiters) and keeps the queue for queueTTL;
+// release.lua and status.lua skip waiters whose time has passed. Both TTLs are derived here, from the delays that space the
 // calls which refresh them, so that a change of policy changes them too.
 type retryPolicy struct {
 	delay       time.Duration // base delay between attempts
@@ -56,7 +56,7 @@ func (p retryPolicy) longestPoll() time.Duration {
 
 // aliveTTL is how long a queued waiter counts as alive without calling
 // again: three of its longest polls. A release skips the ids of waiters
-// whose mark has expired: their process died without leaving the queue.
+// whose time has passed: their process died without leaving the queue.
 func (p retryPolicy) aliveTTL() time.Duration { return 3 * p.longestPoll() }
 
 // queueTTL is how long a lock's queue outlives its last change: long enough

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -260,29 +261,125 @@ func TestLeftoverKeysOfFailedAttemptsDoNotStallAWaiter(t *testing.T) {
 	m.Unlock()
 }
 
-// The id of a waiter whose process died does not absorb a wake-up.
+// The id of a waiter whose process died does not absorb a wake-up: a
+// release skips it, whether it never counted as alive on the server or its
+// time as alive has passed, drops it from the live waiters, and wakes the
+// next waiter.
 func TestDeadWaiterDoesNotAbsorbAWakeUp(t *testing.T) {
-	mrs, clients := servers(t, 3)
-	opts := []Option{WithRetryDelay(10 * time.Second), WithRetryJitter(0)}
-	holder := newClient(t, clients, opts...).NewMutex("dead")
-	holder.Lock()
-	// A waiter of a process that died is first in the queue.
-	for _, mr := range mrs {
-		mr.Lpush(holder.key+queueSuffix, "deadclient.deadwaiter")
+	for _, tt := range []struct {
+		name  string
+		alive time.Duration // how long the dead waiter counts as alive; 0: not at all
+	}{
+		{"not alive", 0},
+		{"time as alive passed", -time.Second},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			mrs, clients := servers(t, 3)
+			opts := []Option{WithRetryDelay(10 * time.Second), WithRetryJitter(0)}
+			releaser := newClient(t, clients, opts...)
+			holder := releaser.NewMutex("dead")
+			holder.Lock()
+			// A grant still in flight at Unlock is released without a
+			// wake-up, which pops no waiter.
+			waitFor(t, "every server to grant", func() bool { return keysOn(mrs, holder.key) == len(mrs) })
+			waiter := newClient(t, clients, opts...).NewMutex("dead")
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			got := make(chan error, 1)
+			go func() {
+				_, err := waiter.LockContext(ctx)
+				got <- err
+			}()
+			waitFor(t, "the waiter to queue", func() bool { return len(queueOf(mrs[0], "dead")) == 1 })
+			// A waiter of a process that died is first in the queue. The
+			// live waiter polls every 100s: no call of its own drops the
+			// dead one's entry before the release.
+			const dead = "deadclient.deadwaiter"
+			for _, mr := range mrs {
+				mr.Lpush(holder.key+queueSuffix, dead)
+				if tt.alive != 0 {
+					mr.ZAdd(holder.key+aliveSuffix, float64(time.Now().Add(tt.alive).UnixMilli()), dead)
+				}
+			}
+			holder.Unlock()
+			select {
+			case err := <-got:
+				if err != nil {
+					t.Fatalf("LockContext = %v; want the lock", err)
+				}
+			case <-time.After(3 * time.Second):
+				cancel()
+				<-got
+				t.Fatal("the waiter was not woken within 3s of the release; the dead waiter took its wake-up")
+			}
+			settle(t, releaser.nodes) // Unlock returned at a quorum of releases
+			for i, mr := range mrs {
+				if alive, _ := mr.ZMembers(holder.key + aliveSuffix); slices.Contains(alive, dead) {
+					t.Errorf("live waiters on server %d after the release = %q; want the dead one dropped", i, alive)
+				}
+			}
+			waiter.Unlock()
+		})
 	}
-	waiter := newClient(t, clients, opts...).NewMutex("dead")
-	got := make(chan struct{})
-	go func() {
-		waiter.Lock()
-		close(got)
-	}()
-	waitFor(t, "the waiter to queue", func() bool { return len(queueOf(mrs[0], "dead")) == 2 })
-	holder.Unlock()
-	select {
-	case <-got:
-		waiter.Unlock()
-	case <-time.After(3 * time.Second):
-		t.Fatal("the waiter was not woken within 3s of the release; the dead waiter took its wake-up")
+}
+
+// A waiter that left the queue is not queued again by a late call of its
+// own (one sent before it left, which reached a node after). Each of the
+// waiters' sets drops its entries whose time has passed when it gets a new
+// one, and expires with the queue.
+func TestWaiterThatLeftIsNotQueuedAgain(t *testing.T) {
+	mrs, clients := servers(t, 1)
+	c := newClient(t, clients)
+	m := c.NewMutex("gone")
+	call := func(id, mode string) {
+		t.Helper()
+		if rep := m.kind.enqueue(id, mode, m.retry.aliveTTL(), m.retry.queueTTL())(t.Context(), c.nodes[0], nil); rep.err != nil {
+			t.Fatalf("enqueue %q: %v", mode, rep.err)
+		}
+	}
+	members := func(suffix string) []string {
+		list, _ := mrs[0].ZMembers(m.key + suffix)
+		return list
+	}
+	expired := float64(time.Now().Add(-time.Second).UnixMilli())
+	const id, other = "someclient.waiter", "someclient.other"
+	call(id, enqueueLast)
+	if q := queueOf(mrs[0], "gone"); !slices.Equal(q, []string{id}) {
+		t.Fatalf("queue = %q; want %q", q, id)
+	}
+	call(id, dequeue)
+	for _, mode := range []string{enqueueLast, enqueueFirst} {
+		call(id, mode)
+		if q := queueOf(mrs[0], "gone"); len(q) != 0 {
+			t.Errorf("queue after a late call (mode %q) of a waiter that left = %q; want it empty", mode, q)
+		}
+	}
+	if alive := members(aliveSuffix); slices.Contains(alive, id) {
+		t.Errorf("live waiters = %q; want the waiter that left not among them", alive)
+	}
+	if ttl := mrs[0].TTL(m.key + leftSuffix); ttl <= 0 || ttl > m.retry.queueTTL() {
+		t.Errorf("TTL of the waiters that left = %v; want in (0, %v]", ttl, m.retry.queueTTL())
+	}
+
+	// Once its time out has passed, it may queue again; a dead waiter's
+	// entry whose time has passed goes when another waiter is added.
+	mrs[0].ZAdd(m.key+leftSuffix, expired, id)
+	mrs[0].ZAdd(m.key+aliveSuffix, expired, "deadclient.waiter")
+	call(id, enqueueLast)
+	if q := queueOf(mrs[0], "gone"); !slices.Equal(q, []string{id}) {
+		t.Errorf("queue after the waiter's time out passed = %q; want %q", q, id)
+	}
+	if alive := members(aliveSuffix); !slices.Equal(alive, []string{id}) {
+		t.Errorf("live waiters = %q; want %q, the dead one dropped", alive, id)
+	}
+	call(other, dequeue)
+	if left := members(leftSuffix); !slices.Equal(left, []string{other}) {
+		t.Errorf("waiters that left = %q; want %q, the one whose time out passed dropped", left, other)
+	}
+	for _, suffix := range []string{queueSuffix, aliveSuffix, leftSuffix} {
+		if ttl := mrs[0].TTL(m.key + suffix); ttl <= 0 || ttl > m.retry.queueTTL() {
+			t.Errorf("TTL of %s = %v; want in (0, %v]", m.key+suffix, ttl, m.retry.queueTTL())
+		}
 	}
 }
 
@@ -326,11 +423,12 @@ func TestTinyRetryDelaysStillQueue(t *testing.T) {
 	}()
 	waitFor(t, "the waiter to queue", func() bool { return len(queueOf(mrs[0], "tiny")) == 1 })
 	id := queueOf(mrs[0], "tiny")[0]
-	mark, _ := mrs[0].Get(m.key + markSuffix + id)
+	alive, err := mrs[0].ZScore(m.key+aliveSuffix, id)
+	now := time.Now()
 	cancel()
 	<-done
-	if mark != "alive" {
-		t.Errorf("mark of a queued waiter = %q; want alive", mark)
+	if until := time.UnixMilli(int64(alive)); err != nil || !until.After(now) {
+		t.Errorf("a queued waiter counts as alive until %v (%v); want after now, %v", until, err, now)
 	}
 	if ttl := m.retry.aliveTTL(); ttl < 2*m.cfg.perNodeTimeout() {
 		t.Errorf("aliveTTL() = %v; want at least two node timeouts, %v", ttl, 2*m.cfg.perNodeTimeout())
