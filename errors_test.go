@@ -3,7 +3,11 @@ package redlock
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -164,5 +168,28 @@ func TestFencingRoundThatFindsNoGrantIsNotTaken(t *testing.T) {
 	}
 	if !errors.Is(err, ErrNoQuorum) {
 		t.Errorf("TryLockContext = %v; want ErrNoQuorum: the quorum's grants vanished", err)
+	}
+}
+
+// Every error of a call never sent says so, by its type: there is no list
+// of them to keep.
+func TestErrorsOfCallsNeverSent(t *testing.T) {
+	for _, err := range []error{errTooBusy, errReleaseOnAnswer, errNotRepaired, errTooLate, errEnded, errNodesClosed, errUnidentified,
+		asSent(redis.ErrClosed), asSent(fmt.Errorf("wrapped: %w", redis.ErrClosed)), neverSent(errors.New("any"))} {
+		if !notSent(err) || !neverRan(err) || maybeRan(err) {
+			t.Errorf("%v: notSent %v, neverRan %v, maybeRan %v; want true, true, false", err, notSent(err), neverRan(err), maybeRan(err))
+		}
+	}
+	for _, err := range []error{nil, redis.Nil, context.DeadlineExceeded, io.EOF, ErrClosed} {
+		if notSent(err) {
+			t.Errorf("notSent(%v) = true; want false", err)
+		}
+	}
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+	if !neverRan(refused) || maybeRan(refused) || notSent(refused) {
+		t.Errorf("a refused dial: neverRan %v, maybeRan %v, notSent %v; want true, false, false", neverRan(refused), maybeRan(refused), notSent(refused))
+	}
+	if !maybeRan(io.EOF) || !maybeRan(context.DeadlineExceeded) {
+		t.Error("a lost reply (EOF, a deadline) must count as maybe run")
 	}
 }
