@@ -37,6 +37,16 @@ const (
 	chaosPerProc  = 2 // goroutines per worker process, each with its own Mutex
 	chaosLock     = "chaos"
 	chaosFenceKey = "chaos:fenced"
+	chaosOverKey  = "chaos:over" // set in the resource when workers should stop
+
+	chaosGuard       = 2 * chaosTTL // the restart guard, where a scenario uses it
+	chaosWaitTimeout = 300 * time.Millisecond
+	chaosNodeTimeout = chaosTTL / 10 // the default node timeout
+	// chaosRoundSlack allows for the rounds themselves on a loaded 2-core
+	// machine, where every worker runs under -race: with two links cut, a
+	// round needs all three other servers to answer within the node
+	// timeout, and a holder that misses it loses the lock at its deadline.
+	chaosRoundSlack = 20 * chaosNodeTimeout
 )
 
 // monotonic reads CLOCK_MONOTONIC, which every process on the machine shares.
@@ -55,7 +65,7 @@ type workerParams struct {
 	Guard    bool   // use the restart guard
 	HoldMin  time.Duration
 	HoldMax  time.Duration
-	Until    int64 // monotonic deadline for starting sections
+	Until    int64 // monotonic deadline for starting sections, if chaosOverKey is not set first
 	Out      string
 }
 
@@ -96,6 +106,8 @@ func chaosSection(m *redlock.Mutex, resource *redis.Client, p workerParams) (s s
 		return s, false
 	}
 	s = section{PID: os.Getpid(), Token: m.Token(), Enter: monotonic()}
+	workerTracer.event("enter", "token", s.Token)
+	defer func() { workerTracer.event("exit", "token", s.Token, "heldEnd", s.HeldEnd) }()
 	var heldEnd atomic.Int64
 	stop := context.AfterFunc(held, func() { heldEnd.Store(monotonic()) })
 	write := func() bool {
@@ -144,11 +156,14 @@ func TestChaosWorker(t *testing.T) {
 	redis.SetLogger(quietLogger{})
 	// Quick retries, so that a second holder gets in as soon as the
 	// algorithm lets it: the checker should see every unsafe window.
-	opts := []redlock.Option{redlock.WithTTL(chaosTTL), redlock.WithFencing(), redlock.WithWaitTimeout(300 * time.Millisecond),
+	opts := []redlock.Option{redlock.WithTTL(chaosTTL), redlock.WithFencing(), redlock.WithWaitTimeout(chaosWaitTimeout),
 		redlock.WithRetryDelay(5 * time.Millisecond), redlock.WithRetryJitter(10 * time.Millisecond), redlock.WithLogger(slogDiscard)}
 	if p.Guard {
-		opts = append(opts, redlock.WithRestartGuard(2*chaosTTL))
+		opts = append(opts, redlock.WithRestartGuard(chaosGuard))
 	}
+	workerTracer = newTracer(fmt.Sprintf("worker-%d.jsonl", os.Getpid()))
+	defer workerTracer.close()
+	opts = append(opts, workerTraceOptions(workerTracer)...)
 	client, err := redlock.Dial(p.URLs, opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -163,7 +178,7 @@ func TestChaosWorker(t *testing.T) {
 	for range chaosPerProc {
 		m := client.NewMutex(chaosLock)
 		wg.Go(func() {
-			for monotonic() < p.Until {
+			for monotonic() < p.Until && resource.Exists(context.Background(), chaosOverKey).Val() == 0 {
 				s, ok := chaosSection(m, resource, p)
 				if !ok {
 					continue
@@ -189,22 +204,43 @@ type chaosEnv struct {
 	proxies  []*faultProxy // the workers' links to the servers
 	workers  []*exec.Cmd
 	faultAt  atomic.Int64 // monotonic time of the fault that should cost a holder its lock
+	sc       scenario
+	tr       *tracer
 }
 
-func (e *chaosEnv) markFault() { e.faultAt.Store(monotonic()) }
+func (e *chaosEnv) markFault() { e.faultAt.Store(monotonic()); e.tr.event("markFault") }
+
+// newHolderBound is how long the lock may go without a new holder while a
+// quorum of servers can be reached, as the algorithm allows: the holder
+// inside may stay for its whole section (holdMax); a holder left with a
+// minority keeps its keys until they expire (the TTL); a server restarted
+// less than the guard ago does not vote; a waiter gives up after the wait
+// timeout and queues again; and the rounds take their time
+// (chaosRoundSlack).
+func (e *chaosEnv) newHolderBound() time.Duration {
+	bound := e.sc.holdMax + chaosTTL + chaosWaitTimeout + chaosRoundSlack
+	if e.sc.guard {
+		bound += chaosGuard
+	}
+	return bound
+}
 
 // waitNewHolder waits until a section starts after now and returns the
-// holder's PID.
-func (e *chaosEnv) waitNewHolder(timeout time.Duration) int {
+// holder's PID; the test fails if none does within newHolderBound.
+func (e *chaosEnv) waitNewHolder() int {
 	e.t.Helper()
+	timeout := e.newHolderBound()
 	e.resource.Del(context.Background(), "chaos:holder")
+	e.tr.event("waitNewHolder")
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		if pid, err := e.resource.Get(context.Background(), "chaos:holder").Int(); err == nil {
+			e.tr.event("newHolder", "holder", pid)
 			return pid
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+	e.tr.event("noNewHolder")
 	e.t.Fatalf("no new holder within %v", timeout)
 	return 0
 }
@@ -214,7 +250,7 @@ func (e *chaosEnv) waitNewHolder(timeout time.Duration) int {
 // leaves that holder with a minority.
 func splitMajority(e *chaosEnv) {
 	e.cut(3, 4)
-	e.waitNewHolder(5 * time.Second)
+	e.waitNewHolder()
 	e.heal(3, 4)
 }
 
@@ -222,26 +258,32 @@ func (e *chaosEnv) cut(servers ...int) {
 	for _, i := range servers {
 		e.proxies[i].setCut(true)
 	}
+	e.tr.event("cut", "servers", servers)
 }
 
 func (e *chaosEnv) heal(servers ...int) {
 	for _, i := range servers {
 		e.proxies[i].setCut(false)
 	}
+	e.tr.event("heal", "servers", servers)
 }
 
 func (e *chaosEnv) restart(i int) {
 	e.t.Helper()
+	e.tr.event("restart", "server", i)
 	if err := suite.restart(i); err != nil {
 		e.t.Fatal(err)
 	}
+	e.tr.event("restarted", "server", i)
 }
 
 func (e *chaosEnv) kill(i int) {
 	e.t.Helper()
+	e.tr.event("kill", "server", i)
 	if err := suite.kill(i); err != nil {
 		e.t.Fatal(err)
 	}
+	e.tr.event("killed", "server", i)
 }
 
 // scenario is one fault and what the algorithm promises under it.
@@ -358,7 +400,7 @@ func scenarios() []scenario {
 		{
 			name: "pause a majority", duration: 5 * time.Second, holdMin: holdLong[0], holdMax: holdLong[1],
 			fault: func(e *chaosEnv) {
-				e.waitNewHolder(5 * time.Second)
+				e.waitNewHolder()
 				e.markFault()
 				suite.pause(e.t, 0, 1, 2)
 			},
@@ -366,7 +408,7 @@ func scenarios() []scenario {
 		{
 			name: "pause a majority, then thaw", duration: 6 * time.Second, holdMin: holdLong[0], holdMax: holdLong[1],
 			fault: func(e *chaosEnv) {
-				e.waitNewHolder(5 * time.Second)
+				e.waitNewHolder()
 				e.markFault()
 				suite.pause(e.t, 0, 1, 2)
 				time.Sleep(2 * chaosTTL)
@@ -391,7 +433,7 @@ func scenarios() []scenario {
 			name: "holder paused past its TTL", duration: 6 * time.Second, holdMin: long, holdMax: 400 * time.Millisecond,
 			exclusionUnsafe: "a paused process cannot see its held context end; fencing must turn it away",
 			fault: func(e *chaosEnv) {
-				pid := e.waitNewHolder(5 * time.Second)
+				pid := e.waitNewHolder()
 				e.markFault()
 				syscall.Kill(pid, syscall.SIGSTOP)
 				time.Sleep(3 * chaosTTL)
@@ -407,7 +449,7 @@ func scenarios() []scenario {
 // the links to 0 and 1 are cut, so that the next quorum is 2, 3 and 4.
 func forgetCounter(e *chaosEnv) {
 	e.cut(3, 4)
-	e.waitNewHolder(5 * time.Second)
+	e.waitNewHolder()
 	time.Sleep(200 * time.Millisecond)
 	e.kill(2)
 	e.cut(0, 1) // before healing 3 and 4, so no newer token reaches them
@@ -470,20 +512,28 @@ func runScenario(t *testing.T, sc scenario, resource *redis.Client) report {
 	if err := resource.FlushAll(t.Context()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	env := &chaosEnv{t: t, resource: resource, inspect: suite.clients(t, nodeCount)}
+	env := &chaosEnv{t: t, resource: resource, inspect: suite.clients(t, nodeCount), sc: sc, tr: newTracer("test.jsonl")}
+	defer env.tr.close()
+	env.tr.event("scenario", "name", sc.name)
+	sampleCtx, stopSampling := context.WithCancel(context.Background())
+	var sampling sync.WaitGroup
+	sampleServers(sampleCtx, env.tr, &sampling)
+	defer sampling.Wait()
+	defer stopSampling()
 	var urls []string
 	for _, s := range suite.servers {
 		p := newFaultProxy(t, s.addr())
 		env.proxies = append(env.proxies, p)
 		urls = append(urls, "redis://"+p.addr()+"/0")
 	}
+	traceProxies(sampleCtx, env.tr, env.proxies, &sampling)
 	dir := t.TempDir()
 	start := monotonic()
 	until := start + int64(sc.duration)
 	for i := range chaosProcs {
 		params, _ := json.Marshal(workerParams{
 			URLs: urls, Resource: resource.Options().Addr, Guard: sc.guard,
-			HoldMin: sc.holdMin, HoldMax: sc.holdMax, Until: until,
+			HoldMin: sc.holdMin, HoldMax: sc.holdMax, Until: until + int64(time.Minute),
 			Out: filepath.Join(dir, fmt.Sprintf("worker-%d.jsonl", i)),
 		})
 		cmd := exec.Command(os.Args[0], "-test.run=^TestChaosWorker$", "-test.count=1")
@@ -505,6 +555,12 @@ func runScenario(t *testing.T, sc scenario, resource *redis.Client) report {
 	}()
 	time.Sleep(500 * time.Millisecond)
 	sc.fault(env)
+	// A fault may outlast the scenario's duration; the workers run until
+	// both are over, so that a wait for a new holder never outlives them.
+	time.Sleep(time.Duration(until - monotonic()))
+	if err := resource.Set(context.Background(), chaosOverKey, 1, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
 	for i, cmd := range env.workers {
 		if err := cmd.Wait(); err != nil {
 			t.Errorf("worker %d: %v", i, err)
@@ -596,6 +652,7 @@ type faultProxy struct {
 	mu            sync.Mutex
 	cut           bool
 	conns         map[net.Conn]struct{}
+	accepts       atomic.Int64 // connections accepted, for the trace
 }
 
 func newFaultProxy(t *testing.T, upstream string) *faultProxy {
@@ -610,6 +667,14 @@ func newFaultProxy(t *testing.T, upstream string) *faultProxy {
 			client, err := ln.Accept()
 			if err != nil {
 				return
+			}
+			p.accepts.Add(1)
+			if p.isCut() {
+				// Refused before it costs the server a connection: each
+				// call to a cut server makes one, and under quick retries
+				// they starve the links that are not cut.
+				client.Close()
+				continue
 			}
 			server, err := net.Dial("tcp", upstream)
 			if err != nil || !p.track(client, server) {
@@ -649,6 +714,12 @@ func newFaultProxy(t *testing.T, upstream string) *faultProxy {
 	return p
 }
 
+func (p *faultProxy) isCut() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cut
+}
+
 // track registers a connection pair, unless the link is cut.
 func (p *faultProxy) track(conns ...net.Conn) bool {
 	p.mu.Lock()
@@ -686,3 +757,6 @@ func (p *faultProxy) setCut(cut bool) {
 func (p *faultProxy) addr() string { return p.listener.Addr().String() }
 
 var slogDiscard = slog.New(slog.DiscardHandler)
+
+// workerTracer traces a worker process, with REDLOCK_CHAOS_TRACE set.
+var workerTracer *tracer
