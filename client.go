@@ -18,8 +18,9 @@ import (
 //
 // Locks are taken in this order, never the other way: a lease's mu, then
 // the watchdog's mu (a lease joins the watchdog under its own lock); the
-// Client's mu (read), then the notifier's mu, or a node's leftovers' mu. A
-// round's mu, the identity's mu and the eventOrder's mu are taken alone.
+// Client's mu (read), then the notifier's mu, the identity's mu (a round
+// asks why a node is not verified) or a node's leftovers' mu. A round's mu
+// and the eventOrder's mu are taken alone.
 // Observer funcs are called with none of them held.
 type Client struct {
 	nodes []*node
@@ -56,9 +57,11 @@ type Client struct {
 // an error naming the problem if there are no clients, a nil client, the same
 // client or address twice (which would let one server count twice toward a
 // quorum), or an invalid option. Since one server can have several
-// addresses (a name and an IP, a failover client that tells none), the
-// first lock call also checks, by writing a mark on each server, that no
-// two nodes reach the same server, and fails for good if two do. The Client does not
+// addresses (a name and an IP, two DB numbers, a failover client that tells
+// none), the first lock call also checks on the servers, through their
+// script caches, that no two nodes reach the same server, and fails for
+// good if two do; a node not checked yet counts toward no quorum, and every
+// node is checked again once a minute (see identity.go). The Client does not
 // close the given clients. Clients with ContextTimeoutEnabled and
 // MaxRetries -1 serve best: see the README.
 func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
@@ -104,10 +107,7 @@ func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
 	for _, n := range nodes {
 		c.retries = c.retries || n.retries
 	}
-	c.identity.unknown, c.identity.why = make([]bool, len(nodes)), make([]error, len(nodes))
-	for i := range c.identity.unknown {
-		c.identity.unknown[i] = true
-	}
+	c.identity.init(c.notifier.id, len(nodes))
 	return c, nil
 }
 

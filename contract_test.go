@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -264,3 +265,51 @@ func TestRefusedDialLeavesNoLeftover(t *testing.T) {
 
 // discard is a logger that drops every record.
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// A wait that both Close and the end of its context end says both.
+func TestWaitEndedByCloseAndContextSaysBoth(t *testing.T) {
+	_, clients := servers(t, 3)
+	c, err := New(clients, WithLogger(discard()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := c.NewMutex("both")
+	holder.Lock()
+	ctx, cancel := context.WithCancel(t.Context())
+	w := &waiter{m: c.NewMutex("both"), ctx: ctx, waitCtx: ctx}
+	cancel()
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	waitFor(t, "Close to begin", c.isClosing)
+	if err := w.ended(); !errors.Is(err, ErrClosed) || !errors.Is(err, context.Canceled) || !errors.Is(err, ErrNotAcquired) {
+		t.Errorf("ended() with the Client closing and ctx cancelled = %v; want ErrClosed, ErrNotAcquired and context.Canceled", err)
+	}
+	<-closed
+	holder.Unlock()
+}
+
+// A grant whose connection broke after it ran, and whose copy sent again
+// found the server refusing connections, may have landed: the failed
+// attempt releases it. (The lifecycle schedules found this, seed
+// 84352064573028: the refused dial of the second copy was taken for the
+// whole call's fate.)
+func TestGrantThatMayHaveRunBeforeARefusedDialIsReleased(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 5)
+	c := newClient(t, clients, WithLogger(discard()))
+	warm(t, c)
+	m := c.NewMutex("resent")
+	mrs[0].Set(m.key, "other")
+	mrs[1].Set(m.key, "other")
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+	// Nodes 0 and 1 refuse late, so that node 2's grant is sent first.
+	for _, h := range hooks[:2] {
+		h.add(&fault{match: isKind("acquire"), before: 30 * time.Millisecond, times: 1})
+	}
+	hooks[2].add(&fault{match: isKind("acquire"), eof: true, times: 1})
+	hooks[2].add(&fault{match: isKind("acquire"), fail: refused, times: 1})
+	if m.TryLock() {
+		t.Fatal("TryLock succeeded on a lock another holder has on 2 of 3 nodes")
+	}
+	settle(t, c.nodes)
+	waitFor(t, "the grant on node 2 to be released", func() bool { return !mrs[2].Exists(m.key) })
+}

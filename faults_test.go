@@ -356,6 +356,13 @@ func copyReply(cmd redis.Cmder, shadow *redis.Cmd) {
 	case *redis.IntCmd:
 		n, _ := shadow.Val().(int64)
 		cmd.SetVal(n)
+	case *redis.BoolSliceCmd:
+		list, _ := shadow.Val().([]any)
+		bools := make([]bool, len(list))
+		for i, v := range list {
+			bools[i] = v == int64(1)
+		}
+		cmd.SetVal(bools)
 	default:
 		panic(fmt.Sprintf("fault layer: cannot copy a reply into %T", cmd))
 	}
@@ -447,6 +454,8 @@ func classify(node int, ctx context.Context, cmd redis.Cmder) call {
 				c.values = append(c.values, fmt.Sprint(v))
 			}
 		}
+	case "script": // SCRIPT LOAD and EXISTS: the identity check
+		c.kind = "identify"
 	default:
 		c.kind = c.name
 	}
@@ -493,7 +502,6 @@ func scriptKind(shaOrSource string) string {
 		{"release", releaseScript},
 		{"extend", extendScript},
 		{"enqueue", enqueueScript},
-		{"identify", identifyScript},
 		{"forget", forgetScript},
 	} {
 		if shaOrSource == s.script.Hash() || shaOrSource == s.script.source {

@@ -2,7 +2,8 @@ package redlock
 
 import (
 	"context"
-	_ "embed"
+	"crypto/sha1"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -10,142 +11,282 @@ import (
 )
 
 // Addresses cannot prove two servers apart: "127.0.0.1:6379" and
-// "localhost:6379" are one, and a failover client tells none. So each
-// Client checks, on the servers themselves, that no two of its nodes reach
-// the same one before their grants count together: each node writes its
-// index under the Client's mark, unless another node got there first.
-
-var (
-	//go:embed scripts/identify.lua
-	identifySource string
-	identifyScript = newScript(identifySource)
-)
+// "localhost:6379" are one, so are two DB numbers of one server, and a
+// failover client tells no address at all. So a Client checks on the
+// servers themselves that no two of its nodes reach the same one, before it
+// counts a node toward any quorum. Each node loads a script of its own, its
+// fingerprint, into its server's script cache, then asks the server whether
+// it has the fingerprint of any other node of the Client. A server has one
+// script cache, whatever the address or DB it is reached by, so of two
+// nodes on one server, the one that asks last finds the other's. A node is
+// verified once its server has its fingerprint and no other's; only
+// verified nodes are sent a round's calls (see launch). A restart empties a
+// server's script cache, so every node is checked again once a minute.
 
 const (
-	// identitySuffix follows the key prefix in the name of a Client's
-	// mark, and the Client's id follows it.
-	identitySuffix = "identity:client:"
-	// identityTTL is how long a Client's mark lasts on a server.
-	identityTTL = time.Minute
+	// identityRecheck is how often verified nodes are checked again.
+	identityRecheck = time.Minute
+	// identityGraceFactor bounds how long the check waits for the other
+	// nodes once a quorum is verified: that many times as long as the
+	// quorum took, plus a tenth of the node timeout. On a healthy network
+	// every node has answered long before; a node that is slower is
+	// checked all the same, and counts once it answers.
+	identityGraceFactor = 2
 )
 
-// errUnidentified is the reply of a node an acquisition does not call: it
-// has not been shown yet to be a server of its own.
+// errUnidentified is the reply of a node a round does not call: it has not
+// been shown yet to be a server of its own.
 var errUnidentified = neverSent(errors.New("not sent: not yet shown to be a server of its own"))
 
 // identity is what a Client knows of its nodes' servers.
 type identity struct {
-	mu sync.Mutex
-	// unknown[i] says that node i has not been shown yet to be a server
-	// of its own; nil once every node has been.
-	unknown []bool
-	// why[i] is why node i is unknown: what its last check got.
-	why  []error
-	err  error     // nodes found to share a server: permanent
-	next time.Time // no new check before then, while nodes are unknown
+	fingerprints []string // node i's script
+	hashes       []string // their SHA1s, in hex
+
+	mu      sync.Mutex
+	why     []error       // what node i's last check got, while it is not verified
+	err     error         // two nodes reach one server: permanent
+	check   chan struct{} // closed when the check in flight ends; nil if none
+	next    time.Time     // no new check before then
+	pending int           // nodes not verified
 }
 
-// identify returns the nodes an acquisition must not count yet, or an
-// error: permanent if two nodes share a server, or the reasons a quorum of
-// nodes could not be checked. While nodes are unknown it checks again, no
-// more than once a node timeout: every node writes its mark, known ones
-// too, so that an unknown node finds the mark of a known twin. The check
-// waits for every node, up to the node timeout, but for nodes already
-// known to hang; one that answers after that is recorded all the same.
-func (c *Client) identify(ctx context.Context) (skip []error, permanent bool, err error) {
+// init readies the identity of a Client of the given id with nodes nodes,
+// none verified.
+func (id *identity) init(clientID string, nodes int) {
+	id.why, id.pending = make([]error, nodes), nodes
+	for i := range nodes {
+		source := fmt.Sprintf("return 'redlock: fingerprint of node %d of client %s'", i, clientID)
+		sum := sha1.Sum([]byte(source))
+		id.fingerprints = append(id.fingerprints, source)
+		id.hashes = append(id.hashes, hex.EncodeToString(sum[:]))
+	}
+}
+
+// identify makes sure, before an acquisition, that a quorum of nodes is
+// verified, checking the unverified ones if none is being checked and the
+// last check was at least a node timeout ago; a call that finds a check in
+// flight waits for it. It returns an error if two nodes share a server
+// (permanent), or if fewer than a quorum could be verified. The check
+// waits no longer than timeout and ctx allow, nor, once a quorum is
+// verified, longer than twice as long as that took plus a tenth of timeout. Once every node is verified, it
+// starts a check in the background once a minute.
+func (c *Client) identify(ctx context.Context, timeout time.Duration) (permanent bool, err error) {
 	id := &c.identity
-	id.mu.Lock()
-	if id.err != nil || id.unknown == nil || time.Now().Before(id.next) {
+	for {
+		id.mu.Lock()
+		if id.err != nil {
+			defer id.mu.Unlock()
+			return true, id.err
+		}
+		if wait := id.check; wait != nil {
+			id.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return false, ErrNotAcquired // the caller says why
+			}
+		}
+		now := time.Now()
+		if id.pending == 0 {
+			recheck := !now.Before(id.next)
+			if recheck {
+				id.next = now.Add(identityRecheck)
+			}
+			id.mu.Unlock()
+			if recheck {
+				c.recheck(timeout)
+			}
+			return false, nil
+		}
+		if now.Before(id.next) {
+			defer id.mu.Unlock()
+			return false, c.quorumError(nil)
+		}
+		done := make(chan struct{})
+		id.check, id.next = done, now.Add(timeout)
+		id.mu.Unlock()
+		out := c.checkNodes(ctx, timeout)
+		id.mu.Lock()
+		id.check = nil
+		close(done)
+		switch {
+		case ctx.Err() != nil:
+			id.next = time.Time{} // cut short: the next caller checks again
+		case id.pending == 0:
+			id.next = time.Now().Add(identityRecheck)
+		}
+		if id.err != nil {
+			defer id.mu.Unlock()
+			return true, id.err
+		}
 		defer id.mu.Unlock()
-		return id.skip(), id.err != nil, id.err
-	}
-	timeout := c.cfg.perNodeTimeout()
-	id.next = time.Now().Add(timeout)
-	id.mu.Unlock()
-
-	r := launch(c, ctx, roundSpec[none]{call: c.identifyCall(), timeout: timeout})
-	heard := 0
-	out := r.wait(ctx, func(_ int, _ reply[none], pendingHung int) bool {
-		heard++
-		return heard+pendingHung >= len(c.nodes)
-	})
-	id.mu.Lock()
-	defer id.mu.Unlock()
-	if id.err != nil {
-		return nil, true, id.err
-	}
-	for i, rep := range out.replies {
-		if id.unknown != nil && id.unknown[i] {
-			id.why[i] = r.nodeError(i, rep)
+		if err := c.quorumError(out); err != nil {
+			return out.permanentFailures() > len(c.nodes)-quorum(len(c.nodes)), err
 		}
+		return false, nil
 	}
-	if known := len(c.nodes) - countTrue(id.unknown); known < quorum(len(c.nodes)) {
-		id.next = time.Time{} // check again at the next attempt
-		if err := out.notAcquired(); err != nil {
-			return nil, out.permanentFailures() > len(c.nodes)-quorum(len(c.nodes)), err
-		}
-		return nil, false, fmt.Errorf("%w: %d of %d nodes shown to be servers of their own", ErrNoQuorum, known, len(c.nodes))
-	}
-	return id.skip(), false, nil
 }
 
-// skip is the skip of an acquisition round: the nodes still unknown, each
-// with why. id.mu is held.
-func (id *identity) skip() []error {
-	if id.unknown == nil {
+// quorumError is the error of a Client with fewer than a quorum of nodes
+// verified, naming why, or nil. out is the check just made, if any. The
+// identity's mu is held.
+func (c *Client) quorumError(out *outcome[none]) error {
+	id, nodes := &c.identity, len(c.nodes)
+	verified := nodes - id.pending
+	if verified >= quorum(nodes) {
 		return nil
 	}
-	skip := make([]error, len(id.unknown))
-	for i, unknown := range id.unknown {
-		if unknown {
-			skip[i] = errUnidentified
-			if id.why[i] != nil {
-				skip[i] = neverSent(fmt.Errorf("%w: %w", errUnidentified, id.why[i]))
+	if out != nil && out.round.ctxErr != nil {
+		return ErrNotAcquired // the wait ended; the caller says why
+	}
+	var errs []error
+	for i, n := range c.nodes {
+		switch {
+		case n.verified.Load():
+		case id.why[i] != nil:
+			errs = append(errs, n.errorf(id.why[i]))
+		case out != nil:
+			if err := out.round.nodeError(i, out.replies[i]); err != nil {
+				errs = append(errs, err)
 			}
+		}
+	}
+	return fmt.Errorf("%w: %d of %d nodes shown to be servers of their own: %w", ErrNoQuorum, verified, nodes, errors.Join(errs...))
+}
+
+// checkNodes checks the unverified nodes, and waits as identify says.
+func (c *Client) checkNodes(ctx context.Context, timeout time.Duration) *outcome[none] {
+	waitCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	start := time.Now()
+	var grace *time.Timer
+	defer func() {
+		if grace != nil {
+			grace.Stop()
+		}
+	}()
+	r := launch(c, waitCtx, roundSpec[none]{call: c.identifyCall, timeout: timeout, unverified: true, skip: verifiedSkip(c.nodes)})
+	heard := 0
+	out := r.wait(waitCtx, func(_ int, _ reply[none], pendingHung int) bool {
+		heard++
+		if heard+pendingHung >= len(c.nodes) {
+			return true
+		}
+		if grace == nil && c.verifiedCount() >= quorum(len(c.nodes)) {
+			grace = time.AfterFunc(identityGraceFactor*time.Since(start)+timeout/10, cancel)
+		}
+		return false
+	})
+	if ctx.Err() == nil && out.round.ctxErr != nil {
+		out.round.ctxErr = nil // the grace ended the wait, not the caller
+	}
+	return &out
+}
+
+// recheck checks every node again in the background, on the nodes' own
+// goroutines, without waiting.
+func (c *Client) recheck(timeout time.Duration) {
+	for _, n := range c.nodes {
+		n.spawn(timeout, func() {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			c.identifyCall(ctx, n, nil)
+		})
+	}
+}
+
+// verifiedSkip is the skip of a check: the nodes verified already, which
+// need no second look.
+func verifiedSkip(nodes []*node) []error {
+	var skip []error
+	for _, n := range nodes {
+		if n.verified.Load() {
+			if skip == nil {
+				skip = make([]error, len(nodes))
+			}
+			skip[n.index] = errVerified
 		}
 	}
 	return skip
 }
 
-// identifyCall writes the node's index under the Client's mark, unless
-// another node of the Client reached the same server first, and records
-// what the server said, whenever it answers.
-func (c *Client) identifyCall() nodeCall[none] {
-	mark := c.cfg.keyPrefix + identitySuffix + c.notifier.id
-	return func(ctx context.Context, n *node, live liveness) reply[none] {
-		identify := prepare(identifyScript, []any{mark}, n.index, identityTTL.Milliseconds())
-		first, err := identify.run(ctx, n, live).Int64()
-		if err == nil {
-			c.identity.record(n.index, int(first))
-		}
-		return reply[none]{ok: err == nil, err: err}
-	}
+// errVerified is the reply of a verified node a check does not call.
+var errVerified = neverSent(errors.New("not checked: verified already"))
+
+// verifiedCount counts the verified nodes.
+func (c *Client) verifiedCount() int {
+	c.identity.mu.Lock()
+	defer c.identity.mu.Unlock()
+	return len(c.nodes) - c.identity.pending
 }
 
-// record notes that node i's server holds the mark of node first.
-func (id *identity) record(i, first int) {
+// identifyCall loads n's fingerprint on its server, asks which of the
+// Client's fingerprints the server has, and records the answer, whenever it
+// comes.
+func (c *Client) identifyCall(ctx context.Context, n *node, _ liveness) reply[none] {
+	id := &c.identity
+	err := n.client.ScriptLoad(ctx, id.fingerprints[n.index]).Err()
+	var found []bool
+	if err == nil {
+		found, err = n.client.ScriptExists(ctx, id.hashes...).Result()
+	}
+	if err == nil && len(found) != len(c.nodes) {
+		err = fmt.Errorf("SCRIPT EXISTS returned %d values; want %d", len(found), len(c.nodes))
+	}
+	c.record(n, found, err)
+	return reply[none]{ok: err == nil, err: err}
+}
+
+// record notes what node n's check found: err, or which fingerprints its
+// server has. Two nodes found on one server are both unverified, so that
+// no round counts them, and the Client fails for good.
+func (c *Client) record(n *node, found []bool, err error) {
+	id := &c.identity
 	id.mu.Lock()
 	defer id.mu.Unlock()
-	if first != i {
-		id.err = errors.Join(id.err, fmt.Errorf("redlock: nodes %d and %d reach the same server; each must be an independent master", first, i))
+	if err != nil {
+		if !n.verified.Load() {
+			id.why[n.index] = err
+		}
 		return
 	}
-	if id.unknown == nil || !id.unknown[i] {
-		return
+	twin := false
+	for j, has := range found {
+		if has && j != n.index {
+			twin = true
+			id.err = errors.Join(id.err, fmt.Errorf("redlock: nodes %d and %d reach the same server; each must be an independent master", min(j, n.index), max(j, n.index)))
+			c.unverify(c.nodes[j])
+		}
 	}
-	id.unknown[i] = false
-	if countTrue(id.unknown) == 0 {
-		id.unknown = nil
+	switch {
+	case twin:
+		c.unverify(n)
+	case id.err == nil && !n.verified.Load():
+		n.verified.Store(true)
+		id.why[n.index] = nil
+		id.pending--
 	}
 }
 
-// countTrue counts the true values of bits.
-func countTrue(bits []bool) int {
-	count := 0
-	for _, b := range bits {
-		if b {
-			count++
-		}
+// unverify makes n unverified. The identity's mu is held.
+func (c *Client) unverify(n *node) {
+	if n.verified.Swap(false) {
+		c.identity.pending++
 	}
-	return count
+}
+
+// refusal is the reply error of node i, which is not verified, for a round
+// that does not call it.
+func (id *identity) refusal(i int) error {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if id.err != nil {
+		return neverSent(id.err)
+	}
+	if why := id.why[i]; why != nil {
+		return neverSent(fmt.Errorf("%w: %w", errUnidentified, why))
+	}
+	return errUnidentified
 }

@@ -116,11 +116,10 @@ func newLease(spec *leaseSpec, waiter string) *lease {
 }
 
 // acquire runs the acquisition round, waiting no longer than ctx allows.
-// The nodes in skip are not asked.
-func (l *lease) acquire(ctx context.Context, skip []error) outcome[uint64] {
+func (l *lease) acquire(ctx context.Context) outcome[uint64] {
 	l.start = time.Now()
 	l.round = launch(l.spec.client, ctx, roundSpec[uint64]{call: l.spec.kind.grant(l.value), timeout: l.spec.nodeTimeout,
-		skip: skip, live: (*unended)(l), heard: (*granting)(l)})
+		live: (*unended)(l), heard: (*granting)(l)})
 	return l.round.wait(ctx, nil)
 }
 

@@ -213,12 +213,11 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 		return nil, false, ErrNotAcquired // no attempt: the caller says why
 	}
 	c := m.client
-	unknown, permanent, err := c.identify(waitCtx)
-	if err != nil {
+	if permanent, err := c.identify(waitCtx, m.spec.nodeTimeout); err != nil {
 		return nil, permanent, err
 	}
 	l := newLease(&m.spec, waiter)
-	out := l.acquire(waitCtx, unknown)
+	out := l.acquire(waitCtx)
 	until := m.spec.validityEnd(l.start)
 	var token uint64
 	var fenceErr error

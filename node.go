@@ -40,6 +40,10 @@ type node struct {
 	// scriptsRun is set once a script of the library has run on the node:
 	// its ACL allows them.
 	scriptsRun atomic.Bool
+	// verified is set once the node's server is known to be none of the
+	// Client's other nodes' (see identity.go): until then, and after two
+	// nodes are found on one server, no round calls it.
+	verified atomic.Bool
 	// observer and logger are the Client's, for NodeError events.
 	observer *Observer
 	logger   *slog.Logger
@@ -155,15 +159,24 @@ func (n *node) worker(t task) {
 // redlock does this itself rather than through go-redis's MaxRetries, which
 // also retries dials in goroutines that outlive the client, and backs off
 // between tries while a round's timeout runs.
+//
+// A copy refused at the dial did not run, but an earlier copy may have: the
+// command then fails with that copy's error, so that the caller does not
+// take the refusal for the fate of every copy.
 func send[C redis.Cmder](ctx context.Context, n *node, live liveness, newCmd func(context.Context, ...any) C, args []any) (cmd C, resent bool) {
 	cmd = newCmd(ctx, args...)
 	err := n.client.Process(ctx, cmd)
+	var mayHaveRun error // the error of the last copy that may have run
 	for range maxResends {
 		if err == nil || !(errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) || ctx.Err() != nil || !stillWanted(live) {
 			break
 		}
+		mayHaveRun = err
 		cmd, resent = newCmd(ctx, args...), true
 		err = n.client.Process(ctx, cmd)
+	}
+	if mayHaveRun != nil && neverRan(err) {
+		cmd.SetErr(mayHaveRun)
 	}
 	return cmd, resent
 }

@@ -83,6 +83,7 @@ func TestCallsToAHungNodeAreBounded(t *testing.T) {
 	rc, hole := hungClient(t)
 	c := newClient(t, append(clients, rc), WithNodeTimeout(200*time.Millisecond), WithTTL(4*time.Second))
 	t.Cleanup(hole.close)
+	assumeVerified(c, 2)
 	m := c.NewMutex("bounded")
 	// The bound holds once the node has not answered for a node timeout;
 	// say it last answered long ago, so that a fast loop is bounded too.

@@ -33,7 +33,9 @@ type Observer struct {
 	// lock, on the caller's goroutine.
 	NotAcquired func(NotAcquiredEvent)
 	// Released is called when Unlock, UnlockContext or Do has released a
-	// lock, on the caller's goroutine, whether or not the lock had been lost.
+	// lock, on the caller's goroutine, whether or not the lock had been lost;
+	// for a Mutex that another goroutine unlocked before the acquiring call
+	// returned, on the acquiring call's, after its Acquired.
 	Released func(ReleasedEvent)
 	// Extended is called once per lock for each extension round, on the
 	// watchdog's goroutine, when the round's outcome for that lock is known,
@@ -222,13 +224,14 @@ func (e *events) extended(start, decidedAt time.Time, outcome ExtendOutcome) {
 // eventOrder keeps the events of one lease in their order: Acquired, then
 // at most one Lost, then Released. A loss found before the acquiring call
 // told its Acquired (a maximum hold shorter than the acquisition, a pause)
-// waits, and is delivered right after the Acquired; Released waits for a
-// Lost in delivery. Its zero value is ready.
+// waits, and is delivered right after the Acquired, and so does a Released;
+// Released also waits for a Lost in delivery. Its zero value is ready.
 type eventOrder struct {
-	mu       sync.Mutex
-	told     bool       // the Acquired has been told
-	pending  *LostEvent // a Lost waiting for the Acquired
-	inFlight sync.WaitGroup
+	mu              sync.Mutex
+	told            bool           // the Acquired has been told
+	pending         *LostEvent     // a Lost waiting for the Acquired
+	pendingReleased *ReleasedEvent // a Released waiting for it: another goroutine unlocked at once
+	inFlight        sync.WaitGroup
 }
 
 // losing records that a Lost is coming, before the lease's loss can be
@@ -263,17 +266,34 @@ func (o *eventOrder) acquired(e *events, tell func()) {
 	tell()
 	o.mu.Lock()
 	o.told = true
-	pending := o.pending
-	o.pending = nil
+	pending, released := o.pending, o.pendingReleased
+	o.pending, o.pendingReleased = nil, nil
 	o.mu.Unlock()
 	if pending != nil {
-		defer o.inFlight.Done()
 		observe(e.logger, "Lost", e.observer.Lost, *pending)
+		o.inFlight.Done()
+	}
+	if released != nil {
+		o.deliverReleased(e, *released)
 	}
 }
 
-// released tells the lease's Released, once any Lost has been delivered.
+// released tells the lease's Released, once any Lost has been delivered,
+// and once the Acquired has: a Released that comes first (another
+// goroutine unlocked the Mutex before the acquiring call returned) is
+// delivered by acquired, right after it.
 func (o *eventOrder) released(e *events, event ReleasedEvent) {
+	o.mu.Lock()
+	if !o.told {
+		o.pendingReleased = &event
+		o.mu.Unlock()
+		return
+	}
+	o.mu.Unlock()
+	o.deliverReleased(e, event)
+}
+
+func (o *eventOrder) deliverReleased(e *events, event ReleasedEvent) {
 	o.inFlight.Wait()
 	if f := e.observer.Released; f != nil {
 		observe(e.logger, "Released", f, event)

@@ -103,6 +103,9 @@ type roundSpec[R any] struct {
 	// untilRefused makes a lost round wait while a quorum of refusals may
 	// still come: a release learns from them that the lock had been lost.
 	untilRefused bool
+	// unverified lets the round call nodes not verified yet to be servers
+	// of their own: it is the check itself. Other rounds do not call them.
+	unverified bool
 }
 
 // round is a fan-out in progress, shared by the wait and the node calls,
@@ -191,6 +194,11 @@ func launch[R any](c *Client, ctx context.Context, spec roundSpec[R]) *round[R] 
 	for _, n := range c.nodes {
 		if spec.skip != nil && spec.skip[n.index] != nil {
 			r.record(n.index, reply[R]{err: spec.skip[n.index]})
+			r.finished()
+			continue
+		}
+		if !spec.unverified && !n.verified.Load() {
+			r.record(n.index, reply[R]{err: c.identity.refusal(n.index)})
 			r.finished()
 			continue
 		}

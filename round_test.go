@@ -92,6 +92,7 @@ func TestFanOutTimeoutFiresWhateverTheClientOptions(t *testing.T) {
 	c := newClient(t, append(clients, rc1, rc2), WithNodeTimeout(100*time.Millisecond))
 	t.Cleanup(hole1.close)
 	t.Cleanup(hole2.close)
+	assumeVerified(c, 1, 2)
 	start := time.Now()
 	_, err := c.NewMutex("hung").TryLockContext(t.Context())
 	elapsed := time.Since(start)
@@ -115,6 +116,7 @@ func TestRoundsDoNotWaitForHungNodes(t *testing.T) {
 	c := newClient(t, append(clients, rc1, rc2), WithNodeTimeout(300*time.Millisecond))
 	t.Cleanup(hole1.close)
 	t.Cleanup(hole2.close)
+	assumeVerified(c, 3, 4)
 	// Another holder has node 0, so only the two hung nodes could make a
 	// quorum with nodes 1 and 2.
 	mrs[0].Set("redlock:{h}", "other")

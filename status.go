@@ -51,6 +51,10 @@ func (m *Mutex) Status(ctx context.Context) (Status, error) {
 	if err := ctx.Err(); err != nil {
 		return Status{}, fmt.Errorf("redlock: status: %w", err)
 	}
+	// Only nodes shown to be servers of their own are read.
+	if _, err := c.identify(ctx, m.spec.nodeTimeout); err != nil && ctx.Err() == nil {
+		return Status{}, fmt.Errorf("redlock: status: %w", err)
+	}
 	heard := 0
 	r := launch(c, ctx, roundSpec[nodeStatus]{call: m.kind.status(), timeout: m.spec.nodeTimeout, waitAll: true})
 	out := r.wait(ctx, func(int, reply[nodeStatus], int) bool {

@@ -106,8 +106,13 @@ func (m *Mutex) acquire(ctx, waitCtx context.Context, once bool) (context.Contex
 	switch {
 	case !m.spec.events.on():
 	case err == nil:
-		l := m.current.Load()
-		l.order.acquired(&m.spec.events, func() { m.spec.events.acquired(ctx, start, w.attempts, m.Token()) })
+		// The lease from held, not m.current: another goroutine may
+		// already have unlocked the Mutex.
+		l := held.(*heldContext).l
+		l.order.acquired(&m.spec.events, func() {
+			_, token := l.validity()
+			m.spec.events.acquired(ctx, start, w.attempts, token)
+		})
 	default:
 		m.spec.events.notAcquired(ctx, start, w.attempts, err)
 	}
@@ -210,9 +215,13 @@ func (w *waiter) wait() (context.Context, error) {
 	}
 }
 
-// ended returns the error that ends the wait, if it has ended.
+// ended returns the error that ends the wait, if it has ended: with
+// ctx.Err() whenever the wait's context has ended, Close or not.
 func (w *waiter) ended() error {
 	if w.m.client.isClosing() {
+		if w.waitCtx.Err() != nil {
+			return errors.Join(ErrClosed, waitEnded(w.waitCtx, w.last))
+		}
 		return errors.Join(ErrClosed, w.last)
 	}
 	if w.waitCtx.Err() != nil {
