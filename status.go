@@ -51,8 +51,9 @@ func (m *Mutex) Status(ctx context.Context) (Status, error) {
 	if err := ctx.Err(); err != nil {
 		return Status{}, fmt.Errorf("redlock: status: %w", err)
 	}
-	// Only nodes shown to be servers of their own are read.
-	if _, err := c.identify(ctx, m.spec.nodeTimeout); err != nil && ctx.Err() == nil {
+	// Only nodes shown to be servers of their own are read; the others
+	// count as failed, with why.
+	if permanent, err := c.identify(ctx, m.spec.nodeTimeout); permanent {
 		return Status{}, fmt.Errorf("redlock: status: %w", err)
 	}
 	heard := 0
