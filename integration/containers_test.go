@@ -115,13 +115,19 @@ func leftOver(container docker.APIContainers, host string, now time.Time) bool {
 	return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
 }
 
+// expireHold is how long expire keeps a stop request's connection open
+// after writing it.
+const expireHold = 500 * time.Millisecond
+
 // expire has the Docker daemon kill the running container id at deadline,
 // even if this process dies first: it asks the daemon to stop the container
 // with a grace lasting until deadline. dockertest gives its containers
 // SIGWINCH as their stop signal, which does not end redis-server, so the
 // SIGKILL at the grace's end does. The daemon keeps waiting once the
-// request's connection is gone, so expire hangs up as soon as the request is
-// written. (dockertest's Resource.Expire sends the same request but holds it
+// request's connection is gone, once it has begun the stop; a request
+// dropped before the daemon read it is lost with the connection (a loaded
+// CI machine showed it), so expire hangs up expireHold after the request is
+// written, unless the daemon answered first. (dockertest's Resource.Expire sends the same request but holds it
 // in a goroutine nobody waits for until the container stops, which the
 // tests' leak checks catch after a restart.)
 func expire(client *docker.Client, id string, deadline time.Time) error {
@@ -144,8 +150,16 @@ func expire(client *docker.Client, id string, deadline time.Time) error {
 	var err error
 	select {
 	case <-wrote:
-		cancel() // the daemon has the request and need not answer
-		err = <-answer
+		// The daemon has the request and need not answer; give it time to
+		// begin the stop before the connection goes.
+		hold := time.NewTimer(expireHold)
+		select {
+		case err = <-answer:
+			hold.Stop()
+		case <-hold.C:
+			cancel()
+			err = <-answer
+		}
 	case err = <-answer: // not written, or answered at once
 	}
 	switch {
