@@ -42,7 +42,10 @@ import (
 //
 // REDLOCK_SCHEDULES sets how many schedules run (default: about 20 seconds'
 // worth under -race); REDLOCK_SEED runs the one schedule of that seed and
-// prints its trace. A failure prints its seed and its trace.
+// prints its trace; REDLOCK_SCHEDULE_PORTS (BASE-END) sets the servers'
+// ports, for processes that run schedules side by side (keep it below
+// 32768, where the kernel picks clients' ports). A failure prints its seed
+// and its trace.
 func TestLifecycleSchedules(t *testing.T) {
 	if testing.Short() {
 		t.Skip("randomized schedules take about 20s")
@@ -570,13 +573,29 @@ func (s *schedule) key() string { return DefaultKeyPrefix + "{" + scheduleLock +
 func (s *schedule) listen(mr *miniredis.Miniredis) error {
 	var err error
 	for range 50 {
-		port := 20000 + rand.IntN(12000)
+		port := schedulePorts.base + rand.IntN(schedulePorts.width)
 		if err = mr.StartAddr(fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
 			return nil
 		}
 	}
 	return err
 }
+
+// schedulePorts is the range of ports the schedules' servers listen on, so
+// that processes running schedules side by side can be given ranges apart
+// (REDLOCK_SCHEDULE_PORTS=BASE-END): a node restarted on its port must not
+// find it taken, nor its clients reach another process's server.
+var schedulePorts = func() (r struct{ base, width int }) {
+	r.base, r.width = 20000, 12000
+	if raw := os.Getenv("REDLOCK_SCHEDULE_PORTS"); raw != "" {
+		var end int
+		if n, _ := fmt.Sscanf(raw, "%d-%d", &r.base, &end); n != 2 || end <= r.base || r.base < 1024 || end > 65535 {
+			panic(fmt.Sprintf("REDLOCK_SCHEDULE_PORTS=%q: want BASE-END within 1024-65535", raw))
+		}
+		r.width = end - r.base
+	}
+	return r
+}()
 
 // maxClockStep bounds one step of the servers' clocks.
 const maxClockStep = 3 * time.Millisecond
