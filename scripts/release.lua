@@ -27,12 +27,15 @@ redis.call('DEL', KEYS[1])
 if ARGV[2] == '' then
   return 1
 end
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now
 for _ = 1, 100 do
   local next = redis.call('LPOP', KEYS[2])
   if not next then
     return 1
+  end
+  if not now then -- read once, and only for a queue that has waiters
+    local time = redis.call('TIME')
+    now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
   end
   local client = string.match(next, '^([^.]+)%.')
   local alive = tonumber(redis.call('ZSCORE', KEYS[3], next) or '0')
