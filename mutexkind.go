@@ -197,7 +197,13 @@ const (
 // for queueTTL after its last change (see retryPolicy). The reply names
 // the value that holds the lock on the node.
 func (k *mutexKind) enqueue(waiter, mode string, aliveTTL, queueTTL time.Duration) nodeCall[string] {
-	enqueue := prepare(enqueueScript, k.enqueueKeys, waiter, mode, aliveTTL.Milliseconds(), queueTTL.Milliseconds())
+	return enqueueCall(k.enqueueKeys, waiter, mode, aliveTTL, queueTTL)
+}
+
+// enqueueCall runs enqueue.lua with keys: a queue, the key whose value it
+// reports, the queue's live waiters and those that left.
+func enqueueCall(keys []any, waiter, mode string, aliveTTL, queueTTL time.Duration) nodeCall[string] {
+	enqueue := prepare(enqueueScript, keys, waiter, mode, aliveTTL.Milliseconds(), queueTTL.Milliseconds())
 	return func(ctx context.Context, n *node, live liveness) reply[string] {
 		holder, err := enqueue.run(ctx, n, live).Text()
 		if err == redis.Nil {

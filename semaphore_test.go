@@ -1,0 +1,631 @@
+package redlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// tickClocks moves the servers' clocks, which miniredis moves only when
+// told, with real time, until the test ends: keys then expire.
+func tickClocks(t *testing.T, mrs []*miniredis.Miniredis) {
+	t.Helper()
+	done := make(chan struct{})
+	var ticking sync.WaitGroup
+	ticking.Go(func() {
+		const step = 10 * time.Millisecond
+		ticker := time.NewTicker(step)
+		defer ticker.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ticker.C:
+				for _, mr := range mrs {
+					mr.FastForward(step)
+				}
+			}
+		}
+	})
+	t.Cleanup(func() {
+		close(done)
+		ticking.Wait()
+	})
+}
+
+// slotsHeldOn counts the slots of s that a server holds.
+func slotsHeldOn(mr *miniredis.Miniredis, s *Semaphore) int {
+	held := 0
+	for _, key := range s.keys.slots {
+		if mr.Exists(key) {
+			held++
+		}
+	}
+	return held
+}
+
+// slotsFreed waits until no server holds a slot of s: a grant whose answer
+// came late is released once its node answers again.
+func slotsFreed(t *testing.T, mrs []*miniredis.Miniredis, s *Semaphore, when string) {
+	t.Helper()
+	waitFor(t, "every slot to be free "+when, func() bool {
+		for _, mr := range mrs {
+			if slotsHeldOn(mr, s) != 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func TestSemaphoreRejectsBadConfiguration(t *testing.T) {
+	_, clients := servers(t, 1)
+	c := newClient(t, clients)
+	for _, tt := range []struct {
+		name    string
+		sem     string
+		permits int
+		opts    []Option
+		want    string
+	}{
+		{"no permits", "s", 0, nil, "0 permits is outside [1, 1024]"},
+		{"negative permits", "s", -1, nil, "-1 permits is outside [1, 1024]"},
+		{"too many permits", "s", MaxPermits + 1, nil, "1025 permits is outside [1, 1024]"},
+		{"empty name", "", 1, nil, "semaphore name is empty"},
+		{"brace in name", "a{b", 1, nil, "has a brace"},
+		{"fencing", "s", 1, []Option{WithFencing()}, "WithFencing does not apply to a Semaphore"},
+		{"exact key", "s", 1, []Option{WithExactKey()}, "WithExactKey does not apply to a Semaphore"},
+		{"bad option", "s", 1, []Option{WithTTL(-time.Second)}, "TTL -1s must be a positive"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := c.NewSemaphore(tt.sem, tt.permits, tt.opts...)
+			if s.Permits() != tt.permits || s.Name() != tt.sem {
+				t.Errorf("Permits(), Name() = %d, %q; want %d, %q", s.Permits(), s.Name(), tt.permits, tt.sem)
+			}
+			calls := map[string]func() error{
+				"Acquire":    func() error { _, err := s.Acquire(t.Context()); return err },
+				"TryAcquire": func() error { _, err := s.TryAcquire(t.Context()); return err },
+				"Status":     func() error { _, err := s.Status(t.Context()); return err },
+				"Do":         func() error { return s.Do(t.Context(), func(context.Context) error { return nil }) },
+			}
+			for call, f := range calls {
+				if err := f(); err == nil || !strings.Contains(err.Error(), tt.want) {
+					t.Errorf("%s() = %v; want an error containing %q", call, err, tt.want)
+				}
+			}
+		})
+	}
+	// The bounds themselves are valid, and a Client's default of fencing
+	// is not the Semaphore's to refuse.
+	fencingClient := newClient(t, clients, WithFencing())
+	for _, permits := range []int{1, MaxPermits} {
+		s := fencingClient.NewSemaphore(fmt.Sprint("bounds-", permits), permits)
+		p, err := s.TryAcquire(t.Context())
+		if err != nil {
+			t.Fatalf("TryAcquire with %d permits = %v; want a permit", permits, err)
+		}
+		if err := p.Release(t.Context()); err != nil {
+			t.Errorf("Release = %v", err)
+		}
+	}
+}
+
+// holders counts the permits whose contexts are live at once.
+type holders struct{ inside, most, sections atomic.Int32 }
+
+// hold counts a permit in for a short section, and out again. The section
+// lasts until permits holders are inside, or 50ms, so that the bound is
+// reached whenever the Semaphore allows it.
+func (h *holders) hold(t *testing.T, p *Permit, permits int32) {
+	if err := p.Context().Err(); err != nil {
+		t.Errorf("permit's Context ended before its section: %v", context.Cause(p.Context()))
+	}
+	n := h.inside.Add(1)
+	for {
+		most := h.most.Load()
+		if n <= most || h.most.CompareAndSwap(most, n) {
+			break
+		}
+	}
+	for deadline := time.Now().Add(50 * time.Millisecond); h.inside.Load() < permits && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if err := p.Context().Err(); err != nil {
+		t.Errorf("permit's Context ended in its section: %v", context.Cause(p.Context()))
+	}
+	h.inside.Add(-1)
+	h.sections.Add(1)
+}
+
+func TestSemaphoreHasAtMostPermitsHolders(t *testing.T) {
+	for _, tt := range []struct {
+		name          string
+		servers, down int
+	}{
+		{"3 masters", 3, 0},
+		{"3 masters, 1 down", 3, 1},
+		{"5 masters, 2 down", 5, 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			const permits, clientCount, perClient, cycles = 3, 3, 3, 4
+			mrs, clients := servers(t, tt.servers)
+			for _, mr := range mrs[:tt.down] {
+				mr.Close()
+			}
+			var h holders
+			var workers sync.WaitGroup
+			for range clientCount {
+				c := newClient(t, clients, WithRetryDelay(5*time.Millisecond), WithRetryJitter(5*time.Millisecond))
+				s := c.NewSemaphore("bounded", permits)
+				for range perClient {
+					workers.Go(func() {
+						for range cycles {
+							p, err := s.Acquire(t.Context())
+							if err != nil {
+								t.Errorf("Acquire = %v", err)
+								return
+							}
+							h.hold(t, p, permits)
+							if err := p.Release(t.Context()); err != nil {
+								t.Errorf("Release = %v", err)
+							}
+						}
+					})
+				}
+			}
+			workers.Wait()
+			if got := h.most.Load(); got > permits {
+				t.Errorf("%d permits were held at once; want at most %d", got, permits)
+			} else if got < permits {
+				t.Errorf("at most %d permits were held at once; want %d reached by %d workers", got, permits, clientCount*perClient)
+			}
+			if got, want := h.sections.Load(), int32(clientCount*perClient*cycles); got != want {
+				t.Errorf("%d sections ran; want %d", got, want)
+			}
+		})
+	}
+}
+
+func TestSemaphoreTryAcquire(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	s := newClient(t, clients).NewSemaphore("try", 4)
+	var permits []*Permit
+	for range 3 {
+		p, err := s.TryAcquire(t.Context())
+		if err != nil {
+			t.Fatalf("TryAcquire with permits free = %v", err)
+		}
+		permits = append(permits, p)
+	}
+	// One slot is free: whichever slot an attempt draws first, the
+	// refusals lead it to the free one.
+	for i := range 20 {
+		p, err := s.TryAcquire(t.Context())
+		if err != nil {
+			t.Fatalf("TryAcquire %d with one permit free = %v", i, err)
+		}
+		if i == 19 {
+			permits = append(permits, p)
+			break
+		}
+		if err := p.Release(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	_, err := s.TryAcquire(t.Context())
+	if !errors.Is(err, ErrTaken) || !errors.Is(err, ErrNotAcquired) {
+		t.Errorf("TryAcquire with every permit held = %v; want ErrTaken", err)
+	}
+	if elapsed := time.Since(start); elapsed > time.Second {
+		t.Errorf("TryAcquire with every permit held took %v; want one attempt", elapsed)
+	}
+	for i, mr := range mrs {
+		if held := slotsHeldOn(mr, s); held != 4 {
+			t.Errorf("server %d holds %d slots; want 4", i, held)
+		}
+	}
+	for _, p := range permits {
+		if err := p.Release(t.Context()); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func TestPermitReleasedTwice(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	s := newClient(t, clients).NewSemaphore("twice", 2)
+	p, err := s.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if until := p.Until(); !until.After(time.Now()) {
+		t.Errorf("Until() = %v while held; want a time to come", until)
+	}
+	if err := p.Release(t.Context()); err != nil {
+		t.Fatalf("Release = %v", err)
+	}
+	if err := p.Release(t.Context()); !errors.Is(err, ErrNotHeld) {
+		t.Errorf("second Release = %v; want ErrNotHeld", err)
+	}
+	if until := p.Until(); !until.IsZero() {
+		t.Errorf("Until() = %v after Release; want zero", until)
+	}
+	if p.Context().Err() == nil {
+		t.Error("permit's Context still live after Release")
+	}
+	slotsFreed(t, mrs, s, "after Release")
+}
+
+func TestLostPermit(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		lose func(mrs []*miniredis.Miniredis, s *Semaphore)
+	}{
+		{"slots deleted", func(mrs []*miniredis.Miniredis, s *Semaphore) {
+			for _, mr := range mrs {
+				for _, key := range s.keys.slots {
+					mr.Del(key)
+				}
+			}
+		}},
+		{"a majority down", func(mrs []*miniredis.Miniredis, _ *Semaphore) {
+			mrs[0].Close()
+			mrs[1].Close()
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			mrs, clients := servers(t, 3)
+			s := newClient(t, clients, WithTTL(time.Second)).NewSemaphore("lost", 2)
+			p, err := s.Acquire(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			until := p.Until()
+			tt.lose(mrs, s)
+			select {
+			case <-p.Context().Done():
+			case <-time.After(3 * time.Second):
+				t.Fatal("permit's Context still live 3s after its loss, with a 1s TTL")
+			}
+			if ended := time.Now(); !ended.Before(until) {
+				t.Errorf("permit's Context ended at %v; want before its validity ended at %v", ended, until)
+			}
+			if cause := context.Cause(p.Context()); !errors.Is(cause, ErrLockLost) {
+				t.Errorf("Cause(Context()) = %v; want ErrLockLost", cause)
+			}
+			if got := p.Until(); !got.IsZero() {
+				t.Errorf("Until() = %v once lost; want zero", got)
+			}
+			if err := p.Release(t.Context()); !errors.Is(err, ErrLockLost) {
+				t.Errorf("Release of a lost permit = %v; want ErrLockLost", err)
+			}
+		})
+	}
+}
+
+func TestCrashedHoldersPermitFreesWithinATTL(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	tickClocks(t, mrs)
+	const ttl = time.Second
+	// The holder has clients of its own, which its crash closes: its
+	// extensions and its releases fail from then on.
+	var own []redis.UniversalClient
+	for _, mr := range mrs {
+		own = append(own, redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1}))
+	}
+	crashing := newClient(t, own, WithTTL(ttl))
+	p, err := crashing.NewSemaphore("crash", 1).Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := newClient(t, clients, WithTTL(ttl), WithRetryDelay(10*time.Millisecond), WithRetryJitter(0)).NewSemaphore("crash", 1)
+	got := make(chan error, 1)
+	var acquired time.Time
+	go func() {
+		q, err := other.Acquire(t.Context())
+		acquired = time.Now()
+		if err == nil {
+			err = q.Release(t.Context())
+		}
+		got <- err
+	}()
+	waitFor(t, "the waiter to queue", func() bool {
+		list, _ := mrs[0].List(other.keys.queueKeys[0].(string))
+		return len(list) == 1
+	})
+	crashed := time.Now()
+	for _, rc := range own {
+		rc.Close()
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("Acquire after the holder crashed = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the crashed holder's permit was not free within 5s; the TTL is 1s")
+	}
+	// The slot expires one TTL after the last extension, before the crash;
+	// the waiter polls every 100ms behind it.
+	if took := acquired.Sub(crashed); took > ttl+300*time.Millisecond {
+		t.Errorf("the permit was acquired %v after the crash; want within the TTL %v", took, ttl)
+	}
+	<-p.Context().Done()
+}
+
+func TestSemaphorePermitsMismatch(t *testing.T) {
+	_, clients := servers(t, 3)
+	c := newClient(t, clients)
+	p, err := c.NewSemaphore("limit", 2).Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release(t.Context())
+	other := newClient(t, clients, WithRetryDelay(time.Millisecond)).NewSemaphore("limit", 3)
+	for _, tt := range []struct {
+		name string
+		call func(ctx context.Context) error
+	}{
+		{"Acquire", func(ctx context.Context) error { _, err := other.Acquire(ctx); return err }},
+		{"Acquire again", func(ctx context.Context) error { _, err := other.Acquire(ctx); return err }},
+		{"TryAcquire", func(ctx context.Context) error { _, err := other.TryAcquire(ctx); return err }},
+		{"Status", func(ctx context.Context) error { _, err := other.Status(ctx); return err }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			start := time.Now()
+			err := tt.call(ctx)
+			if !errors.Is(err, ErrPermitsMismatch) || !errors.Is(err, ErrNotAcquired) {
+				t.Fatalf("%s = %v; want ErrPermitsMismatch", tt.name, err)
+			}
+			if msg := err.Error(); !strings.Contains(msg, "has 3 permits") || !strings.Contains(msg, "a limit of 2") {
+				t.Errorf("%s = %q; want both numbers named", tt.name, msg)
+			}
+			if elapsed := time.Since(start); elapsed > time.Second {
+				t.Errorf("%s took %v; a mismatch is permanent and returned at once", tt.name, elapsed)
+			}
+		})
+	}
+}
+
+func TestSemaphoreWaitEnds(t *testing.T) {
+	_, clients := servers(t, 3)
+	s := newClient(t, clients).NewSemaphore("full", 1)
+	p, err := s.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release(t.Context())
+	ctx, cancel := context.WithTimeout(t.Context(), 150*time.Millisecond)
+	defer cancel()
+	_, err = s.Acquire(ctx)
+	for _, want := range []error{ErrNotAcquired, context.DeadlineExceeded, ErrTaken} {
+		if !errors.Is(err, want) {
+			t.Errorf("Acquire with every permit held until ctx ended = %v; want it to wrap %v", err, want)
+		}
+	}
+	_, err = s.Acquire(ctx)
+	if !errors.Is(err, ErrNotAcquired) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Acquire with ctx ended = %v; want ErrNotAcquired and ctx.Err()", err)
+	}
+}
+
+func TestSemaphoreWakesWaitersInOrder(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	// Polling alone would take 10s: only wake-ups by name are fast.
+	opts := []Option{WithRetryDelay(time.Second), WithRetryJitter(0)}
+	holder := newClient(t, clients, opts...).NewSemaphore("fifo", 2)
+	var held []*Permit
+	for range 2 {
+		p, err := holder.Acquire(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, p)
+	}
+	type acquired struct {
+		name string
+		p    *Permit
+	}
+	order := make(chan acquired, 2)
+	for i, name := range []string{"first", "second"} {
+		s := newClient(t, clients, opts...).NewSemaphore("fifo", 2)
+		go func() {
+			p, err := s.Acquire(t.Context())
+			if err != nil {
+				t.Errorf("%s: Acquire = %v", name, err)
+			}
+			order <- acquired{name, p}
+		}()
+		waitFor(t, name+" to queue", func() bool {
+			list, _ := mrs[0].List(holder.keys.queueKeys[0].(string))
+			return len(list) == i+1
+		})
+	}
+	for i, want := range []string{"first", "second"} {
+		released := time.Now()
+		if err := held[i].Release(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-order:
+			if got.name != want {
+				t.Fatalf("%s acquired the permit; want %s, which queued first", got.name, want)
+			}
+			// A queued waiter polls every 10s: only the release's
+			// wake-up is this fast.
+			if took := time.Since(released); took > 2*time.Second {
+				t.Errorf("%s acquired %v after the release; want it woken by the release", want, took)
+			}
+			defer got.p.Release(t.Context())
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s not woken within 5s of the release; polling would take 10s", want)
+		}
+	}
+}
+
+// A waiter of a process that died, first in the queue, does not take the
+// wake-up of a release: the live waiter behind it gets the permit.
+func TestSemaphoreDeadWaiterDoesNotAbsorbAWakeUp(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	opts := []Option{WithRetryDelay(10 * time.Second), WithRetryJitter(0)}
+	holder := newClient(t, clients, opts...).NewSemaphore("dead", 1)
+	p, err := holder.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every server to grant", func() bool {
+		for _, mr := range mrs {
+			if slotsHeldOn(mr, holder) != 1 {
+				return false
+			}
+		}
+		return true
+	})
+	waiter := newClient(t, clients, opts...).NewSemaphore("dead", 1)
+	got := make(chan error, 1)
+	go func() {
+		q, err := waiter.Acquire(t.Context())
+		if err == nil {
+			err = q.Release(t.Context())
+		}
+		got <- err
+	}()
+	queue := holder.keys.queueKeys[0].(string)
+	waitFor(t, "the waiter to queue", func() bool { list, _ := mrs[0].List(queue); return len(list) == 1 })
+	for _, mr := range mrs {
+		mr.Lpush(queue, "deadclient.deadwaiter")
+	}
+	if err := p.Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("Acquire = %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the waiter was not woken within 3s of the release; the dead waiter took its wake-up")
+	}
+}
+
+func TestSemaphoreStatus(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	s := newClient(t, clients, WithRetryDelay(time.Second)).NewSemaphore("status", 3)
+	if got, err := s.Status(t.Context()); err != nil || got != (SemaphoreStatus{Permits: 3}) {
+		t.Errorf("Status() of an unused Semaphore = %+v, %v; want %+v", got, err, SemaphoreStatus{Permits: 3})
+	}
+	var held []*Permit
+	for range 3 {
+		p, err := s.Acquire(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, p)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	waiting := make(chan struct{})
+	go func() {
+		defer close(waiting)
+		if p, err := s.Acquire(ctx); err == nil {
+			p.Release(t.Context())
+		}
+	}()
+	waitFor(t, "the waiter to queue", func() bool { list, _ := mrs[0].List(s.keys.queueKeys[0].(string)); return len(list) == 1 })
+	if err := held[0].Release(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	<-waiting
+	settle(t, s.client.nodes)
+	want := SemaphoreStatus{Permits: 3, Held: 2, Waiters: 0}
+	if got, err := s.Status(t.Context()); err != nil || got != want {
+		t.Errorf("Status() = %+v, %v; want %+v", got, err, want)
+	}
+	// A slot held on a minority of servers is not held.
+	mrs[0].Set(s.keys.slots[0], "other")
+	mrs[0].Set(s.keys.slots[1], "other")
+	mrs[0].Set(s.keys.slots[2], "other")
+	if got, err := s.Status(t.Context()); err != nil || got.Held != 2 {
+		t.Errorf("Status() with slots set on one server = %+v, %v; want Held 2", got, err)
+	}
+	mrs[2].Close()
+	mrs[1].Close()
+	if _, err := s.Status(t.Context()); err == nil {
+		t.Error("Status() with 2 of 3 servers down = nil error; want the node errors")
+	}
+	for _, p := range held[1:] {
+		p.Release(t.Context())
+	}
+}
+
+func TestSemaphoreStatusCountsWaiters(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	s := newClient(t, clients, WithRetryDelay(time.Second)).NewSemaphore("waiters", 1)
+	p, err := s.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	var waiting sync.WaitGroup
+	for range 2 {
+		waiting.Go(func() {
+			if q, err := s.Acquire(ctx); err == nil {
+				q.Release(t.Context())
+			}
+		})
+	}
+	waitFor(t, "two waiters to queue", func() bool { list, _ := mrs[0].List(s.keys.queueKeys[0].(string)); return len(list) == 2 })
+	want := SemaphoreStatus{Permits: 1, Held: 1, Waiters: 2}
+	if got, err := s.Status(t.Context()); err != nil || got != want {
+		t.Errorf("Status() = %+v, %v; want %+v", got, err, want)
+	}
+	cancel()
+	waiting.Wait()
+	p.Release(t.Context())
+}
+
+func TestSemaphoreDo(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	s := newClient(t, clients, WithTTL(time.Second)).NewSemaphore("do", 2)
+	fnErr := errors.New("fn failed")
+	err := s.Do(t.Context(), func(held context.Context) error {
+		if held.Err() != nil {
+			t.Errorf("held ended inside Do: %v", context.Cause(held))
+		}
+		return fnErr
+	})
+	if !errors.Is(err, fnErr) {
+		t.Errorf("Do = %v; want fn's error", err)
+	}
+	slotsFreed(t, mrs, s, "after Do")
+	msg := panicMessage(func() {
+		s.Do(t.Context(), func(context.Context) error { panic("boom") })
+	})
+	if msg != "boom" {
+		t.Errorf("Do's panic = %q; want fn's, boom", msg)
+	}
+	slotsFreed(t, mrs, s, "after a panic in Do")
+	err = s.Do(t.Context(), func(held context.Context) error {
+		for _, mr := range mrs {
+			for _, key := range s.keys.slots {
+				mr.Del(key)
+			}
+		}
+		<-held.Done()
+		return nil
+	})
+	if !errors.Is(err, ErrLockLost) {
+		t.Errorf("Do with the permit lost = %v; want ErrLockLost", err)
+	}
+}
