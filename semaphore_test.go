@@ -122,8 +122,9 @@ func TestSemaphoreRejectsBadConfiguration(t *testing.T) {
 type holders struct{ inside, most, sections atomic.Int32 }
 
 // hold counts a permit in for a short section, and out again. The section
-// lasts until permits holders are inside, or 50ms, so that the bound is
-// reached whenever the Semaphore allows it.
+// lasts until permits holders are inside, or 50ms, and a little longer, so
+// that the bound is reached whenever the Semaphore allows it, and passed
+// whenever it would.
 func (h *holders) hold(t *testing.T, p *Permit, permits int32) {
 	if err := p.Context().Err(); err != nil {
 		t.Errorf("permit's Context ended before its section: %v", context.Cause(p.Context()))
@@ -138,6 +139,8 @@ func (h *holders) hold(t *testing.T, p *Permit, permits int32) {
 	for deadline := time.Now().Add(50 * time.Millisecond); h.inside.Load() < permits && time.Now().Before(deadline); {
 		time.Sleep(time.Millisecond)
 	}
+	// A holder too many, had one been let in, would be inside by now.
+	time.Sleep(5 * time.Millisecond)
 	if err := p.Context().Err(); err != nil {
 		t.Errorf("permit's Context ended in its section: %v", context.Cause(p.Context()))
 	}
@@ -160,6 +163,10 @@ func TestSemaphoreHasAtMostPermitsHolders(t *testing.T) {
 			for _, mr := range mrs[:tt.down] {
 				mr.Close()
 			}
+			// A Semaphore that leaked slots would stall the workers: fail
+			// instead.
+			ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+			defer cancel()
 			var h holders
 			var workers sync.WaitGroup
 			for range clientCount {
@@ -168,7 +175,7 @@ func TestSemaphoreHasAtMostPermitsHolders(t *testing.T) {
 				for range perClient {
 					workers.Go(func() {
 						for range cycles {
-							p, err := s.Acquire(t.Context())
+							p, err := s.Acquire(ctx)
 							if err != nil {
 								t.Errorf("Acquire = %v", err)
 								return
@@ -627,5 +634,38 @@ func TestSemaphoreDo(t *testing.T) {
 	})
 	if !errors.Is(err, ErrLockLost) {
 		t.Errorf("Do with the permit lost = %v; want ErrLockLost", err)
+	}
+}
+
+// The split of grants that makes a per-master counter inexact (DESIGN.md):
+// with 3 masters and 2 permits, holders that each reach a different pair
+// of masters would each win a quorum of counters. With a slot per permit,
+// the third finds no slot free on a quorum.
+func TestSemaphoreIsExactUnderSplitGrants(t *testing.T) {
+	_, clients, hooks := faultyServers(t, 3, 1)
+	down := errors.New("down for this holder")
+	var permits []*Permit
+	for holder := range 3 {
+		// Master holder does not answer this holder's Client.
+		f := &fault{fail: down}
+		hooks[holder].add(f)
+		s := newClient(t, clients).NewSemaphore("split", 2)
+		p, err := s.TryAcquire(t.Context())
+		hooks[holder].remove(f)
+		switch {
+		case holder < 2 && err != nil:
+			t.Fatalf("holder %d: TryAcquire = %v; want a permit", holder, err)
+		case holder == 2 && err == nil:
+			permits = append(permits, p)
+			t.Fatalf("holder %d: TryAcquire got a third permit of 2", holder)
+		case holder == 2 && !errors.Is(err, ErrTaken):
+			t.Errorf("holder %d: TryAcquire = %v; want ErrTaken", holder, err)
+		}
+		if err == nil {
+			permits = append(permits, p)
+		}
+	}
+	for _, p := range permits {
+		p.Release(t.Context())
 	}
 }
