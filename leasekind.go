@@ -11,7 +11,9 @@ import "time"
 // concurrent use.
 type leaseKind interface {
 	// grant is the acquisition's call: it takes the lease for value on a
-	// node. A grant reports the node's fencing counter, or 0.
+	// node. Its report is for the kind's face alone, which reads it from
+	// the round's outcome: a Mutex's grant reports the node's fencing
+	// counter, or 0; a refusal of a Semaphore's slot, the slots free there.
 	grant(value string) nodeCall[uint64]
 	// release deletes value's hold on a node, if value still holds it.
 	// With wake it is a holder's release: it also takes waiter (its own
