@@ -201,15 +201,19 @@ func (s *Semaphore) attempt(waitCtx, ctx context.Context, waiter string) (held c
 		l := newLease(spec, waiter)
 		out := l.acquire(waitCtx)
 		until := spec.validityEnd(l.start)
-		if out.won && time.Now().Before(until) {
+		// A node that stores another limit is a mismatch even in a round
+		// the others won: every user of the name must give up, not only
+		// those that lose.
+		mismatch := s.mismatch(out)
+		if out.won && mismatch == nil && time.Now().Before(until) {
 			return l.hold(ctx, until, 0), false, nil
 		}
 		l.abandon()
-		if out.won {
+		switch {
+		case mismatch != nil:
+			return nil, true, mismatch
+		case out.won:
 			return nil, false, fmt.Errorf("%w: acquisition took longer than the TTL allows", ErrNoQuorum)
-		}
-		if err := s.mismatch(out); err != nil {
-			return nil, true, err
 		}
 		permanent = out.permanentFailures() > len(c.nodes)-quorum(len(c.nodes))
 		next, found := s.freeSlot(out, slot)

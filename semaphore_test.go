@@ -669,3 +669,124 @@ func TestSemaphoreIsExactUnderSplitGrants(t *testing.T) {
 		p.Release(t.Context())
 	}
 }
+
+// The Mutex's options mean the same on a Semaphore: WithMaxHold caps a
+// permit, whose slot then expires at the end of its last confirmed validity.
+func TestSemaphoreWithMaxHold(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	tickClocks(t, mrs)
+	const ttl, maxHold = time.Second, 300 * time.Millisecond
+	c := newClient(t, clients, WithTTL(ttl), WithRetryDelay(10*time.Millisecond))
+	s := c.NewSemaphore("maxhold", 1, WithMaxHold(maxHold))
+	start := time.Now()
+	p, err := s.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.Context().Done():
+	case <-time.After(3 * time.Second):
+		t.Fatalf("permit's Context still live 3s after acquisition; WithMaxHold(%v)", maxHold)
+	}
+	if held := time.Since(start); held < maxHold {
+		t.Errorf("permit's Context ended after %v; want no earlier than WithMaxHold's %v", held, maxHold)
+	}
+	cause := context.Cause(p.Context())
+	if !errors.Is(cause, ErrLockLost) || !strings.Contains(cause.Error(), "WithMaxHold") {
+		t.Errorf("Cause(Context()) = %v; want ErrLockLost naming WithMaxHold", cause)
+	}
+	if err := p.Release(t.Context()); !errors.Is(err, ErrLockLost) {
+		t.Errorf("Release of a permit past its max hold = %v; want ErrLockLost", err)
+	}
+	// Nobody extends the slot any more: another holder gets it within a TTL.
+	ctx, cancel := context.WithTimeout(t.Context(), ttl+time.Second)
+	defer cancel()
+	q, err := c.NewSemaphore("maxhold", 1).Acquire(ctx)
+	if err != nil {
+		t.Fatalf("Acquire after the holder's max hold = %v; want the permit within a TTL", err)
+	}
+	q.Release(t.Context())
+}
+
+// WithWaitTimeout bounds Acquire's wait, as it bounds LockContext's.
+func TestSemaphoreWithWaitTimeout(t *testing.T) {
+	_, clients := servers(t, 3)
+	c := newClient(t, clients, WithRetryDelay(10*time.Millisecond))
+	p, err := c.NewSemaphore("waittimeout", 1).Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release(t.Context())
+	s := c.NewSemaphore("waittimeout", 1, WithWaitTimeout(100*time.Millisecond))
+	start := time.Now()
+	_, err = s.Acquire(t.Context())
+	for _, want := range []error{ErrNotAcquired, context.DeadlineExceeded, ErrTaken} {
+		if !errors.Is(err, want) {
+			t.Errorf("Acquire with WithWaitTimeout and every permit held = %v; want it to wrap %v", err, want)
+		}
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("Acquire with WithWaitTimeout(100ms) returned after %v", took)
+	}
+}
+
+// A frozen master, one of three, neither stops a Semaphore nor lets in a
+// holder too many; a majority down gives ErrNoQuorum.
+func TestSemaphoreWithMastersFrozenOrDown(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 7)
+	c := newClient(t, clients, WithNodeTimeout(100*time.Millisecond))
+	s := c.NewSemaphore("frozen", 2)
+	hooks[0].pause()
+	defer hooks[0].resume()
+	var held []*Permit
+	for range 2 {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		p, err := s.Acquire(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("Acquire with one master of three frozen = %v; want a permit", err)
+		}
+		held = append(held, p)
+	}
+	if _, err := s.TryAcquire(t.Context()); !errors.Is(err, ErrTaken) {
+		t.Errorf("TryAcquire of a third permit of 2, one master frozen = %v; want ErrTaken", err)
+	}
+	for _, p := range held {
+		if err := p.Release(t.Context()); err != nil {
+			t.Errorf("Release = %v", err)
+		}
+	}
+	mrs[1].Close()
+	_, err := s.TryAcquire(t.Context())
+	if !errors.Is(err, ErrNoQuorum) || !errors.Is(err, ErrNotAcquired) {
+		t.Errorf("TryAcquire with one master frozen and one down = %v; want ErrNoQuorum", err)
+	}
+}
+
+// A node that stores another limit is a mismatch even when the round was
+// won on the others: its answer, heard before the round was decided, is not
+// ignored.
+func TestSemaphorePermitsMismatchOnAMinority(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 11)
+	c := newClient(t, clients)
+	s := c.NewSemaphore("minority", 3)
+	mrs[0].Set(s.keys.limit, "2")
+	// The other nodes answer after node 0 has.
+	for _, h := range hooks[1:] {
+		h.add(&fault{after: 50 * time.Millisecond})
+	}
+	p, err := s.TryAcquire(t.Context())
+	if err == nil {
+		p.Release(t.Context())
+	}
+	if !errors.Is(err, ErrPermitsMismatch) {
+		t.Fatalf("TryAcquire with node 0 storing a limit of 2 = %v; want ErrPermitsMismatch", err)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "has 3 permits") || !strings.Contains(msg, "a limit of 2") {
+		t.Errorf("TryAcquire = %q; want both numbers named", msg)
+	}
+	for _, h := range hooks {
+		h.clear()
+	}
+	slotsFreed(t, mrs, s, "after the mismatch")
+}
