@@ -318,7 +318,7 @@ func (l *lease) lose(why LossCause, cause error) {
 	} else {
 		go l.releaseAll(context.Background())
 	}
-	l.order.lost(&l.spec.events, LostEvent{Name: l.spec.name, Cause: why, Held: heldFor, Err: cause})
+	l.order.lost(&l.spec.events, LostEvent{Kind: l.spec.events.kind, Name: l.spec.name, Cause: why, Held: heldFor, Err: cause})
 }
 
 // releaseAt makes the final release at the given time, the end of the
@@ -386,9 +386,9 @@ func (l *lease) release(ctx context.Context) (out outcome[releaseReport], err er
 	if l.spec.events.on() {
 		if foundLost {
 			l.order.losing(&l.spec.events)
-			l.order.lost(&l.spec.events, LostEvent{Name: l.spec.name, Cause: LostRefused, Held: start.Sub(l.heldAt), Err: lostErr})
+			l.order.lost(&l.spec.events, LostEvent{Kind: l.spec.events.kind, Name: l.spec.name, Cause: LostRefused, Held: start.Sub(l.heldAt), Err: lostErr})
 		}
-		l.order.released(&l.spec.events, ReleasedEvent{Context: ctx, Name: l.spec.name, Start: start, Duration: time.Since(start),
+		l.order.released(&l.spec.events, ReleasedEvent{Context: ctx, Kind: l.spec.events.kind, Name: l.spec.name, Start: start, Duration: time.Since(start),
 			Held: start.Sub(l.heldAt), Lost: lostErr != nil, Err: err})
 	}
 	return out, err

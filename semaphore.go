@@ -87,14 +87,14 @@ func (c *Client) NewSemaphore(name string, permits int, opts ...Option) *Semapho
 		err:     errors.Join(errs...),
 		retry:   newRetryPolicy(&cfg),
 		timeout: cfg.perNodeTimeout(),
-		events:  events{observer: cfg.observer, logger: cfg.logger, name: name},
+		events:  events{observer: cfg.observer, logger: cfg.logger, kind: KindSemaphore, name: name},
 	}
 	if s.err != nil {
 		return s
 	}
 	s.keys = newSemaphoreKeys(cfg.keyPrefix+"{"+name+"}"+semaphoreSuffix, permits)
 	s.slots = slotSpecs{specs: make([]atomic.Pointer[leaseSpec], permits), make: func(slot int) *leaseSpec {
-		spec := cfg.leaseSpec(c, newSlotKind(c, s.keys, slot, &cfg), name)
+		spec := cfg.leaseSpec(c, newSlotKind(c, s.keys, slot, &cfg), KindSemaphore, name)
 		return &spec
 	}}
 	return s

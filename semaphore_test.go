@@ -790,3 +790,94 @@ func TestSemaphorePermitsMismatchOnAMinority(t *testing.T) {
 	}
 	slotsFreed(t, mrs, s, "after the mismatch")
 }
+
+// kindRecorder is an Observer that keeps the kind of each event it gets.
+type kindRecorder struct {
+	mu    sync.Mutex
+	kinds map[string][]Kind // by event
+}
+
+func (r *kindRecorder) note(event string, kind Kind) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.kinds[event] = append(r.kinds[event], kind)
+}
+
+func (r *kindRecorder) observer() *Observer {
+	r.kinds = map[string][]Kind{}
+	return &Observer{
+		Acquired:    func(e AcquiredEvent) { r.note("Acquired", e.Kind) },
+		NotAcquired: func(e NotAcquiredEvent) { r.note("NotAcquired", e.Kind) },
+		Released:    func(e ReleasedEvent) { r.note("Released", e.Kind) },
+		Extended:    func(e ExtendedEvent) { r.note("Extended", e.Kind) },
+		Lost:        func(e LostEvent) { r.note("Lost", e.Kind) },
+	}
+}
+
+// Every event of a permit names the Semaphore's kind, and every event of a
+// Mutex's acquisition the Mutex's, through the same Observer.
+func TestEventsNameTheirKind(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	tickClocks(t, mrs)
+	var rec kindRecorder
+	c := newClient(t, clients, WithObserver(rec.observer()), WithTTL(300*time.Millisecond))
+	s := c.NewSemaphore("kinds", 1)
+	m, other := c.NewMutex("kinds"), c.NewMutex("kinds")
+	for _, tt := range []struct {
+		kind    Kind
+		name    string
+		keys    []string
+		acquire func() (context.Context, func() error, error)
+		contend func() error
+	}{
+		{KindSemaphore, "semaphore", s.keys.slots, func() (context.Context, func() error, error) {
+			p, err := s.Acquire(t.Context())
+			if err != nil {
+				return nil, nil, err
+			}
+			return p.Context(), func() error { return p.Release(t.Context()) }, nil
+		}, func() error { _, err := s.TryAcquire(t.Context()); return err }},
+		{KindMutex, "mutex", []string{m.key}, func() (context.Context, func() error, error) {
+			held, err := m.LockContext(t.Context())
+			return held, func() error { return m.UnlockContext(t.Context()) }, err
+		}, func() error { _, err := other.TryLockContext(t.Context()); return err }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rec.observer() // forget the events so far
+			held, release, err := tt.acquire()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tt.contend(); err == nil {
+				t.Fatalf("a second %s acquired while the first held", tt.name)
+			}
+			// Hold through an extension (every 100ms), then lose it.
+			time.Sleep(250 * time.Millisecond)
+			for _, mr := range mrs {
+				for _, key := range tt.keys {
+					mr.Del(key)
+				}
+			}
+			<-held.Done()
+			if err := release(); !errors.Is(err, ErrLockLost) {
+				t.Errorf("release after the keys were deleted = %v; want ErrLockLost", err)
+			}
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			for _, event := range []string{"Acquired", "NotAcquired", "Released", "Extended", "Lost"} {
+				kinds := rec.kinds[event]
+				if len(kinds) == 0 {
+					t.Errorf("no %s event", event)
+				}
+				for _, kind := range kinds {
+					if kind != tt.kind {
+						t.Errorf("%s event of a %s names the kind %v; want %v", event, tt.name, kind, tt.kind)
+					}
+				}
+			}
+		})
+	}
+	if got := fmt.Sprint(KindMutex, KindSemaphore); got != "mutex semaphore" {
+		t.Errorf("the kinds' names are %q; want mutex semaphore", got)
+	}
+}
