@@ -498,6 +498,7 @@ func scriptKind(shaOrSource string) string {
 		script *script
 	}{
 		{"acquire", acquireScript},
+		{"acquire", semAcquireScript},
 		{"fence", fenceScript},
 		{"release", releaseScript},
 		{"extend", extendScript},
