@@ -147,10 +147,15 @@
 // Grants on different slots never count together: a holder's quorum is a
 // quorum for one slot, so the split above gives the third holder no slot
 // free on two masters. The bound holds with any minority of masters down,
-// since a lease needs only a quorum; and every process uses the same P,
-// since a grant on a master whose limit differs is refused with
-// ErrPermitsMismatch. The limit lives for a day after the last grant on
-// each master, so that a name no longer used leaves nothing behind.
+// since a lease needs only a quorum. Every process must use the same P: a
+// grant on a master whose limit differs is refused, and an attempt that
+// hears such a refusal before it is decided fails with ErrPermitsMismatch,
+// even if the other masters granted it. Two numbers cannot both hold
+// permits while the limit lives, since each needs a quorum that stores its
+// own. The limit lives for a day after the last grant on each master, so
+// that a name no longer used leaves nothing behind; a permit held for
+// longer than that, with no grant for the name in between, lets the limit
+// lapse, and a user with another number is then no longer turned away.
 //
 // An attempt asks for a slot drawn at random. A master that refuses
 // reports which slots after it are free there, so that a failed attempt
