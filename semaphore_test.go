@@ -84,6 +84,7 @@ func TestSemaphoreRejectsBadConfiguration(t *testing.T) {
 		{"fencing", "s", 1, []Option{WithFencing()}, "WithFencing does not apply to a Semaphore"},
 		{"exact key", "s", 1, []Option{WithExactKey()}, "WithExactKey does not apply to a Semaphore"},
 		{"bad option", "s", 1, []Option{WithTTL(-time.Second)}, "TTL -1s must be a positive"},
+		{"brace in prefix", "s", 1, []Option{WithKeyPrefix("a{")}, "key prefix \"a{\" has a brace"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s := c.NewSemaphore(tt.sem, tt.permits, tt.opts...)
@@ -879,5 +880,31 @@ func TestEventsNameTheirKind(t *testing.T) {
 	}
 	if got := fmt.Sprint(KindMutex, KindSemaphore); got != "mutex semaphore" {
 		t.Errorf("the kinds' names are %q; want mutex semaphore", got)
+	}
+}
+
+// A nil context is misuse, named as such, on every call that takes one.
+func TestSemaphoreNilContextPanics(t *testing.T) {
+	_, clients := servers(t, 3)
+	s := newClient(t, clients).NewSemaphore("nil", 1)
+	p, err := s.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release(t.Context())
+	calls := map[string]func(){
+		"Acquire":    func() { s.Acquire(nil) },
+		"TryAcquire": func() { s.TryAcquire(nil) },
+		"Status":     func() { s.Status(nil) },
+		"Do":         func() { s.Do(nil, func(context.Context) error { return nil }) },
+		"Release":    func() { p.Release(nil) },
+	}
+	for name, call := range calls {
+		if msg := panicMessage(call); msg != "redlock: nil Context" {
+			t.Errorf("%s(nil) panicked with %q; want redlock: nil Context", name, msg)
+		}
+	}
+	if p.Context().Err() != nil {
+		t.Error("Release(nil) ended the permit")
 	}
 }

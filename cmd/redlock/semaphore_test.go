@@ -185,6 +185,27 @@ func TestRunSemaphoreLossAndSignals(t *testing.T) {
 		}
 	})
 
+	t.Run("signal during the wait", func(t *testing.T) {
+		holder := holdLock(t, env, "sem-wait", "-n", "1")
+		waiter := start(t, env, "run", "-n", "1", "sem-wait", "--", "echo", "ran")
+		deadline := time.Now().Add(10 * time.Second)
+		for status(t, env, "-n", "1", "sem-wait") != "held=1/1 waiters=1" && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		waiter.cmd.Process.Signal(syscall.SIGTERM)
+		if code := waiter.wait(10 * time.Second); code != 128+int(syscall.SIGTERM) {
+			t.Errorf("the waiter exited %d after SIGTERM; want %d\nstderr:\n%s", code, 128+int(syscall.SIGTERM), waiter.stderr())
+		}
+		if out := waiter.output(10 * time.Second); len(out) != 0 {
+			t.Errorf("the waiter's command printed %q; want it not to have run", out)
+		}
+		if got := status(t, env, "-n", "1", "sem-wait"); got != "held=1/1 waiters=0" {
+			t.Errorf("status once the waiter left = %q; want held=1/1 waiters=0", got)
+		}
+		holder.cmd.Process.Signal(syscall.SIGTERM)
+		holder.wait(10 * time.Second)
+	})
+
 	t.Run("loss", func(t *testing.T) {
 		p := start(t, env, "run", "-n", "1", "-ttl", "1s", "sem-loss", "--", "sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $$ $!; wait")
 		ids := pids(t, p.line(30*time.Second))
