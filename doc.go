@@ -158,9 +158,10 @@
 // lapse, and a user with another number is then no longer turned away.
 //
 // An attempt asks for a slot drawn at random. A master that refuses
-// reports which slots after it are free there, so that a failed attempt
-// asks at once for a slot free on a quorum, and ErrTaken means that no
-// quorum reported one free. Waiters queue in the Semaphore's one queue and
+// reports which of the 64 slots from it on are free there, so that a failed
+// attempt asks at once for a slot free on a quorum; past that window, a
+// Semaphore of more permits reads every slot. ErrTaken means that no quorum
+// reported one free. Waiters queue in the Semaphore's one queue and
 // are woken, in order, by the releases of any of its permits.
 //
 // Each Client option also has a per-Mutex form: options given to New are the

@@ -140,7 +140,8 @@ func (s *Semaphore) Acquire(ctx context.Context) (*Permit, error) {
 
 // TryAcquire makes one attempt to take a permit, bounded by ctx and a few
 // node timeouts: it asks for a slot, and if that one is taken, for slots
-// that the refusals report free, until a quorum reports none free. If the
+// that the refusals report free (or, with more than 64 permits, that a read
+// of every slot finds free), until a quorum reports none free. If the
 // attempt fails, its error wraps ErrTaken when the permits were held,
 // ErrNoQuorum with the node errors when nodes failed, or both; and
 // ctx.Err() if ctx ended. On success the permit is as for Acquire. It
@@ -180,12 +181,13 @@ func (s *Semaphore) acquire(ctx, waitCtx context.Context, once bool) (*Permit, e
 }
 
 // maxSlotTries bounds the slots one attempt asks for: the first, drawn at
-// random, and those the refusals report free.
+// random, and those the refusals report free, or, for a Semaphore of more
+// than slotWindow permits, those a read of every slot finds free.
 const maxSlotTries = 3
 
 // attempt makes one attempt for a permit: a round for a slot drawn at
-// random, then, while a quorum's refusals report another slot free, a round
-// for that one. The permit's context derives from ctx; the rounds wait no
+// random, then, while a quorum's refusals (or, past their window, a read of
+// every slot) report another slot free, a round for that one. The permit's context derives from ctx; the rounds wait no
 // longer than waitCtx allows.
 func (s *Semaphore) attempt(waitCtx, ctx context.Context, waiter string) (held context.Context, permanent bool, err error) {
 	if waitCtx.Err() != nil {
@@ -216,9 +218,16 @@ func (s *Semaphore) attempt(waitCtx, ctx context.Context, waiter string) (held c
 			return nil, false, fmt.Errorf("%w: acquisition took longer than the TTL allows", ErrNoQuorum)
 		}
 		permanent = out.permanentFailures() > len(c.nodes)-quorum(len(c.nodes))
-		next, found := s.freeSlot(out, slot)
-		if permanent || !found || tries == maxSlotTries || waitCtx.Err() != nil {
+		if permanent || tries == maxSlotTries || waitCtx.Err() != nil {
 			return nil, permanent, notAcquired(out)
+		}
+		next, found := s.freeSlot(out, slot)
+		if !found && s.permits > slotWindow {
+			// The refusals report on a window of the slots only.
+			next, found = s.scanSlots(waitCtx)
+		}
+		if !found {
+			return nil, false, notAcquired(out)
 		}
 		slot = next
 	}
@@ -262,6 +271,38 @@ func (s *Semaphore) freeSlot(out outcome[uint64], slot int) (next int, found boo
 		return 0, false
 	}
 	return (slot + next) % s.permits, true
+}
+
+// scanSlots reads every slot on the nodes, for a Semaphore of more slots
+// than a refusal reports on, and picks one that a quorum reports free, at
+// random among those. It waits until some slot is free on a quorum, or
+// none can be.
+func (s *Semaphore) scanSlots(ctx context.Context) (slot int, found bool) {
+	c := s.client
+	nodes := len(c.nodes)
+	r := launch(c, ctx, roundSpec[semaphoreNodeStatus]{call: semaphoreStatus(s.keys, 0), timeout: s.timeout})
+	free := make([]int, s.permits) // by slot, the nodes that report it free
+	unanswered, most := nodes, 0
+	r.wait(ctx, func(_ int, rep reply[semaphoreNodeStatus], _ int) bool {
+		unanswered--
+		for i := range free {
+			if rep.ok && i < len(rep.value.held) && rep.value.held[i] == '0' {
+				free[i]++
+				most = max(most, free[i])
+			}
+		}
+		return most >= quorum(nodes) || most+unanswered < quorum(nodes)
+	})
+	ties := 0
+	for i, count := range free {
+		if count >= quorum(nodes) {
+			ties++
+			if mathrand.N(ties) == 0 {
+				slot = i
+			}
+		}
+	}
+	return slot, ties > 0
 }
 
 // mismatch is the error of a round in which a node stores another limit

@@ -203,7 +203,7 @@ func TestSemaphoreHasAtMostPermitsHolders(t *testing.T) {
 }
 
 func TestSemaphoreTryAcquire(t *testing.T) {
-	mrs, clients := servers(t, 3)
+	_, clients := servers(t, 3)
 	s := newClient(t, clients).NewSemaphore("try", 4)
 	var permits []*Permit
 	for range 3 {
@@ -236,10 +236,11 @@ func TestSemaphoreTryAcquire(t *testing.T) {
 	if elapsed := time.Since(start); elapsed > time.Second {
 		t.Errorf("TryAcquire with every permit held took %v; want one attempt", elapsed)
 	}
-	for i, mr := range mrs {
-		if held := slotsHeldOn(mr, s); held != 4 {
-			t.Errorf("server %d holds %d slots; want 4", i, held)
-		}
+	// A release that returned at a quorum may still be on its way to the
+	// third server, and a grant refused there meanwhile is repaired later:
+	// a quorum holds each slot.
+	if st, err := s.Status(t.Context()); err != nil || st.Held != 4 {
+		t.Errorf("Status() with every permit held = %+v, %v; want Held 4", st, err)
 	}
 	for _, p := range permits {
 		if err := p.Release(t.Context()); err != nil {
@@ -906,5 +907,34 @@ func TestSemaphoreNilContextPanics(t *testing.T) {
 	}
 	if p.Context().Err() != nil {
 		t.Error("Release(nil) ended the permit")
+	}
+}
+
+// With more permits than a refusal reports on, one free permit among many
+// held is still found by one attempt: TryAcquire says ErrTaken only when
+// every permit is held.
+func TestSemaphoreTryAcquireFindsTheLastFreePermitOfMany(t *testing.T) {
+	_, clients := servers(t, 3)
+	const permits = 4 * slotWindow
+	s := newClient(t, clients, WithRetryDelay(time.Millisecond), WithRetryJitter(time.Millisecond)).NewSemaphore("many", permits)
+	var held []*Permit
+	for range permits - 1 {
+		p, err := s.Acquire(t.Context())
+		if err != nil {
+			t.Fatalf("Acquire %d of %d = %v", len(held)+1, permits, err)
+		}
+		held = append(held, p)
+	}
+	for i := range 10 {
+		p, err := s.TryAcquire(t.Context())
+		if err != nil {
+			t.Fatalf("TryAcquire %d with 1 of %d permits free = %v; want the free one", i, permits, err)
+		}
+		if err := p.Release(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range held {
+		p.Release(t.Context())
 	}
 }
