@@ -854,7 +854,11 @@ func TestEventsNameTheirKind(t *testing.T) {
 				t.Fatalf("a second %s acquired while the first held", tt.name)
 			}
 			// Hold through an extension (every 100ms), then lose it.
-			time.Sleep(250 * time.Millisecond)
+			waitFor(t, "an extension", func() bool {
+				rec.mu.Lock()
+				defer rec.mu.Unlock()
+				return len(rec.kinds["Extended"]) > 0
+			})
 			for _, mr := range mrs {
 				for _, key := range tt.keys {
 					mr.Del(key)

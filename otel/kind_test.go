@@ -4,7 +4,6 @@ import (
 	"context"
 	"strings"
 	"testing"
-	"time"
 
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
@@ -30,7 +29,9 @@ func TestKind(t *testing.T) {
 	}
 	// Both are extended (every 200ms), then the permit is lost and the
 	// Mutex released.
-	time.Sleep(300 * time.Millisecond)
+	tel.metricsWhen(t, func(ms map[string]metricdata.Metrics) bool {
+		return len(attributeSets(t, ms, "redlock.extend.duration")) >= 2
+	})
 	if _, err := c.NewMutex("encoders").TryLockContext(context.Background()); err == nil {
 		t.Fatal("a second Mutex locked a held one")
 	}
