@@ -40,6 +40,7 @@ type Client struct {
 	// unlocked with their final release still to finish. Only a lock call
 	// adds to it, so once Close has waited for those, it can wait for it.
 	leases sync.WaitGroup
+	checks sync.WaitGroup // identity checks in flight
 
 	watchdog   *watchdog
 	batchLimit int  // locks one extension call may carry; see batchLimit
@@ -60,8 +61,9 @@ type Client struct {
 // addresses (a name and an IP, two DB numbers, a failover client that tells
 // none), the first lock call also checks on the servers, through their
 // script caches, that no two nodes reach the same server, and fails for
-// good if two do; a node not checked yet counts toward no quorum, and every
-// node is checked again once a minute (see identity.go). The Client does not
+// good if two do; a node not shown yet to be a server of its own counts
+// toward no quorum, and every node is checked again while one is not
+// shown, and once a minute otherwise (see identity.go). The Client does not
 // close the given clients. Clients with ContextTimeoutEnabled and
 // MaxRetries -1 serve best: see the README.
 func New(clients []redis.UniversalClient, opts ...Option) (*Client, error) {
@@ -166,6 +168,7 @@ func (c *Client) Close() error {
 	// 2. Wait for the lock calls in progress, which end with ErrClosed or
 	// with a lease held: after this no lease is made.
 	c.active.Wait()
+	c.checks.Wait() // the identity checks, which end at once
 	// 3. Stop the watchdog, waiting for its rounds, so that no extension
 	// or repair overtakes a release; it loses the leases still held,
 	// which starts their final releases.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -76,31 +77,34 @@ func newFreshClient(t *testing.T, clients []redis.UniversalClient, opts ...Optio
 	return c
 }
 
-// verifyAll makes the identity check on every node of c at once, waiting
-// up to 200ms for each.
+// verifyAll runs a whole identity check of c's nodes, with a node timeout
+// of 200ms, and waits for it to end.
 func verifyAll(c *Client) {
-	var checks sync.WaitGroup
-	for _, n := range c.nodes {
-		checks.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-			defer cancel()
-			c.identifyCall(ctx, n, nil)
-		})
+	c.mu.RLock()
+	c.identity.mu.Lock()
+	if c.identity.check == nil {
+		c.startCheck(200 * time.Millisecond)
 	}
-	checks.Wait()
+	ck := c.identity.check
+	c.identity.mu.Unlock()
+	c.mu.RUnlock()
+	<-ck.done
 }
 
-// assumeVerified marks nodes of c as having passed the identity check, as
-// if they had answered it before they hung.
+// assumeVerified adds nodes of c to the verified set, as if they had
+// passed the identity check before they hung.
 func assumeVerified(c *Client, nodes ...int) {
 	c.identity.mu.Lock()
 	defer c.identity.mu.Unlock()
+	set := slices.Clone(c.identity.verified())
 	for _, i := range nodes {
-		if !c.nodes[i].verified.Swap(true) {
-			c.identity.pending--
-		}
+		set[i] = true
 	}
+	c.identity.set.Store(&set)
 }
+
+// isVerified says whether node i of c is in the verified set.
+func isVerified(c *Client, i int) bool { return c.identity.verified()[i] }
 
 // settle waits until every call in flight to the nodes has finished, such
 // as releases and grants that outlived the rounds that sent them.

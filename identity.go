@@ -6,31 +6,70 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Addresses cannot prove two servers apart: "127.0.0.1:6379" and
-// "localhost:6379" are one, so are two DB numbers of one server, and a
-// failover client tells no address at all. So a Client checks on the
-// servers themselves that no two of its nodes reach the same one, before it
-// counts a node toward any quorum. Each node loads a script of its own, its
-// fingerprint, into its server's script cache, then asks the server whether
-// it has the fingerprint of any other node of the Client. A server has one
-// script cache, whatever the address or DB it is reached by, so of two
-// nodes on one server, the one that asks last finds the other's. A node is
-// verified once its server has its fingerprint and no other's; only
-// verified nodes are sent a round's calls (see launch). A restart empties a
-// server's script cache, so every node is checked again once a minute.
+// "localhost:6379" are one, so are two DB numbers of one server, a failover
+// client tells no address at all, and a Cluster client reaches several
+// servers. So a Client checks on the servers themselves that no two of its
+// nodes reach the same one, and counts toward a quorum only the nodes it
+// has shown to be servers of their own: the verified set. Every round that
+// grants, keeps or reads a lease calls only the nodes of the verified set
+// it read once, as it started; the rounds that only undo (a release, a
+// waiter leaving the queue, the leftovers) call every node.
+//
+// Each node has a fingerprint, a script of its own, and a server has one
+// script cache whatever the address or DB it is reached by. A check has two
+// phases, with a barrier between them:
+//
+//  1. every node loads its fingerprint on its server (on each shard of a
+//     Cluster or Ring client);
+//  2. once the loads have answered (or a grace after a quorum of them, or
+//     the node timeout, has passed), each node whose load answered asks its
+//     server which of the Client's fingerprints it has.
+//
+// A node is shown to be a server of its own when its server has its own
+// fingerprint (on every shard) and no other node's (on any shard). If it has
+// another's, the two nodes share a server: the Client fails for good. If it
+// lacks its own, the server lost its script cache during the check (a
+// restart, or SCRIPT FLUSH): the node is not shown, and is checked again.
+//
+// Why two nodes of one server are never both shown by one check: say nodes
+// i and j share server S, loaded at times Li and Lj, and asked at Ei and Ej,
+// both after both loads (the barrier). Only a flush removes a fingerprint.
+// If Li < Lj, for i to be shown S lacks j's fingerprint at Ei > Lj, so S
+// was flushed between Lj and Ei; but S has i's at Ei, so it was not flushed
+// between Li and Ei, which contains that span. Symmetrically if Lj < Li.
+//
+// Across checks: a check that shows only nodes already in the verified set
+// leaves the set as it was, less the nodes it found unshown or twins; a
+// check that shows a node outside the set replaces the set with exactly the
+// nodes it has shown so far. So any two nodes of the set were shown by one
+// check, and no two of them share a server, as long as an address keeps
+// reaching the server it reached (a failover client that moves to a server
+// that another node reaches is found by the next check).
+//
+// A check runs when a call needs one: the first call, a call while any node
+// is not shown (at most once per node timeout), and once a minute
+// otherwise; the watchdog starts one too while it keeps locks on a set with
+// a node missing. A call waits for a check only while fewer than a quorum
+// of nodes are verified, and no longer than the node timeout; the rest of
+// the check goes on in the background.
 
 const (
-	// identityRecheck is how often verified nodes are checked again.
+	// identityRecheck is how often the nodes are checked again once every
+	// one is verified.
 	identityRecheck = time.Minute
-	// identityGraceFactor bounds how long the check waits for the other
-	// nodes once a quorum is verified: that many times as long as the
-	// quorum took, plus a tenth of the node timeout. On a healthy network
-	// every node has answered long before; a node that is slower is
-	// checked all the same, and counts once it answers.
+	// identityGraceFactor bounds how long the first phase of a check waits
+	// for the other nodes once a quorum has loaded: that many times as long
+	// as the quorum took, plus a tenth of the node timeout. A node that is
+	// slower is left to the next check.
 	identityGraceFactor = 2
 )
 
@@ -38,23 +77,46 @@ const (
 // been shown yet to be a server of its own.
 var errUnidentified = neverSent(errors.New("not sent: not yet shown to be a server of its own"))
 
+// errNotLoaded is the reply of a node whose fingerprint did not load in the
+// check's first phase: the second does not ask it.
+var errNotLoaded = neverSent(errors.New("not checked: its fingerprint did not load in time"))
+
+// errCheckUnanswered is why a node whose load did not answer in time is not
+// verified.
+var errCheckUnanswered = errors.New("did not answer the identity check in time")
+
+// errFlushed is why a node whose server lacked its own fingerprint was not
+// shown.
+var errFlushed = errors.New("its server lost its script cache during the check (a restart?)")
+
 // identity is what a Client knows of its nodes' servers.
 type identity struct {
 	fingerprints []string // node i's script
 	hashes       []string // their SHA1s, in hex
+	// set is the verified set: set[i] says node i is shown to be a server
+	// of its own. It is replaced, never changed in place, so that a round
+	// reads one set.
+	set atomic.Pointer[[]bool]
 
-	mu      sync.Mutex
-	why     []error       // what node i's last check got, while it is not verified
-	err     error         // two nodes reach one server: permanent
-	check   chan struct{} // closed when the check in flight ends; nil if none
-	next    time.Time     // no new check before then
-	pending int           // nodes not verified
+	mu    sync.Mutex
+	why   []error   // what node i's last check found, while it is not verified
+	err   error     // two nodes reach one server: permanent
+	check *check    // the check in flight, or nil
+	next  time.Time // no check starts before then
+}
+
+// check is one check in flight.
+type check struct {
+	timeout time.Duration
+	quorate chan struct{} // closed once a quorum of nodes is verified
+	done    chan struct{} // closed when the check has ended
 }
 
 // init readies the identity of a Client of the given id with nodes nodes,
 // none verified.
 func (id *identity) init(clientID string, nodes int) {
-	id.why, id.pending = make([]error, nodes), nodes
+	id.why = make([]error, nodes)
+	id.set.Store(new(make([]bool, nodes)))
 	for i := range nodes {
 		source := fmt.Sprintf("return 'redlock: fingerprint of node %d of client %s'", i, clientID)
 		sum := sha1.Sum([]byte(source))
@@ -63,101 +125,155 @@ func (id *identity) init(clientID string, nodes int) {
 	}
 }
 
-// identify makes sure, before an acquisition, that a quorum of nodes is
-// verified, checking the unverified ones if none is being checked and the
-// last check was at least a node timeout ago; a call that finds a check in
-// flight waits for it. It returns an error if two nodes share a server
-// (permanent), or if fewer than a quorum could be verified. The check
-// waits no longer than timeout and ctx allow, nor, once a quorum is
-// verified, longer than twice as long as that took plus a tenth of timeout. Once every node is verified, it
-// starts a check in the background once a minute.
+// verified returns the verified set, which the caller must not change.
+func (id *identity) verified() []bool { return *id.set.Load() }
+
+// identify makes sure, before a call that needs a quorum, that a quorum of
+// nodes is verified. It starts a check if one is due, and waits for a check
+// in flight while fewer than a quorum are verified: until a quorum is, the
+// check ends, ctx is done (then it returns ErrNotAcquired, and the caller
+// says why) or timeout passes. It returns an error if two nodes share a
+// server (permanent), or if fewer than a quorum are verified, naming why
+// for each node that is not (permanent when more than the nodes a quorum
+// can spare failed for good, as with an ACL that forbids SCRIPT).
 func (c *Client) identify(ctx context.Context, timeout time.Duration) (permanent bool, err error) {
 	id := &c.identity
-	for {
-		id.mu.Lock()
-		if id.err != nil {
-			defer id.mu.Unlock()
-			return true, id.err
-		}
-		if wait := id.check; wait != nil {
-			id.mu.Unlock()
-			select {
-			case <-wait:
-				continue
-			case <-ctx.Done():
-				return false, ErrNotAcquired // the caller says why
-			}
-		}
-		now := time.Now()
-		if id.pending == 0 {
-			recheck := !now.Before(id.next)
-			if recheck {
-				id.next = now.Add(identityRecheck)
-			}
-			id.mu.Unlock()
-			if recheck {
-				c.recheck(timeout)
-			}
-			return false, nil
-		}
-		if now.Before(id.next) {
-			defer id.mu.Unlock()
-			return false, c.quorumError(nil)
-		}
-		done := make(chan struct{})
-		id.check, id.next = done, now.Add(timeout)
-		id.mu.Unlock()
-		out := c.checkNodes(ctx, timeout)
-		id.mu.Lock()
-		id.check = nil
-		close(done)
-		switch {
-		case ctx.Err() != nil:
-			id.next = time.Time{} // cut short: the next caller checks again
-		case id.pending == 0:
-			id.next = time.Now().Add(identityRecheck)
-		}
-		if id.err != nil {
-			defer id.mu.Unlock()
-			return true, id.err
-		}
-		defer id.mu.Unlock()
-		if err := c.quorumError(out); err != nil {
-			return out.permanentFailures() > len(c.nodes)-quorum(len(c.nodes)), err
-		}
+	ck, quorate, err := c.dueCheck(timeout)
+	if err != nil {
+		return true, err
+	}
+	if quorate {
 		return false, nil
 	}
+	if ck != nil && !c.waitCheck(ctx, ck, timeout) {
+		return false, ErrNotAcquired
+	}
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if id.err != nil {
+		return true, id.err
+	}
+	return c.quorumError()
+}
+
+// waitCheck waits for the check ck to verify a quorum of nodes, for no
+// longer than timeout; once a quorum is, it waits for the check to end for
+// a grace as long as identityGraceFactor times the wait so far, plus a
+// tenth of timeout, so that a node only a little slower than the others
+// counts from the first acquisition. It returns false if ctx ended first.
+func (c *Client) waitCheck(ctx context.Context, ck *check, timeout time.Duration) bool {
+	start := time.Now()
+	budget := time.NewTimer(timeout)
+	defer budget.Stop()
+	select {
+	case <-ck.quorate:
+	case <-ck.done:
+		return true
+	case <-budget.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+	grace := time.NewTimer(identityGraceFactor*time.Since(start) + timeout/10)
+	defer grace.Stop()
+	select {
+	case <-ck.done:
+	case <-grace.C:
+	case <-budget.C:
+	case <-ctx.Done():
+		return false
+	}
+	return true
+}
+
+// dueCheck starts a check if one is due and the Client is not closing, and
+// returns the check in flight, if any, and whether a quorum of nodes is
+// verified, or the error of two nodes found on one server.
+func (c *Client) dueCheck(timeout time.Duration) (*check, bool, error) {
+	id := &c.identity
+	c.mu.RLock() // before id.mu; Close waits for checks once it has said so under c.mu
+	defer c.mu.RUnlock()
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if id.err != nil {
+		return nil, false, id.err
+	}
+	quorate := count(id.verified()) >= quorum(len(c.nodes))
+	if id.check == nil && !time.Now().Before(id.next) && !c.isClosing() {
+		c.startCheck(timeout)
+	}
+	return id.check, quorate, nil
+}
+
+// startCheck starts a check with the given node timeout on its own
+// goroutine, which Close waits for. c.mu (read) and the identity's mu are
+// held, and the Client is not closing.
+func (c *Client) startCheck(timeout time.Duration) {
+	ck := &check{timeout: timeout, quorate: make(chan struct{}), done: make(chan struct{})}
+	c.identity.check = ck
+	c.checks.Add(1)
+	go c.runCheck(ck)
 }
 
 // quorumError is the error of a Client with fewer than a quorum of nodes
-// verified, naming why, or nil. out is the check just made, if any. The
-// identity's mu is held.
-func (c *Client) quorumError(out *outcome[none]) error {
+// verified, naming why, or nil; forGood says whether more nodes than a
+// quorum can spare failed for good. The identity's mu is held.
+func (c *Client) quorumError() (forGood bool, err error) {
 	id, nodes := &c.identity, len(c.nodes)
-	verified := nodes - id.pending
+	set := id.verified()
+	verified := count(set)
 	if verified >= quorum(nodes) {
-		return nil
-	}
-	if out != nil && out.round.ctxErr != nil {
-		return ErrNotAcquired // the wait ended; the caller says why
+		return false, nil
 	}
 	var errs []error
+	failedForGood := 0
 	for i, n := range c.nodes {
-		switch {
-		case n.verified.Load():
-		case id.why[i] != nil:
+		if !set[i] && id.why[i] != nil {
 			errs = append(errs, n.errorf(id.why[i]))
-		case out != nil:
-			if err := out.round.nodeError(i, out.replies[i]); err != nil {
-				errs = append(errs, err)
+			if permanent(id.why[i]) {
+				failedForGood++
 			}
 		}
 	}
-	return fmt.Errorf("%w: %d of %d nodes shown to be servers of their own: %w", ErrNoQuorum, verified, nodes, errors.Join(errs...))
+	err = fmt.Errorf("%w: %d of %d nodes shown to be servers of their own", ErrNoQuorum, verified, nodes)
+	if errs == nil {
+		return false, fmt.Errorf("%w; the check is still waiting for the others", err)
+	}
+	return failedForGood > nodes-quorum(nodes), fmt.Errorf("%w: %w", err, errors.Join(errs...))
 }
 
-// checkNodes checks the unverified nodes, and waits as identify says.
-func (c *Client) checkNodes(ctx context.Context, timeout time.Duration) *outcome[none] {
+// runCheck runs the check ck, in its two phases, and records what it
+// found. It ends early once the Client is closing.
+func (c *Client) runCheck(ck *check) {
+	defer c.checks.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-c.closing:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	loaded := c.loadPhase(ctx, ck.timeout)
+	v := &verdicts{old: slices.Clone(c.identity.verified()), shown: make([]bool, len(c.nodes))}
+	c.askPhase(ctx, ck, loaded, v)
+	id := &c.identity
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	id.check = nil
+	close(ck.done)
+	if count(id.verified()) == len(c.nodes) {
+		id.next = time.Now().Add(identityRecheck)
+	} else {
+		id.next = time.Now().Add(ck.timeout)
+	}
+}
+
+// loadPhase has every node load its fingerprint, and returns which nodes'
+// loads answered before it ended: once every node has answered, or a grace
+// after a quorum has loaded, or the timeout.
+func (c *Client) loadPhase(ctx context.Context, timeout time.Duration) []bool {
 	waitCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	start := time.Now()
@@ -167,114 +283,181 @@ func (c *Client) checkNodes(ctx context.Context, timeout time.Duration) *outcome
 			grace.Stop()
 		}
 	}()
-	r := launch(c, waitCtx, roundSpec[none]{call: c.identifyCall, timeout: timeout, unverified: true, skip: verifiedSkip(c.nodes)})
-	heard := 0
-	out := r.wait(waitCtx, func(_ int, _ reply[none], pendingHung int) bool {
+	nodes := len(c.nodes)
+	loaded, answered := make([]bool, nodes), make([]bool, nodes)
+	heard, oks := 0, 0
+	r := launch(c, waitCtx, roundSpec[none]{call: c.loadCall, timeout: timeout, anyNode: true, waitAll: true})
+	r.wait(waitCtx, func(i int, rep reply[none], pendingHung int) bool {
 		heard++
-		if heard+pendingHung >= len(c.nodes) {
+		answered[i] = true
+		if rep.ok {
+			loaded[i] = true
+			oks++
+		} else {
+			c.identity.note(i, rep.err)
+		}
+		if heard+pendingHung >= nodes {
 			return true
 		}
-		if grace == nil && c.verifiedCount() >= quorum(len(c.nodes)) {
+		if grace == nil && oks >= quorum(nodes) {
 			grace = time.AfterFunc(identityGraceFactor*time.Since(start)+timeout/10, cancel)
 		}
 		return false
 	})
-	if ctx.Err() == nil && out.round.ctxErr != nil {
-		out.round.ctxErr = nil // the grace ended the wait, not the caller
-	}
-	return &out
-}
-
-// recheck checks every node again in the background, on the nodes' own
-// goroutines, without waiting.
-func (c *Client) recheck(timeout time.Duration) {
-	for _, n := range c.nodes {
-		n.spawn(timeout, func() {
-			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			defer cancel()
-			c.identifyCall(ctx, n, nil)
-		})
-	}
-}
-
-// verifiedSkip is the skip of a check: the nodes verified already, which
-// need no second look.
-func verifiedSkip(nodes []*node) []error {
-	var skip []error
-	for _, n := range nodes {
-		if n.verified.Load() {
-			if skip == nil {
-				skip = make([]error, len(nodes))
-			}
-			skip[n.index] = errVerified
+	for i, ok := range answered {
+		if !ok {
+			c.identity.note(i, errCheckUnanswered)
 		}
 	}
-	return skip
+	return slices.Clone(loaded) // replies may still come; the barrier is now
 }
 
-// errVerified is the reply of a verified node a check does not call.
-var errVerified = neverSent(errors.New("not checked: verified already"))
-
-// verifiedCount counts the verified nodes.
-func (c *Client) verifiedCount() int {
-	c.identity.mu.Lock()
-	defer c.identity.mu.Unlock()
-	return len(c.nodes) - c.identity.pending
-}
-
-// identifyCall loads n's fingerprint on its server, asks which of the
-// Client's fingerprints the server has, and records the answer, whenever it
-// comes.
-func (c *Client) identifyCall(ctx context.Context, n *node, _ liveness) reply[none] {
-	id := &c.identity
-	err := n.client.ScriptLoad(ctx, id.fingerprints[n.index]).Err()
-	var found []bool
-	if err == nil {
-		found, err = n.client.ScriptExists(ctx, id.hashes...).Result()
+// askPhase asks the nodes that loaded their fingerprints which fingerprints
+// their servers have, and records each answer as it comes.
+func (c *Client) askPhase(ctx context.Context, ck *check, loaded []bool, v *verdicts) {
+	skip := make([]error, len(c.nodes))
+	for i, ok := range loaded {
+		if !ok {
+			skip[i] = errNotLoaded
+		}
 	}
-	if err == nil && len(found) != len(c.nodes) {
-		err = fmt.Errorf("SCRIPT EXISTS returned %d values; want %d", len(found), len(c.nodes))
+	asked := count(loaded)
+	if asked == 0 {
+		return
 	}
-	c.record(n, found, err)
-	return reply[none]{ok: err == nil, err: err}
+	r := launch(c, ctx, roundSpec[[]bool]{call: c.askCall, timeout: ck.timeout, anyNode: true, waitAll: true, skip: skip})
+	heard := 0
+	r.wait(ctx, func(i int, rep reply[[]bool], _ int) bool {
+		if loaded[i] {
+			heard++
+			c.record(ck, v, i, rep)
+		}
+		return heard == asked
+	})
 }
 
-// record notes what node n's check found: err, or which fingerprints its
-// server has. Two nodes found on one server are both unverified, so that
-// no round counts them, and the Client fails for good.
-func (c *Client) record(n *node, found []bool, err error) {
+// verdicts is what one check has found so far.
+type verdicts struct {
+	old   []bool // the verified set when the check began
+	shown []bool // the nodes the check has shown to be servers of their own
+	fresh bool   // some node outside old is shown: the set is now shown
+}
+
+// record notes node i's answer to a check's second phase, and publishes
+// the verified set it makes: see the comment at the top of this file.
+func (c *Client) record(ck *check, v *verdicts, i int, rep reply[[]bool]) {
 	id := &c.identity
 	id.mu.Lock()
 	defer id.mu.Unlock()
-	if err != nil {
-		if !n.verified.Load() {
-			id.why[n.index] = err
-		}
-		return
-	}
-	twin := false
-	for j, has := range found {
-		if has && j != n.index {
-			twin = true
-			id.err = errors.Join(id.err, fmt.Errorf("redlock: nodes %d and %d reach the same server; each must be an independent master", min(j, n.index), max(j, n.index)))
-			c.unverify(c.nodes[j])
-		}
-	}
+	set := slices.Clone(id.verified())
 	switch {
-	case twin:
-		c.unverify(n)
-	case id.err == nil && !n.verified.Load():
-		n.verified.Store(true)
-		id.why[n.index] = nil
-		id.pending--
+	case rep.err != nil:
+		id.why[i] = rep.err
+	case !rep.ok: // rep.value lacks i's own fingerprint
+		id.why[i] = errFlushed
+		set[i] = false
+	case id.err != nil:
+		// Two nodes share a server: the Client has failed for good, and
+		// no node is added to the set any more.
+	default:
+		twin := false
+		for j, has := range rep.value {
+			if has && j != i {
+				twin = true
+				id.err = errors.Join(id.err, fmt.Errorf("redlock: nodes %d and %d reach the same server; each must be an independent master", min(i, j), max(i, j)))
+				set[j] = false
+				v.old[j] = false
+			}
+		}
+		if twin {
+			set[i] = false
+			break
+		}
+		id.why[i] = nil
+		v.shown[i] = true
+		if !v.old[i] && !v.fresh {
+			v.fresh = true
+		}
+		if v.fresh {
+			set = slices.Clone(v.shown)
+		} else {
+			set[i] = true
+		}
+	}
+	id.set.Store(&set)
+	if count(set) >= quorum(len(c.nodes)) {
+		select {
+		case <-ck.quorate:
+		default:
+			close(ck.quorate)
+		}
 	}
 }
 
-// unverify makes n unverified. The identity's mu is held.
-func (c *Client) unverify(n *node) {
-	if n.verified.Swap(false) {
-		c.identity.pending++
+// note records why node i's load failed, for a node not verified.
+func (id *identity) note(i int, err error) {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if !id.verified()[i] {
+		id.why[i] = err
 	}
+}
+
+// loadCall loads n's fingerprint on its server, on every shard.
+func (c *Client) loadCall(ctx context.Context, n *node, _ liveness) reply[none] {
+	source := c.identity.fingerprints[n.index]
+	err := eachShard(ctx, n.client, func(ctx context.Context, rc redis.Cmdable) error {
+		return rc.ScriptLoad(ctx, source).Err()
+	})
+	return reply[none]{ok: err == nil, err: err}
+}
+
+// askCall asks n's server which of the Client's fingerprints it has. Its
+// value has, for every other node, whether any shard has that node's
+// fingerprint, and for n, whether every shard has its own; ok says the
+// latter.
+func (c *Client) askCall(ctx context.Context, n *node, _ liveness) reply[[]bool] {
+	id := &c.identity
+	var mu sync.Mutex
+	has := make([]bool, len(c.nodes))
+	own, shards := true, 0
+	err := eachShard(ctx, n.client, func(ctx context.Context, rc redis.Cmdable) error {
+		found, err := rc.ScriptExists(ctx, id.hashes...).Result()
+		if err == nil && len(found) != len(id.hashes) {
+			err = fmt.Errorf("SCRIPT EXISTS returned %d values; want %d", len(found), len(id.hashes))
+		}
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		shards++
+		own = own && found[n.index]
+		for j, f := range found {
+			has[j] = has[j] || f
+		}
+		return nil
+	})
+	if err != nil {
+		return reply[[]bool]{err: err}
+	}
+	has[n.index] = own && shards > 0
+	return reply[[]bool]{ok: has[n.index], value: has}
+}
+
+// shardedClient is a client over several servers, each with a script cache of
+// its own: a Cluster or Ring client.
+type shardedClient interface {
+	ForEachShard(ctx context.Context, fn func(ctx context.Context, client *redis.Client) error) error
+}
+
+// eachShard runs fn on every shard of rc, or on rc itself if it has none.
+func eachShard(ctx context.Context, rc redis.UniversalClient, fn func(context.Context, redis.Cmdable) error) error {
+	s, ok := rc.(shardedClient)
+	if !ok {
+		return fn(ctx, rc)
+	}
+	return s.ForEachShard(ctx, func(ctx context.Context, shard *redis.Client) error { return fn(ctx, shard) })
 }
 
 // refusal is the reply error of node i, which is not verified, for a round
@@ -289,4 +472,15 @@ func (id *identity) refusal(i int) error {
 		return neverSent(fmt.Errorf("%w: %w", errUnidentified, why))
 	}
 	return errUnidentified
+}
+
+// count counts the true values.
+func count(bits []bool) int {
+	n := 0
+	for _, b := range bits {
+		if b {
+			n++
+		}
+	}
+	return n
 }

@@ -248,63 +248,199 @@ func TestConcurrentFirstTryLocksSucceed(t *testing.T) {
 	}
 }
 
-// Two nodes of one server that both passed their first checks (the one
-// that would have found the other failed, and a restart emptied the script
-// cache) are found by the recheck: both stop counting, the lock they kept
-// is lost, and the Client fails for good.
-func TestRecheckFindsTwinsBothVerified(t *testing.T) {
+// twinSetup makes a Client whose nodes 0 and 1 are one embedded server
+// (DB 0 and DB 1, under two addresses), followed by one node on a server
+// of its own for each of others. Node 1's first identity command fails
+// (a transient error), so that its first check shows nodes 0 and 2 only.
+func twinSetup(t *testing.T, others int, opts ...Option) (*Client, *miniredis.Miniredis, []*miniredis.Miniredis) {
+	t.Helper()
 	mr := miniredis.RunT(t)
-	other := miniredis.RunT(t)
 	port := mr.Port()
-	a := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + port, ContextTimeoutEnabled: true, MaxRetries: -1})
-	b := redis.NewClient(&redis.Options{Addr: "localhost:" + port, ContextTimeoutEnabled: true, MaxRetries: -1})
-	o := redis.NewClient(&redis.Options{Addr: other.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-	hb := newFaultHook(1, 1)
-	b.AddHook(hb)
-	t.Cleanup(hb.wait)
-	for _, rc := range []*redis.Client{a, b, o} {
+	clients := []redis.UniversalClient{
+		redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + port, DB: 0, ContextTimeoutEnabled: true, MaxRetries: -1}),
+		redis.NewClient(&redis.Options{Addr: "localhost:" + port, DB: 1, ContextTimeoutEnabled: true, MaxRetries: -1}),
+	}
+	var rest []*miniredis.Miniredis
+	for range others {
+		s := miniredis.RunT(t)
+		rest = append(rest, s)
+		clients = append(clients, redis.NewClient(&redis.Options{Addr: s.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1}))
+	}
+	hook := newFaultHook(1, 1)
+	clients[1].AddHook(hook)
+	t.Cleanup(hook.wait)
+	for _, rc := range clients {
 		t.Cleanup(func() { rc.Close() })
 	}
-	hb.add(&fault{match: isKind("identify"), fail: errors.New("LOADING Redis is loading the dataset in memory"), times: 1})
-	c, err := New([]redis.UniversalClient{a, b, o}, WithLogger(discard()), WithTTL(time.Second))
+	hook.add(&fault{match: isKind("identify"), fail: errors.New("LOADING Redis is loading the dataset in memory"), times: 1})
+	c, err := New(clients, append([]Option{WithLogger(discard())}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	m := c.NewMutex("twin")
-	if !m.TryLock() { // nodes 0 and 2 verified; node 1 not
-		t.Fatal("first TryLock failed")
-	}
-	m.Unlock()
-	// The server restarts, as far as its script cache can tell, and node
-	// 1's next check passes: it finds no other fingerprint.
-	if err := a.ScriptFlush(t.Context()).Err(); err != nil {
+	return c, mr, rest
+}
+
+// flushScripts empties mr's script cache, as a restart does.
+func flushScripts(t *testing.T, mr *miniredis.Miniredis) {
+	t.Helper()
+	rc := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rc.Close()
+	if err := rc.ScriptFlush(t.Context()).Err(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// dueNow makes the next identity check due at once, as if its interval
+// (a node timeout, or a minute) had passed.
+func dueNow(c *Client) {
 	c.identity.mu.Lock()
+	defer c.identity.mu.Unlock()
 	c.identity.next = time.Time{}
+}
+
+// waitForCheck waits for the identity check in flight, if any.
+func waitForCheck(c *Client) {
+	c.identity.mu.Lock()
+	ck := c.identity.check
 	c.identity.mu.Unlock()
-	held, err := m.LockContext(t.Context())
+	if ck != nil {
+		<-ck.done
+	}
+}
+
+// A restart (here SCRIPT FLUSH, which is what a restart does to the script
+// cache) after node 0 was shown, and before its twin node 1 is checked
+// again, does not show node 1 too: the next check looks at every node, and
+// finds the twins. (From the second review: the check that looked at node
+// 1 alone found no other fingerprint, and one server counted twice.)
+func TestRestartBetweenChecksDoesNotVerifyTwins(t *testing.T) {
+	c, mr, others := twinSetup(t, 1)
+	m := c.NewMutex("twin")
+	if _, err := m.TryLockContext(t.Context()); err != nil { // nodes 0 and 2 shown
+		t.Fatal(err)
+	}
+	m.Unlock()
+	flushScripts(t, mr)
+	dueNow(c)
+	if _, err := m.TryLockContext(t.Context()); err == nil {
+		m.Unlock()
+	}
+	waitForCheck(c)
+	others[0].Close() // node 2, the only other server, is gone
+	_, err := m.TryLockContext(t.Context())
+	if err == nil {
+		m.Unlock()
+		t.Fatalf("TryLockContext succeeded with one server of 2 up: nodes 0 and 1 (one server) both counted; verified %v", c.identity.verified())
+	}
+	if !strings.Contains(err.Error(), "same server") {
+		t.Fatalf("TryLockContext = %v; want an error naming nodes that reach the same server", err)
+	}
+}
+
+// While a node is not verified (a master down throughout), the nodes
+// verified already are checked again too: twins are found, whatever the
+// restart in between. (From the second review: checks looked only at the
+// unverified nodes.)
+func TestChecksWhileANodeIsDownLookAtEveryNode(t *testing.T) {
+	c, mr, others := twinSetup(t, 3) // nodes 0 and 1 on one server; 2, 3 and 4 apart
+	others[2].Close()                // node 4 is down throughout
+	m := c.NewMutex("twin")
+	if _, err := m.TryLockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	m.Unlock()
+	flushScripts(t, mr)
+	for range 3 {
+		dueNow(c)
+		if _, err := m.TryLockContext(t.Context()); err == nil {
+			m.Unlock()
+		}
+		waitForCheck(c)
+	}
+	others[1].Close() // up: the twins' server and node 2's, 2 of 4 servers
+	if _, err := m.TryLockContext(t.Context()); err == nil {
+		m.Unlock()
+		t.Fatalf("TryLockContext succeeded with 2 of 4 servers up (a quorum of 5 nodes is 3): the twins' server counted twice; verified %v", c.identity.verified())
+	}
+}
+
+// Twins found while a lock is held stop counting, and the lock they kept
+// is lost; but the release still reaches them: the grant one of them holds
+// is deleted. (From the second review: the release skipped every node not
+// verified, and the grant stayed until its TTL.)
+func TestTwinsFoundWhileHeldAreReleased(t *testing.T) {
+	c, mr, others := twinSetup(t, 1, WithTTL(time.Second))
+	m := c.NewMutex("twin")
+	held, err := m.LockContext(t.Context()) // on nodes 0 and 2
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.UnlockContext(context.Background())
-	waitFor(t, "node 1 verified by a check that found no other fingerprint", c.nodes[1].verified.Load)
-	// The minute-long wait for the recheck, cut short.
-	c.identity.mu.Lock()
-	c.identity.next = time.Time{}
-	c.identity.mu.Unlock()
-	if _, err := c.identify(t.Context(), time.Second); err != nil {
-		t.Fatalf("identify starting the recheck = %v", err)
+	key := "redlock:{twin}"
+	if !mr.DB(0).Exists(key) {
+		t.Fatalf("node 0 (DB 0) has no grant")
 	}
-	waitFor(t, "the recheck to find the twins", func() bool { return !c.nodes[0].verified.Load() && !c.nodes[1].verified.Load() })
-	other.Close()
+	dueNow(c)
+	verifyAll(c) // the minute's recheck: it finds nodes 0 and 1
+	if isVerified(c, 0) || isVerified(c, 1) {
+		t.Fatalf("the recheck left twins verified: %v", c.identity.verified())
+	}
+	others[0].Close() // node 2 is gone: no quorum of verified nodes is left
 	select {
 	case <-held.Done():
 	case <-time.After(3 * time.Second):
-		t.Fatalf("the lock is still held 3 TTLs after node 2 died, with nodes 0 and 1 on one server found to be twins (until %v)", m.Until())
+		t.Fatalf("the lock is still held 3 TTLs after node 2 died, with nodes 0 and 1 found to be twins (until %v)", m.Until())
+	}
+	m.UnlockContext(t.Context())
+	settle(t, c.nodes)
+	if mr.DB(0).Exists(key) {
+		t.Fatalf("after Unlock the grant is still on node 0 (ttl %v): the release skipped it", mr.DB(0).TTL(key))
 	}
 	if _, err := c.NewMutex("after").TryLockContext(t.Context()); err == nil || !strings.Contains(err.Error(), "same server") {
 		t.Errorf("TryLockContext after the twins were found = %v; want an error naming the same server", err)
+	}
+}
+
+// A node that answers each command within the node timeout, though not
+// two in a row, is verified and counts. (From the second review: both
+// commands of a check shared one node timeout, and the node was never
+// verified.)
+func TestSlowNodeIsVerified(t *testing.T) {
+	_, clients, hooks := faultyServers(t, 3, 1)
+	c := newFreshClient(t, clients, WithLogger(discard()), WithNodeTimeout(500*time.Millisecond))
+	hooks[1].add(&fault{after: 300 * time.Millisecond})
+	hooks[2].pause()
+	defer hooks[2].resume()
+	m := c.NewMutex("slow")
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	if _, err := m.LockContext(ctx); err != nil {
+		t.Fatalf("LockContext on a free lock, node 0 fast, node 1 answering each command in 300ms (node timeout 500ms), node 2 hung: %v", err)
+	}
+	t.Logf("LockContext took %v", time.Since(start))
+	m.Unlock()
+}
+
+// TryLockContext on a fresh Client is one attempt bounded by the node
+// timeout, the identity check included. (From the second review: the check
+// took up to one node timeout, then the round another.)
+func TestFirstTryLockTakesOneNodeTimeout(t *testing.T) {
+	_, clients, hooks := faultyServers(t, 3, 1)
+	timeout := 500 * time.Millisecond
+	c := newFreshClient(t, clients, WithLogger(discard()), WithNodeTimeout(timeout))
+	hooks[1].add(&fault{after: 200 * time.Millisecond})
+	hooks[2].pause()
+	defer hooks[2].resume()
+	m := c.NewMutex("slow")
+	start := time.Now()
+	_, err := m.TryLockContext(t.Context())
+	took := time.Since(start)
+	if err == nil {
+		m.Unlock()
+	}
+	t.Logf("TryLockContext = %v after %v (node timeout %v)", err, took, timeout)
+	if took > timeout+timeout/5 {
+		t.Fatalf("one attempt took %v, more than the node timeout %v", took, timeout)
 	}
 }

@@ -115,10 +115,11 @@ func newLease(spec *leaseSpec, waiter string) *lease {
 	return l
 }
 
-// acquire runs the acquisition round, waiting no longer than ctx allows.
-func (l *lease) acquire(ctx context.Context) outcome[uint64] {
+// acquire runs the acquisition round, bounded by timeout, waiting no longer
+// than ctx allows.
+func (l *lease) acquire(ctx context.Context, timeout time.Duration) outcome[uint64] {
 	l.start = time.Now()
-	l.round = launch(l.spec.client, ctx, roundSpec[uint64]{call: l.spec.kind.grant(l.value), timeout: l.spec.nodeTimeout,
+	l.round = launch(l.spec.client, ctx, roundSpec[uint64]{call: l.spec.kind.grant(l.value), timeout: timeout,
 		live: (*unended)(l), heard: (*granting)(l)})
 	return l.round.wait(ctx, nil)
 }
@@ -447,7 +448,7 @@ func (l *lease) releaseAll(ctx context.Context) (out outcome[releaseReport]) {
 		}
 	}
 	r := launch(c, ctx, roundSpec[releaseReport]{call: l.spec.kind.release(l.value, l.waiter, true), timeout: l.spec.nodeTimeout,
-		skip: skipping(pending, errReleaseOnAnswer), heard: (*releasing)(l), untilRefused: true})
+		skip: skipping(pending, errReleaseOnAnswer), heard: (*releasing)(l), untilRefused: true, anyNode: true})
 	return r.wait(ctx, nil)
 }
 

@@ -213,11 +213,12 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 		return nil, false, ErrNotAcquired // no attempt: the caller says why
 	}
 	c := m.client
+	begin := time.Now()
 	if permanent, err := c.identify(waitCtx, m.spec.nodeTimeout); err != nil {
 		return nil, permanent, err
 	}
 	l := newLease(&m.spec, waiter)
-	out := l.acquire(waitCtx)
+	out := l.acquire(waitCtx, roundTimeout(m.spec.nodeTimeout, time.Since(begin)))
 	until := m.spec.validityEnd(l.start)
 	var token uint64
 	var fenceErr error
@@ -250,6 +251,13 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 	}
 	permanent = out.permanentFailures() > len(c.nodes)-quorum(len(c.nodes))
 	return nil, permanent, notAcquired(out)
+}
+
+// roundTimeout is the timeout of an acquisition round that an identity
+// check preceded for spent: what is left of the node timeout, so that one
+// attempt takes about one node timeout, but no less than a tenth of it.
+func roundTimeout(timeout, spent time.Duration) time.Duration {
+	return max(timeout-spent, timeout/10)
 }
 
 // fencingToken is the token a won acquisition round earns: one more than

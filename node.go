@@ -40,10 +40,6 @@ type node struct {
 	// scriptsRun is set once a script of the library has run on the node:
 	// its ACL allows them.
 	scriptsRun atomic.Bool
-	// verified is set once the node's server is known to be none of the
-	// Client's other nodes' (see identity.go): until then, and after two
-	// nodes are found on one server, no round calls it.
-	verified atomic.Bool
 	// observer and logger are the Client's, for NodeError events.
 	observer *Observer
 	logger   *slog.Logger

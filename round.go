@@ -103,9 +103,11 @@ type roundSpec[R any] struct {
 	// untilRefused makes a lost round wait while a quorum of refusals may
 	// still come: a release learns from them that the lock had been lost.
 	untilRefused bool
-	// unverified lets the round call nodes not verified yet to be servers
-	// of their own: it is the check itself. Other rounds do not call them.
-	unverified bool
+	// anyNode lets the round call nodes not verified to be servers of
+	// their own (see identity.go): the check itself, and the rounds that
+	// only undo what a lease may have left. Other rounds call only the
+	// verified set they read as they start.
+	anyNode bool
 }
 
 // round is a fan-out in progress, shared by the wait and the node calls,
@@ -190,6 +192,7 @@ func launch[R any](c *Client, ctx context.Context, spec roundSpec[R]) *round[R] 
 		err error
 	}
 	var failed []unsent // nodes not called, to hear once c.mu is released
+	verified := c.identity.verified()
 	c.mu.RLock()
 	for _, n := range c.nodes {
 		if spec.skip != nil && spec.skip[n.index] != nil {
@@ -197,7 +200,7 @@ func launch[R any](c *Client, ctx context.Context, spec roundSpec[R]) *round[R] 
 			r.finished()
 			continue
 		}
-		if !spec.unverified && !n.verified.Load() {
+		if !spec.anyNode && !verified[n.index] {
 			r.record(n.index, reply[R]{err: c.identity.refusal(n.index)})
 			r.finished()
 			continue

@@ -194,14 +194,19 @@ func (s *Semaphore) attempt(waitCtx, ctx context.Context, waiter string) (held c
 		return nil, false, ErrNotAcquired // no attempt: the caller says why
 	}
 	c := s.client
+	begin := time.Now()
 	if permanent, err := c.identify(waitCtx, s.timeout); err != nil {
 		return nil, permanent, err
 	}
+	// The first round gets what the identity check left of the node
+	// timeout, as a Mutex's does; the rounds for slots the refusals report
+	// free each get a node timeout.
+	timeout := roundTimeout(s.timeout, time.Since(begin))
 	slot := mathrand.N(s.permits)
-	for tries := 1; ; tries++ {
+	for tries := 1; ; tries, timeout = tries+1, s.timeout {
 		spec := s.slots.get(slot)
 		l := newLease(spec, waiter)
-		out := l.acquire(waitCtx)
+		out := l.acquire(waitCtx, timeout)
 		until := spec.validityEnd(l.start)
 		// A node that stores another limit is a mismatch even in a round
 		// the others won: every user of the name must give up, not only
@@ -346,7 +351,9 @@ func (s *Semaphore) joinQueue(ctx context.Context, waiter, mode string) queueVie
 // leaveQueue takes a waiter that gave up out of the queue. It waits for a
 // quorum at most; the other nodes finish in the background.
 func (s *Semaphore) leaveQueue(waiter string) {
-	fanOut(s.client, context.Background(), s.timeout, enqueueCall(s.keys.queueKeys, waiter, dequeue, s.retry.aliveTTL(), s.retry.queueTTL()))
+	call := enqueueCall(s.keys.queueKeys, waiter, dequeue, s.retry.aliveTTL(), s.retry.queueTTL())
+	ctx := context.Background()
+	launch(s.client, ctx, roundSpec[string]{call: call, timeout: s.timeout, anyNode: true}).wait(ctx, nil)
 }
 
 // Status reads the Semaphore on every node without taking a permit: how

@@ -407,7 +407,9 @@ func mostCommon(values []string) (count int, value string) {
 // leaveQueue takes a waiter that gave up out of the queue. It waits for a
 // quorum at most; the other nodes finish in the background.
 func (m *Mutex) leaveQueue(waiter string) {
-	fanOut(m.client, context.Background(), m.spec.nodeTimeout, m.kind.enqueue(waiter, dequeue, m.retry.aliveTTL(), m.retry.queueTTL()))
+	call := m.kind.enqueue(waiter, dequeue, m.retry.aliveTTL(), m.retry.queueTTL())
+	ctx := context.Background()
+	launch(m.client, ctx, roundSpec[string]{call: call, timeout: m.spec.nodeTimeout, anyNode: true}).wait(ctx, nil)
 }
 
 // waitEnded is the error of a wait that ctx ended; last is the error of the

@@ -215,6 +215,9 @@ func (w *watchdog) extend(batch []*dueEntry) {
 		return
 	}
 	first := admitted[0].l.spec.name // the entries may be reused once applied
+	// A lock kept on a set with a node missing: check the nodes again, if
+	// due, so that a node back from a restart counts again.
+	w.c.dueCheck(admitted[0].l.spec.nodeTimeout)
 	tallies, out := w.extendRound(admitted, start)
 	if w.ctx.Err() != nil {
 		// The Client is closing: shutdown loses the leases.
