@@ -55,21 +55,22 @@ import (
 // reaching the server it reached (a failover client that moves to a server
 // that another node reaches is found by the next check).
 //
-// A check runs when a call needs one: the first call, a call while any node
-// is not shown (at most once per node timeout), and once a minute
-// otherwise; the watchdog starts one too while it keeps locks on a set with
-// a node missing. A call waits for a check only while fewer than a quorum
-// of nodes are verified, and no longer than the node timeout; the rest of
-// the check goes on in the background.
+// The first call starts the first check (New makes no call to a server).
+// Later checks run when a call or the watchdog finds one due: at once
+// after a check in a hurry (below) left a node out, at most once per node timeout while any node is not shown, and
+// once a minute otherwise. A call waits for a check only while fewer than
+// a quorum of nodes are verified, and no longer than the node timeout; the
+// rest of the check goes on in the background.
 
 const (
 	// identityRecheck is how often the nodes are checked again once every
 	// one is verified.
 	identityRecheck = time.Minute
-	// identityGraceFactor bounds how long the first phase of a check waits
-	// for the other nodes once a quorum has loaded: that many times as long
-	// as the quorum took, plus a tenth of the node timeout. A node that is
-	// slower is left to the next check.
+	// identityGraceFactor bounds how long the first phase of a check in a
+	// hurry waits for the other nodes once a quorum has loaded: that many
+	// times as long as the quorum took, plus a tenth of the node timeout. A
+	// node that is slower is left to the next check, which is due at once
+	// and waits for every node.
 	identityGraceFactor = 2
 )
 
@@ -108,6 +109,11 @@ type identity struct {
 // check is one check in flight.
 type check struct {
 	timeout time.Duration
+	// hurry says that a call waits for the check with fewer than a quorum
+	// of nodes verified: its first phase ends a grace after a quorum has
+	// loaded. Otherwise the first phase waits for every node, up to the
+	// timeout, so that a node slower than the others is verified too.
+	hurry   bool
 	quorate chan struct{} // closed once a quorum of nodes is verified
 	done    chan struct{} // closed when the check has ended
 }
@@ -200,7 +206,7 @@ func (c *Client) dueCheck(timeout time.Duration) (*check, bool, error) {
 	}
 	quorate := count(id.verified()) >= quorum(len(c.nodes))
 	if id.check == nil && !time.Now().Before(id.next) && !c.isClosing() {
-		c.startCheck(timeout)
+		c.startCheck(timeout, !quorate)
 	}
 	return id.check, quorate, nil
 }
@@ -208,8 +214,8 @@ func (c *Client) dueCheck(timeout time.Duration) (*check, bool, error) {
 // startCheck starts a check with the given node timeout on its own
 // goroutine, which Close waits for. c.mu (read) and the identity's mu are
 // held, and the Client is not closing.
-func (c *Client) startCheck(timeout time.Duration) {
-	ck := &check{timeout: timeout, quorate: make(chan struct{}), done: make(chan struct{})}
+func (c *Client) startCheck(timeout time.Duration, hurry bool) {
+	ck := &check{timeout: timeout, hurry: hurry, quorate: make(chan struct{}), done: make(chan struct{})}
 	c.identity.check = ck
 	c.checks.Add(1)
 	go c.runCheck(ck)
@@ -255,7 +261,7 @@ func (c *Client) runCheck(ck *check) {
 		case <-ctx.Done():
 		}
 	}()
-	loaded := c.loadPhase(ctx, ck.timeout)
+	loaded := c.loadPhase(ctx, ck)
 	v := &verdicts{old: slices.Clone(c.identity.verified()), shown: make([]bool, len(c.nodes))}
 	c.askPhase(ctx, ck, loaded, v)
 	id := &c.identity
@@ -263,17 +269,22 @@ func (c *Client) runCheck(ck *check) {
 	defer id.mu.Unlock()
 	id.check = nil
 	close(ck.done)
-	if count(id.verified()) == len(c.nodes) {
+	switch {
+	case count(id.verified()) == len(c.nodes):
 		id.next = time.Now().Add(identityRecheck)
-	} else {
+	case ck.hurry && count(loaded) < len(c.nodes):
+		id.next = time.Time{} // the grace cut nodes off: check them without one
+	default:
 		id.next = time.Now().Add(ck.timeout)
 	}
 }
 
 // loadPhase has every node load its fingerprint, and returns which nodes'
-// loads answered before it ended: once every node has answered, or a grace
-// after a quorum has loaded, or the timeout.
-func (c *Client) loadPhase(ctx context.Context, timeout time.Duration) []bool {
+// loads answered before it ended: once every node has answered (in a
+// hurry, every node not hung), or, in a hurry, a grace after a quorum has
+// loaded, or the timeout.
+func (c *Client) loadPhase(ctx context.Context, ck *check) []bool {
+	timeout := ck.timeout
 	waitCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	start := time.Now()
@@ -295,6 +306,9 @@ func (c *Client) loadPhase(ctx context.Context, timeout time.Duration) []bool {
 			oks++
 		} else {
 			c.identity.note(i, rep.err)
+		}
+		if !ck.hurry {
+			return heard == nodes
 		}
 		if heard+pendingHung >= nodes {
 			return true

@@ -115,11 +115,10 @@ func newLease(spec *leaseSpec, waiter string) *lease {
 	return l
 }
 
-// acquire runs the acquisition round, bounded by timeout, waiting no longer
-// than ctx allows.
-func (l *lease) acquire(ctx context.Context, timeout time.Duration) outcome[uint64] {
+// acquire runs the acquisition round, waiting no longer than ctx allows.
+func (l *lease) acquire(ctx context.Context) outcome[uint64] {
 	l.start = time.Now()
-	l.round = launch(l.spec.client, ctx, roundSpec[uint64]{call: l.spec.kind.grant(l.value), timeout: timeout,
+	l.round = launch(l.spec.client, ctx, roundSpec[uint64]{call: l.spec.kind.grant(l.value), timeout: l.spec.nodeTimeout,
 		live: (*unended)(l), heard: (*granting)(l)})
 	return l.round.wait(ctx, nil)
 }

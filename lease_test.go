@@ -312,7 +312,7 @@ func TestHoldingPastItsValidityIsNeverExtended(t *testing.T) {
 		m := c.NewMutex("expired")
 		m.local <- struct{}{}
 		h := newLease(&m.spec, "")
-		h.acquire(t.Context(), m.spec.nodeTimeout)
+		h.acquire(t.Context())
 		held := h.hold(context.Background(), time.Now().Add(-time.Millisecond), 0)
 		m.current.Store(h)
 		<-held.Done()

@@ -155,7 +155,11 @@ func (m *Mutex) LockContext(ctx context.Context) (held context.Context, err erro
 }
 
 // TryLockContext makes one attempt to acquire the lock, bounded by ctx and the
-// node timeout. If the attempt fails, its error wraps ErrTaken when another
+// node timeout; while fewer than a quorum of the Client's nodes are shown
+// to be servers of their own (until the Client's first check has
+// answered), the attempt first waits for that check, for up to another node
+// timeout.
+// If the attempt fails, its error wraps ErrTaken when another
 // owner holds the lock on some node (or another goroutine of this process
 // holds the Mutex), ErrNoQuorum with the node errors when some nodes failed
 // or did not answer in time, or both; and ctx.Err() if ctx ended. On
@@ -213,12 +217,11 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 		return nil, false, ErrNotAcquired // no attempt: the caller says why
 	}
 	c := m.client
-	begin := time.Now()
 	if permanent, err := c.identify(waitCtx, m.spec.nodeTimeout); err != nil {
 		return nil, permanent, err
 	}
 	l := newLease(&m.spec, waiter)
-	out := l.acquire(waitCtx, roundTimeout(m.spec.nodeTimeout, time.Since(begin)))
+	out := l.acquire(waitCtx)
 	until := m.spec.validityEnd(l.start)
 	var token uint64
 	var fenceErr error
@@ -251,13 +254,6 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 	}
 	permanent = out.permanentFailures() > len(c.nodes)-quorum(len(c.nodes))
 	return nil, permanent, notAcquired(out)
-}
-
-// roundTimeout is the timeout of an acquisition round that an identity
-// check preceded for spent: what is left of the node timeout, so that one
-// attempt takes about one node timeout, but no less than a tenth of it.
-func roundTimeout(timeout, spent time.Duration) time.Duration {
-	return max(timeout-spent, timeout/10)
 }
 
 // fencingToken is the token a won acquisition round earns: one more than
