@@ -194,19 +194,14 @@ func (s *Semaphore) attempt(waitCtx, ctx context.Context, waiter string) (held c
 		return nil, false, ErrNotAcquired // no attempt: the caller says why
 	}
 	c := s.client
-	begin := time.Now()
 	if permanent, err := c.identify(waitCtx, s.timeout); err != nil {
 		return nil, permanent, err
 	}
-	// The first round gets what the identity check left of the node
-	// timeout, as a Mutex's does; the rounds for slots the refusals report
-	// free each get a node timeout.
-	timeout := roundTimeout(s.timeout, time.Since(begin))
 	slot := mathrand.N(s.permits)
-	for tries := 1; ; tries, timeout = tries+1, s.timeout {
+	for tries := 1; ; tries++ {
 		spec := s.slots.get(slot)
 		l := newLease(spec, waiter)
-		out := l.acquire(waitCtx, timeout)
+		out := l.acquire(waitCtx)
 		until := spec.validityEnd(l.start)
 		// A node that stores another limit is a mismatch even in a round
 		// the others won: every user of the name must give up, not only
