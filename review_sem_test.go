@@ -1,0 +1,273 @@
+//go:build reviewsem
+
+// Review tests for the semaphore2 branch. They are skipped by default (the
+// build tag keeps them out): run them with
+//
+//	go test -race -count=1 -tags reviewsem -run 'TestReviewSem' .
+package redlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+// DESIGN.md, "Semaphore": "One limit per name. Every process must use the
+// same permits for a name. A mismatch is found at the first call and
+// returned as ErrPermitsMismatch".
+//
+// The limit key lives limitLifetime (24h) after the last grant attempt;
+// the holders' extensions (the Mutex's extend script, on the slot key
+// alone) never renew it. A permit held for longer than that by a holder
+// whose watchdog keeps it alive leaves the name with no stored limit, and a
+// process with another number of permits then acquires at its first call,
+// with no mismatch reported, beside the holder.
+//
+// The test gives the limit key 500ms left instead of 24h (as if the
+// holder had held its permit for 24h less 500ms); the servers' clocks tick with real
+// time, so the holder's slot lives only by its extensions.
+func TestReviewSemLimitLapsesWhileHeld(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	tickClocks(t, mrs)
+	a := newClient(t, clients, WithTTL(600*time.Millisecond)).NewSemaphore("lapse", 1)
+	p, err := a.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release(context.Background())
+	for _, mr := range mrs {
+		mr.SetTTL(a.keys.limit, 500*time.Millisecond)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		lapsed := true
+		for _, mr := range mrs {
+			lapsed = lapsed && !mr.Exists(a.keys.limit)
+		}
+		if lapsed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the limit did not lapse within 20s")
+		}
+	}
+	if p.Context().Err() != nil {
+		t.Fatalf("the holder's permit ended: %v", context.Cause(p.Context()))
+	}
+	b := newClient(t, clients, WithTTL(600*time.Millisecond)).NewSemaphore("lapse", 2)
+	q, err := b.TryAcquire(t.Context())
+	if err == nil {
+		defer q.Release(context.Background())
+		t.Fatalf("a Semaphore of 2 permits acquired at its first call while a Semaphore of 1 permit holds the name; want ErrPermitsMismatch at the first call (both held: %v, %v)",
+			p.Context().Err() == nil, q.Context().Err() == nil)
+	}
+	if !errors.Is(err, ErrPermitsMismatch) {
+		t.Fatalf("TryAcquire = %v; want ErrPermitsMismatch", err)
+	}
+}
+
+// DESIGN.md, Close: "It waits for lock calls in progress, which end with
+// ErrClosed"; the brief: Close ends waiters with ErrClosed. A waiter queued
+// on a Semaphore whose permits are held must end with ErrClosed, promptly,
+// and the holder's permit ends with ErrLockLost.
+func TestReviewSemCloseEndsWaiter(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	c := newClient(t, clients)
+	s := c.NewSemaphore("closing", 1)
+	p, err := s.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := s.Acquire(context.Background())
+		errc <- err
+	}()
+	waitFor(t, "the waiter to queue", func() bool {
+		list, _ := mrs[0].List(s.keys.queueKeys[0].(string))
+		return len(list) == 1
+	})
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("waiting Acquire at Close = %v; want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiting Acquire still waiting 5s after Close")
+	}
+	if err := <-closed; err != nil {
+		t.Errorf("Close = %v", err)
+	}
+	if cause := context.Cause(p.Context()); !errors.Is(cause, ErrLockLost) || !errors.Is(cause, ErrClosed) {
+		t.Errorf("held permit's cause after Close = %v; want ErrLockLost and ErrClosed", cause)
+	}
+	if err := p.Release(context.Background()); !errors.Is(err, ErrLockLost) && !errors.Is(err, ErrClosed) {
+		t.Errorf("Release after Close = %v; want ErrLockLost or ErrClosed", err)
+	}
+	for i, mr := range mrs {
+		if n := slotsHeldOn(mr, s); n != 0 {
+			t.Errorf("node %d holds %d slots after Close", i, n)
+		}
+		if list, _ := mr.List(s.keys.queueKeys[0].(string)); len(list) != 0 {
+			t.Errorf("node %d still queues %v after Close", i, list)
+		}
+	}
+}
+
+// DESIGN.md, "Semaphore": "A mismatch is found at the first call"; and the
+// code's own comment in attempt: "A node that stores another limit is a
+// mismatch even in a round the others won". A round is decided as soon as a
+// quorum granted, so a node that stores another limit and answers after
+// the quorum is never heard: the first call succeeds. This is the mirror
+// of TestSemaphorePermitsMismatchOnAMinority, with node 0 slow instead of
+// fast.
+func TestReviewSemMismatchOnASlowMinority(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 11)
+	c := newClient(t, clients)
+	s := c.NewSemaphore("slowminority", 3)
+	mrs[0].Set(s.keys.limit, "2")
+	hooks[0].add(&fault{after: 50 * time.Millisecond})
+	p, err := s.TryAcquire(t.Context())
+	if err == nil {
+		defer p.Release(context.Background())
+		t.Fatal("TryAcquire with node 0 storing a limit of 2 (and answering last) succeeded; want ErrPermitsMismatch at the first call")
+	}
+	if !errors.Is(err, ErrPermitsMismatch) {
+		t.Fatalf("TryAcquire = %v; want ErrPermitsMismatch", err)
+	}
+}
+
+// DESIGN.md, "Lifecycle": "Nothing leaks. Every node that may have granted
+// a failed, abandoned or lost attempt gets a release for that value,
+// whenever its grant arrives"; Close's doc: it waits for every background
+// call, and only a key "on a node that does not answer expires with its
+// TTL".
+//
+// Close's sweep releases a node's leftovers with one call per key, one
+// after the other, all within two node timeouts, and then forgets the
+// rest. A Semaphore has a key per permit, so a node that answers every
+// call well within the node timeout, but has leftovers on several slots
+// (timed-out grants, as granting.heard remembers them), keeps some of them
+// after Close. The test makes those leftovers as the lease does
+// (remember), on the 8 slots of node 0, whose forget calls each take 6ms
+// of a 20ms node timeout, and closes the Client.
+func TestReviewSemCloseSweepReleasesEveryLeftover(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 7)
+	c, err := New(clients, WithNodeTimeout(20*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	verifyAll(c)
+	const permits = 8
+	s := c.NewSemaphore("sweep", permits)
+	n := c.nodes[0]
+	for slot := range permits {
+		spec := s.slots.get(slot)
+		value := newValue()
+		mrs[0].Set(s.keys.slots[slot], value)
+		n.remember(spec.kind.forgetting(), value, spec.nodeTimeout)
+	}
+	hooks[0].add(&fault{match: isKind("forget"), before: 6 * time.Millisecond})
+	start := time.Now()
+	if err := c.Close(); err != nil {
+		t.Fatalf("Close = %v", err)
+	}
+	took := time.Since(start)
+	hooks[0].clear()
+	hooks[0].wait()
+	if left := slotsHeldOn(mrs[0], s); left != 0 {
+		t.Errorf("node 0, which answered every call within 6ms of its 20ms timeout, still holds %d of %d leftover slots after Close (Close took %v)", left, permits, took)
+	}
+}
+
+// The brief: "a waiter whose ctx ends leaves no queue entry". A waiter of a
+// Semaphore whose permits are all held, and whose ctx ends, is taken out of
+// the queue on every node.
+func TestReviewSemWaiterThatGivesUpLeavesTheQueue(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	s := newClient(t, clients).NewSemaphore("giveup", 2)
+	var permits []*Permit
+	for range 2 {
+		p, err := s.Acquire(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		permits = append(permits, p)
+	}
+	defer func() {
+		for _, p := range permits {
+			p.Release(context.Background())
+		}
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := s.Acquire(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Acquire = %v; want the wait to end", err)
+	}
+	waitFor(t, "the queue to empty on every node", func() bool {
+		for _, mr := range mrs {
+			if list, _ := mr.List(s.keys.queueKeys[0].(string)); len(list) != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	st, err := s.Status(t.Context())
+	if err != nil || st.Held != 2 || st.Waiters != 0 {
+		t.Errorf("Status = %+v, %v; want 2 held, 0 waiters", st, err)
+	}
+}
+
+// The brief: "does TryAcquire say ErrTaken only when every permit is
+// held?"; DESIGN.md, "Semaphore": "ErrTaken when every permit is held";
+// TryAcquire's doc: it asks for slots that the refusals report free "until
+// a quorum reports none free". P TryAcquires at once, on P Clients, on a
+// free Semaphore of P permits over three masters: there is a permit for
+// each, so at no moment are all P held by the others, and none should fail
+// with ErrTaken. With P = 6 a few fail in most runs (P = 3, now and then):
+// an attempt gives up after maxSlotTries (3) slot rounds lost to
+// collisions, or when the refusals of a round show every slot taken by
+// attempts that are themselves about to lose.
+func TestReviewSemTryAcquireContendersAllFit(t *testing.T) {
+	for _, permits := range []int{3, 6} {
+		t.Run(fmt.Sprint(permits), func(t *testing.T) {
+			_, clients := servers(t, 3)
+			var sems []*Semaphore
+			for range permits {
+				sems = append(sems, newClient(t, clients).NewSemaphore("fit", permits))
+			}
+			failures := 0
+			var first error
+			const rounds = 30
+			for range rounds {
+				var wg sync.WaitGroup
+				got := make([]*Permit, permits)
+				errs := make([]error, permits)
+				for i, s := range sems {
+					wg.Go(func() { got[i], errs[i] = s.TryAcquire(t.Context()) })
+				}
+				wg.Wait()
+				for i, err := range errs {
+					if err != nil && errors.Is(err, ErrNoQuorum) {
+						continue // a node slow on a loaded machine: not what this test is about
+					}
+					if err != nil {
+						failures++
+						if first == nil {
+							first = err
+						}
+						continue
+					}
+					got[i].Release(context.Background())
+				}
+			}
+			if failures > 0 {
+				t.Errorf("%d of %d TryAcquires failed with ErrTaken alone, with a permit free for each contender; the first: %v", failures, permits*rounds, first)
+			}
+		})
+	}
+}
