@@ -141,7 +141,6 @@ func TestReviewSemMismatchOnASlowMinority(t *testing.T) {
 	}
 }
 
-
 // The brief: "a waiter whose ctx ends leaves no queue entry". A waiter of a
 // Semaphore whose permits are all held, and whose ctx ends, is taken out of
 // the queue on every node.
