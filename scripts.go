@@ -31,6 +31,8 @@ var (
 	semAcquireSource string
 	//go:embed scripts/semstatus.lua
 	semStatusSource string
+	//go:embed scripts/semrepair.lua
+	semRepairSource string
 
 	acquireScript = newScript(acquireSource)
 	fenceScript   = newScript(fenceSource)
@@ -42,6 +44,7 @@ var (
 
 	semAcquireScript = newScript(semAcquireSource)
 	semStatusScript  = newScript(semStatusSource)
+	semRepairScript  = newScript(semRepairSource)
 )
 
 // script is one of the library's Lua scripts, with its source for EVAL and

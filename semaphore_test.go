@@ -985,3 +985,54 @@ func TestCloseSweepReleasesEveryLeftover(t *testing.T) {
 		t.Errorf("node 0, which answered every call within 6ms of its 20ms timeout, still holds %d of %d leftover slots after Close (Close took %v)", left, permits, took)
 	}
 }
+
+// The limit lives as long as a permit is held: each extension of a slot
+// renews it, and a repair sets it again on a master that lost it with the
+// slot, so that a Semaphore with another number of permits is turned away
+// at its first call however long the holder has held its permit. (From a
+// review: the limit lived a day after the last grant alone, and a permit
+// held longer let a Semaphore of 2 permits acquire beside a Semaphore of 1,
+// with no ErrPermitsMismatch.) The limit is given 500ms left, as if the
+// holder had held its permit for a day less 500ms; the servers' clocks
+// tick with real time.
+func TestSemaphoreLimitLivesWhilePermitHeld(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	tickClocks(t, mrs)
+	a := newClient(t, clients, WithTTL(600*time.Millisecond)).NewSemaphore("lapse", 1)
+	p, err := a.Acquire(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Release(context.Background())
+	for _, mr := range mrs {
+		mr.SetTTL(a.keys.limit, 500*time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	if p.Context().Err() != nil {
+		t.Fatalf("the holder's permit ended: %v", context.Cause(p.Context()))
+	}
+	for i, mr := range mrs {
+		if ttl := mr.TTL(a.keys.limit); ttl < limitLifetime-time.Minute {
+			t.Errorf("node %d: the limit's TTL = %v after the holder's extensions; want about %v", i, ttl, limitLifetime)
+		}
+	}
+	// Node 0 forgets the slot and the limit, as a restart would: the
+	// watchdog's repair puts both back.
+	mrs[0].Del(a.keys.slots[0])
+	mrs[0].Del(a.keys.limit)
+	waitFor(t, "the repair of node 0", func() bool {
+		return mrs[0].Exists(a.keys.slots[0]) && mrs[0].Exists(a.keys.limit)
+	})
+	if got, _ := mrs[0].Get(a.keys.limit); got != "1" {
+		t.Errorf("node 0: the repaired limit = %q; want %q", got, "1")
+	}
+	b := newClient(t, clients, WithTTL(600*time.Millisecond)).NewSemaphore("lapse", 2)
+	q, err := b.TryAcquire(t.Context())
+	if err == nil {
+		defer q.Release(context.Background())
+		t.Fatal("a Semaphore of 2 permits acquired while a Semaphore of 1 permit holds the name; want ErrPermitsMismatch at the first call")
+	}
+	if !errors.Is(err, ErrPermitsMismatch) {
+		t.Errorf("TryAcquire = %v; want ErrPermitsMismatch", err)
+	}
+}

@@ -36,8 +36,10 @@ const MaxPermits = 1024
 const slotWindow = 64
 
 // limitLifetime is how long a master keeps a Semaphore's limit after the
-// last grant it made: the limit is checked against every user's while it
-// lives, and must not linger for ever once the name is no longer used.
+// last grant, extension or repair of one of its slots there: the limit is
+// checked against every user's while it lives, so it lives as long as a
+// permit is held, and must not linger for ever once the name is no longer
+// used.
 const limitLifetime = 24 * time.Hour
 
 // semaphoreKeys are the keys of one Semaphore, shared by its slots' kinds.
@@ -65,13 +67,18 @@ func newSemaphoreKeys(base string, permits int) *semaphoreKeys {
 }
 
 // slotKind is the kind of the leases that hold one slot of a Semaphore.
-// The slot is a Mutex's key in all but its grant: its release (which wakes
-// the next waiter of the Semaphore's one queue), its repair, its extension
-// and its forgetting are the Mutex kind's, on the slot's key.
+// The slot is a Mutex's key in all but its grant, its extension and its
+// repair: its release (which wakes the next waiter of the Semaphore's one
+// queue) and its forgetting are the Mutex kind's, on the slot's key. Its
+// extension and its repair also renew the Semaphore's limit, so that the
+// limit lives as long as a permit is held, and a user with another number
+// of permits is told so however long the holders keep their permits.
 type slotKind struct {
 	mutexKind
 	slot        int
 	acquireKeys []any // the slot, the limit, then the rest of the window
+	repairKeys  []any // the slot and the limit
+	limitArg    any   // the limit's key
 	permits     int
 	permitsArg  any // permits, as the script's argument
 	limitMillis any // limitLifetime in milliseconds
@@ -97,6 +104,8 @@ func newSlotKind(c *Client, keys *semaphoreKeys, slot int, cfg *config) *slotKin
 		},
 		slot:        slot,
 		acquireKeys: acquireKeys,
+		repairKeys:  []any{key, keys.limit},
+		limitArg:    keys.limit,
 		permits:     permits,
 		permitsArg:  permits,
 		limitMillis: limitLifetime.Milliseconds(),
@@ -136,6 +145,28 @@ func (k *slotKind) grant(value string) nodeCall[uint64] {
 			return reply[uint64]{err: &permitsMismatchError{stored: detail, permits: k.permits}}
 		}
 		return reply[uint64]{value: slotBits(detail, '1')}
+	}
+}
+
+// extension extends the slot while value holds it, and the limit with it,
+// to the limit's lifetime.
+func (k *slotKind) extension(string) extension {
+	return extension{key: k.keyArg, ttl: k.ttlMillis, renewed: k.limitArg, until: k.limitMillis}
+}
+
+// repair sets the slot again, as the Mutex kind's repair sets its key, on a
+// node that lost it, and renews the limit there, or sets it if the node
+// lost it too (a restart); a limit that differs is left for the next
+// grant to report.
+func (k *slotKind) repair(value string, until time.Time) nodeCall[none] {
+	return func(ctx context.Context, n *node, live liveness) reply[none] {
+		deadline, _ := ctx.Deadline()
+		px := until.Sub(deadline).Milliseconds()
+		if px < 1 {
+			return reply[none]{err: errTooLate}
+		}
+		res, err := prepare(semRepairScript, k.repairKeys, value, px, k.permitsArg, k.limitMillis).run(ctx, n, live).Int64()
+		return reply[none]{ok: err == nil && res == 1, err: err}
 	}
 }
 
