@@ -150,7 +150,9 @@
 // since a lease needs only a quorum. Every process must use the same P: a
 // grant on a master whose limit differs is refused, and an attempt that
 // hears such a refusal before it is decided fails with ErrPermitsMismatch,
-// even if the other masters granted it. Two numbers cannot both hold
+// even if the other masters granted it; a refusal heard after a quorum
+// granted ends the permit, whose Context's cause wraps ErrPermitsMismatch,
+// and releases its slot. Two numbers cannot both hold
 // permits while the limit lives, since each needs a quorum that stores its
 // own. The limit lives for a day after the last grant, extension or
 // repair of a slot on each master, so that a name no longer used leaves

@@ -27,6 +27,11 @@ type leaseKind interface {
 	// and its TTL, and a key renewed with it; the keys are extended only
 	// while the lease's key holds value.
 	extension(value string) extension
+	// disowns is why a node's reply to a grant, heard after the round was
+	// won, ends the lease, or nil: a reply that says the lease may not be
+	// held beside the node's own (a Semaphore's node that stores another
+	// limit). A Mutex's kind never disowns.
+	disowns(n *node, rep reply[uint64]) error
 	// forgetting is how a hold of this kind that may be left on a node is
 	// released later, with others of the same key (see leftovers).
 	forgetting() forgetting

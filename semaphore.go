@@ -94,7 +94,7 @@ func (c *Client) NewSemaphore(name string, permits int, opts ...Option) *Semapho
 	}
 	s.keys = newSemaphoreKeys(cfg.keyPrefix+"{"+name+"}"+semaphoreSuffix, permits)
 	s.slots = slotSpecs{specs: make([]atomic.Pointer[leaseSpec], permits), make: func(slot int) *leaseSpec {
-		spec := cfg.leaseSpec(c, newSlotKind(c, s.keys, slot, &cfg), KindSemaphore, name)
+		spec := cfg.leaseSpec(c, newSlotKind(c, name, s.keys, slot, &cfg), KindSemaphore, name)
 		return &spec
 	}}
 	return s
@@ -125,7 +125,9 @@ func (s *Semaphore) usable() error {
 // first, the error wraps ErrNotAcquired, ctx.Err(), and the reasons of the
 // last attempt: ErrTaken when every permit was held, ErrNoQuorum when nodes
 // failed. A limit that differs from another user's is returned at once as
-// ErrPermitsMismatch. With WithWaitTimeout the wait also ends after that
+// ErrPermitsMismatch, or, if the node that stores it answers only after a
+// quorum granted the permit, ends the permit with a cause that wraps
+// ErrPermitsMismatch too. With WithWaitTimeout the wait also ends after that
 // long. Acquire panics if ctx is nil.
 func (s *Semaphore) Acquire(ctx context.Context) (*Permit, error) {
 	mustContext(ctx)
@@ -205,7 +207,9 @@ func (s *Semaphore) attempt(waitCtx, ctx context.Context, waiter string) (held c
 		until := spec.validityEnd(l.start)
 		// A node that stores another limit is a mismatch even in a round
 		// the others won: every user of the name must give up, not only
-		// those that lose.
+		// those that lose. One heard before the round was decided fails
+		// the attempt; one heard after ends the permit, whose Context's
+		// cause then wraps ErrPermitsMismatch (see slotKind.disowns).
 		mismatch := s.mismatch(out)
 		if out.won && mismatch == nil && time.Now().Before(until) {
 			return l.hold(ctx, until, 0), false, nil
@@ -311,9 +315,7 @@ func (s *Semaphore) mismatch(out outcome[uint64]) error {
 	for i, rep := range out.replies {
 		var mismatch *permitsMismatchError
 		if rep.answered && errors.As(rep.err, &mismatch) {
-			n := s.client.nodes[i]
-			return fmt.Errorf("%w: semaphore %q has %d permits here, but node %d (%s) stores a limit of %s: every user of a name must give the same number",
-				ErrPermitsMismatch, s.name, s.permits, n.index, n.addr, mismatch.stored)
+			return permitsMismatch(s.name, s.permits, s.client.nodes[i], mismatch.stored)
 		}
 	}
 	return nil
@@ -400,9 +402,7 @@ func (s *Semaphore) status(replies []reply[semaphoreNodeStatus]) (SemaphoreStatu
 			continue
 		}
 		if limit := rep.value.limit; limit != "" && limit != strconv.Itoa(s.permits) {
-			n := s.client.nodes[i]
-			return SemaphoreStatus{}, fmt.Errorf("%w: semaphore %q has %d permits here, but node %d (%s) stores a limit of %s: every user of a name must give the same number",
-				ErrPermitsMismatch, s.name, s.permits, n.index, n.addr, limit)
+			return SemaphoreStatus{}, permitsMismatch(s.name, s.permits, s.client.nodes[i], limit)
 		}
 		for slot := range held {
 			if slot < len(rep.value.held) && rep.value.held[slot] == '1' {

@@ -1036,3 +1036,43 @@ func TestSemaphoreLimitLivesWhilePermitHeld(t *testing.T) {
 		t.Errorf("TryAcquire = %v; want ErrPermitsMismatch", err)
 	}
 }
+
+// A node that stores another limit and answers after a quorum granted the
+// slot ends the permit that the first call returned: its Context ends with
+// a cause that wraps ErrPermitsMismatch and ErrLockLost, naming both
+// numbers, and the slot is released on every node. (From a review: the
+// round was decided at the quorum and the slow node never heard, so the
+// permit was held beside a user of another number.) The mirror of
+// TestSemaphorePermitsMismatchOnAMinority, with node 0 slow instead of
+// fast.
+func TestSemaphorePermitsMismatchOnASlowMinorityEndsThePermit(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 11)
+	c := newClient(t, clients)
+	s := c.NewSemaphore("slowminority", 3)
+	mrs[0].Set(s.keys.limit, "2")
+	hooks[0].add(&fault{after: 50 * time.Millisecond})
+	p, err := s.TryAcquire(t.Context())
+	if err != nil {
+		if !errors.Is(err, ErrPermitsMismatch) {
+			t.Fatalf("TryAcquire = %v; want a permit, or ErrPermitsMismatch", err)
+		}
+		return // node 0 was heard before the round was decided
+	}
+	select {
+	case <-p.Context().Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the permit still held 5s after node 0 answered with a limit of 2")
+	}
+	cause := context.Cause(p.Context())
+	if !errors.Is(cause, ErrPermitsMismatch) || !errors.Is(cause, ErrLockLost) {
+		t.Errorf("the permit's cause = %v; want ErrPermitsMismatch and ErrLockLost", cause)
+	}
+	if msg := fmt.Sprint(cause); !strings.Contains(msg, "has 3 permits") || !strings.Contains(msg, "a limit of 2") {
+		t.Errorf("the permit's cause = %q; want both numbers named", msg)
+	}
+	if err := p.Release(t.Context()); !errors.Is(err, ErrPermitsMismatch) {
+		t.Errorf("Release = %v; want the loss, ErrPermitsMismatch", err)
+	}
+	hooks[0].clear()
+	slotsFreed(t, mrs, s, "after the mismatch")
+}

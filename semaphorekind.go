@@ -2,6 +2,7 @@ package redlock
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync/atomic"
@@ -75,6 +76,7 @@ func newSemaphoreKeys(base string, permits int) *semaphoreKeys {
 // of permits is told so however long the holders keep their permits.
 type slotKind struct {
 	mutexKind
+	name        string // the Semaphore's
 	slot        int
 	acquireKeys []any // the slot, the limit, then the rest of the window
 	repairKeys  []any // the slot and the limit
@@ -84,7 +86,7 @@ type slotKind struct {
 	limitMillis any // limitLifetime in milliseconds
 }
 
-func newSlotKind(c *Client, keys *semaphoreKeys, slot int, cfg *config) *slotKind {
+func newSlotKind(c *Client, name string, keys *semaphoreKeys, slot int, cfg *config) *slotKind {
 	key := keys.slots[slot]
 	permits := len(keys.slots)
 	window := min(permits, slotWindow)
@@ -102,6 +104,7 @@ func newSlotKind(c *Client, keys *semaphoreKeys, slot int, cfg *config) *slotKin
 			releaseKeys: append([]any{key}, keys.wakeKeys...),
 			ttlMillis:   cfg.ttl.Milliseconds(),
 		},
+		name:        name,
 		slot:        slot,
 		acquireKeys: acquireKeys,
 		repairKeys:  []any{key, keys.limit},
@@ -168,6 +171,24 @@ func (k *slotKind) repair(value string, until time.Time) nodeCall[none] {
 		res, err := prepare(semRepairScript, k.repairKeys, value, px, k.permitsArg, k.limitMillis).run(ctx, n, live).Int64()
 		return reply[none]{ok: err == nil && res == 1, err: err}
 	}
+}
+
+// disowns is the loss of a permit whose grant a node answered, after a
+// quorum had granted it, with another limit: every user of the name must
+// give up, not only those that hear the node in time.
+func (k *slotKind) disowns(n *node, rep reply[uint64]) error {
+	var mismatch *permitsMismatchError
+	if !errors.As(rep.err, &mismatch) {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrLockLost, permitsMismatch(k.name, k.permits, n, mismatch.stored))
+}
+
+// permitsMismatch is the error of a Semaphore named name, of permits
+// permits, when node n stores a limit of stored.
+func permitsMismatch(name string, permits int, n *node, stored string) error {
+	return fmt.Errorf("%w: semaphore %q has %d permits here, but node %d (%s) stores a limit of %s: every user of a name must give the same number",
+		ErrPermitsMismatch, name, permits, n.index, n.addr, stored)
 }
 
 // slotBits reads a script's string of one character per slot as bits: bit

@@ -99,7 +99,7 @@ func newAttrSets(k redlock.Kind) *attrSets {
 	for o := range redlock.ExtendFailed + 1 {
 		s.extend = append(s.extend, newAttrs(kind, outcomeKey.String(o.String())))
 	}
-	for c := range redlock.LostClosed + 1 {
+	for c := range redlock.LostDisowned + 1 {
 		s.cause = append(s.cause, newAttrs(kind, causeKey.String(c.String())))
 	}
 	return s

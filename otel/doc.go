@@ -37,7 +37,7 @@
 //     refused (the lock is lost) or failed (too few nodes answered; the
 //     watchdog retries).
 //   - redlock.lost, a counter: locks lost while held. Attribute
-//     redlock.cause: deadline, refused, max_hold or closed, as
+//     redlock.cause: deadline, refused, max_hold, closed or disowned, as
 //     redlock.LossCause names them. A release refused by a quorum (the key
 //     was gone, unnoticed until Unlock) counts as refused.
 //   - redlock.node.errors, a counter: calls to a node that failed or did not
