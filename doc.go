@@ -162,8 +162,10 @@
 // An attempt asks for a slot drawn at random. A master that refuses
 // reports which of the 64 slots from it on are free there, so that a failed
 // attempt asks at once for a slot free on a quorum; past that window, a
-// Semaphore of more permits reads every slot. ErrTaken means that no quorum
-// reported one free. Waiters queue in the Semaphore's one queue and
+// Semaphore of more permits reads every slot; it asks for up to P slots so.
+// When every slot looks taken, rivals that are about to lose may have them:
+// the attempt pauses for about as long as its round took, reads every slot,
+// and asks once more. ErrTaken means that no quorum reported one free. Waiters queue in the Semaphore's one queue and
 // are woken, in order, by the releases of any of its permits.
 //
 // Each Client option also has a per-Mutex form: options given to New are the

@@ -140,10 +140,17 @@ func (s *Semaphore) Acquire(ctx context.Context) (*Permit, error) {
 	return s.acquire(ctx, waitCtx, false)
 }
 
-// TryAcquire makes one attempt to take a permit, bounded by ctx and a few
-// node timeouts: it asks for a slot, and if that one is taken, for slots
-// that the refusals report free (or, with more than 64 permits, that a read
-// of every slot finds free), until a quorum reports none free. If the
+// TryAcquire makes one attempt to take a permit: it asks for a slot, and
+// if that one is taken, for slots that the refusals report free (or, with
+// more than 64 permits, that a read of every slot finds free), for up to
+// Permits slots, until a quorum reports none free; if the refusals showed
+// every slot taken, it pauses for about as long as a round took, reads
+// every slot, and asks once more for one free on a quorum, since rival
+// attempts that lose give their slots back. The attempt is bounded by ctx
+// and by three node timeouts after its first round (it begins nothing past
+// two, and everything it begins ends within one); while fewer than a
+// quorum of the Client's nodes are shown to be servers of their own, it
+// first waits for that check, for up to another node timeout. If the
 // attempt fails, its error wraps ErrTaken when the permits were held,
 // ErrNoQuorum with the node errors when nodes failed, or both; and
 // ctx.Err() if ctx ended. On success the permit is as for Acquire. It
@@ -182,15 +189,21 @@ func (s *Semaphore) acquire(ctx, waitCtx context.Context, once bool) (*Permit, e
 	return &Permit{s: s, l: l, held: held}, nil
 }
 
-// maxSlotTries bounds the slots one attempt asks for: the first, drawn at
-// random, and those the refusals report free, or, for a Semaphore of more
-// than slotWindow permits, those a read of every slot finds free.
-const maxSlotTries = 3
+// slotSpan is how long, in node timeouts, after an attempt's first round
+// it may begin another round, a read of the slots or the pause before its
+// last try: each of them ends within a node timeout, so that an attempt
+// lasts at most slotSpan+1 node timeouts beyond the nodes' identity check.
+const slotSpan = 2
 
 // attempt makes one attempt for a permit: a round for a slot drawn at
 // random, then, while a quorum's refusals (or, past their window, a read of
-// every slot) report another slot free, a round for that one. The permit's context derives from ctx; the rounds wait no
-// longer than waitCtx allows.
+// every slot) report another slot free, a round for that one, for up to
+// permits rounds in all. If a round's refusals show every slot taken, the
+// slots may be taken by rival attempts that are about to lose and give
+// them back: the attempt pauses for about as long as its round took, reads
+// every slot, and tries once more if one is free on a quorum. The permit's
+// context derives from ctx; the rounds wait no longer than waitCtx allows,
+// and none begins after slotSpan node timeouts.
 func (s *Semaphore) attempt(waitCtx, ctx context.Context, waiter string) (held context.Context, permanent bool, err error) {
 	if waitCtx.Err() != nil {
 		return nil, false, ErrNotAcquired // no attempt: the caller says why
@@ -200,10 +213,14 @@ func (s *Semaphore) attempt(waitCtx, ctx context.Context, waiter string) (held c
 		return nil, permanent, err
 	}
 	slot := mathrand.N(s.permits)
+	span := time.Now().Add(slotSpan * s.timeout)
+	inSpan := func() bool { return waitCtx.Err() == nil && time.Now().Before(span) }
+	retried := false
 	for tries := 1; ; tries++ {
 		spec := s.slots.get(slot)
 		l := newLease(spec, waiter)
 		out := l.acquire(waitCtx)
+		took := time.Since(l.start)
 		until := spec.validityEnd(l.start)
 		// A node that stores another limit is a mismatch even in a round
 		// the others won: every user of the name must give up, not only
@@ -222,18 +239,45 @@ func (s *Semaphore) attempt(waitCtx, ctx context.Context, waiter string) (held c
 			return nil, false, fmt.Errorf("%w: acquisition took longer than the TTL allows", ErrNoQuorum)
 		}
 		permanent = out.permanentFailures() > len(c.nodes)-quorum(len(c.nodes))
-		if permanent || tries == maxSlotTries || waitCtx.Err() != nil {
-			return nil, permanent, notAcquired(out)
+		if permanent {
+			return nil, true, notAcquired(out)
 		}
-		next, found := s.freeSlot(out, slot)
-		if !found && s.permits > slotWindow {
-			// The refusals report on a window of the slots only.
-			next, found = s.scanSlots(waitCtx)
+		next, found := 0, false
+		if tries < s.permits && inSpan() {
+			next, found = s.freeSlot(out, slot)
+			if !found && s.permits > slotWindow && inSpan() {
+				// The refusals report on a window of the slots only.
+				next, found = s.scanSlots(waitCtx)
+			}
 		}
-		if !found {
+		if !found && !retried && out.refusals > 0 && inSpan() {
+			// Every slot looked taken, perhaps by rivals whose rounds
+			// lose, as this one did, and whose undoing takes about as long
+			// again.
+			retried = true
+			if s.pause(waitCtx, took) && inSpan() {
+				next, found = s.scanSlots(waitCtx)
+			}
+		}
+		if !found || !inSpan() {
 			return nil, false, notAcquired(out)
 		}
 		slot = next
+	}
+}
+
+// pause waits for between one and two times took, drawn at random, and
+// for no longer than half the node timeout, or until ctx is done. It
+// reports whether ctx is still live.
+func (s *Semaphore) pause(ctx context.Context, took time.Duration) bool {
+	wait := min(took+mathrand.N(took+1), s.timeout/2)
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
