@@ -261,7 +261,7 @@ func (c *Client) runCheck(ck *check) {
 		case <-ctx.Done():
 		}
 	}()
-	loaded := c.loadPhase(ctx, ck)
+	loaded, cut := c.loadPhase(ctx, ck)
 	v := &verdicts{old: slices.Clone(c.identity.verified()), shown: make([]bool, len(c.nodes))}
 	c.askPhase(ctx, ck, loaded, v)
 	id := &c.identity
@@ -272,7 +272,7 @@ func (c *Client) runCheck(ck *check) {
 	switch {
 	case count(id.verified()) == len(c.nodes):
 		id.next = time.Now().Add(identityRecheck)
-	case ck.hurry && count(loaded) < len(c.nodes):
+	case cut:
 		id.next = time.Time{} // the grace cut nodes off: check them without one
 	default:
 		id.next = time.Now().Add(ck.timeout)
@@ -282,8 +282,9 @@ func (c *Client) runCheck(ck *check) {
 // loadPhase has every node load its fingerprint, and returns which nodes'
 // loads answered before it ended: once every node has answered (in a
 // hurry, every node not hung), or, in a hurry, a grace after a quorum has
-// loaded, or the timeout.
-func (c *Client) loadPhase(ctx context.Context, ck *check) []bool {
+// loaded, or the timeout. cut says that the grace ended it with some node
+// not heard from.
+func (c *Client) loadPhase(ctx context.Context, ck *check) (loaded []bool, cut bool) {
 	timeout := ck.timeout
 	waitCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -295,7 +296,8 @@ func (c *Client) loadPhase(ctx context.Context, ck *check) []bool {
 		}
 	}()
 	nodes := len(c.nodes)
-	loaded, answered := make([]bool, nodes), make([]bool, nodes)
+	answered := make([]bool, nodes)
+	loaded = make([]bool, nodes)
 	heard, oks := 0, 0
 	r := launch(c, waitCtx, roundSpec[none]{call: c.loadCall, timeout: timeout, anyNode: true, waitAll: true})
 	r.wait(waitCtx, func(i int, rep reply[none], pendingHung int) bool {
@@ -323,7 +325,8 @@ func (c *Client) loadPhase(ctx context.Context, ck *check) []bool {
 			c.identity.note(i, errCheckUnanswered)
 		}
 	}
-	return slices.Clone(loaded) // replies may still come; the barrier is now
+	cut = waitCtx.Err() != nil && ctx.Err() == nil && heard < nodes
+	return slices.Clone(loaded), cut // replies may still come; the barrier is now
 }
 
 // askPhase asks the nodes that loaded their fingerprints which fingerprints

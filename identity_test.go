@@ -488,3 +488,24 @@ func TestFirstTryLockOnSlowHealthyNodesSucceeds(t *testing.T) {
 		t.Fatalf("first TryLockContext took %v; want at most two node timeouts (%v)", took, 2*timeout)
 	}
 }
+
+// A check in a hurry that some nodes could not answer (they refuse
+// connections) does not make the next check due at once: only nodes the
+// grace cut off are checked again without a wait. (From a review: with a
+// majority down, every call started a check of its own, and waited for it.)
+func TestChecksWithAMajorityDownAreSpaced(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	mrs[1].Close()
+	mrs[2].Close()
+	c := newFreshClient(t, clients, WithLogger(discard()), WithNodeTimeout(500*time.Millisecond))
+	if _, err := c.NewMutex("down").TryLockContext(t.Context()); err == nil {
+		t.Fatal("TryLockContext succeeded with 2 of 3 masters down")
+	}
+	waitForCheck(c)
+	c.identity.mu.Lock()
+	next := c.identity.next
+	c.identity.mu.Unlock()
+	if !next.After(time.Now()) {
+		t.Fatalf("after a check with 2 of 3 nodes refusing, the next check is due at once (next %v): every call would start one", next)
+	}
+}
