@@ -276,7 +276,7 @@ func TestWaitEndedByCloseAndContextSaysBoth(t *testing.T) {
 	holder := c.NewMutex("both")
 	holder.Lock()
 	ctx, cancel := context.WithCancel(t.Context())
-	w := &waiter{m: c.NewMutex("both"), ctx: ctx, waitCtx: ctx}
+	w := c.NewMutex("both").newWaiter(ctx, ctx, false)
 	cancel()
 	closed := make(chan struct{})
 	go func() { c.Close(); close(closed) }()

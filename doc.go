@@ -118,6 +118,56 @@
 // token. The cost of fencing is a second round to the masters on every
 // acquisition, and one counter key per lock name that never expires.
 //
+// # Semaphores
+//
+// Client.NewSemaphore makes a lock that up to P holders have at once:
+// Acquire waits for a permit as LockContext waits for a lock, and a
+// Permit's Context ends before its lease could expire, as held does. A
+// counter per master, incremented on a quorum, would not be exact: with 3
+// masters and 2 permits, holders on masters 1+2, 2+3 and 1+3 each win a
+// quorum while every master counts 2. A Semaphore is instead P mutexes.
+//
+// What each master stores: for a Semaphore of P permits, P slot keys, slot
+// I holding the value of the one holder that set it there with SET NX PX
+// (or nothing), and the limit P, which the grant script sets and checks in
+// the same atomic step as the grant; all in the name's hash slot.
+//
+// What a holder needs: a permit is a lease on one slot I, granted by a
+// quorum of masters, within its validity, exactly as a Mutex's lock is
+// granted on its key, and extended, repaired and released as a lock is, on
+// the key of slot I; its extensions and repairs also renew the limit.
+//
+// Why no interleaving gives one holder too many: two leases held at once
+// on the same slot would need two quorums of masters that each hold the
+// slot's key with their own value; two majorities of the same N masters
+// share at least one master, which holds one value at a time. That is
+// Redlock's mutual exclusion, for each slot alone, under its assumptions
+// (bounded drift and pauses, masters that do not forget a key). So each
+// slot has at most one holder at any moment, and the P slots at most P.
+// Grants on different slots never count together: a holder's quorum is a
+// quorum for one slot, so the split above gives the third holder no slot
+// free on two masters. The bound holds with any minority of masters down,
+// since a lease needs only a quorum. Every process must use the same P: a
+// grant on a master whose limit differs is refused, and an attempt that
+// hears such a refusal before it is decided fails with ErrPermitsMismatch,
+// even if the other masters granted it; a refusal heard after a quorum
+// granted ends the permit, whose Context's cause wraps ErrPermitsMismatch,
+// and releases its slot. Two numbers cannot both hold
+// permits while the limit lives, since each needs a quorum that stores its
+// own. The limit lives for a day after the last grant, extension or
+// repair of a slot on each master, so that a name no longer used leaves
+// nothing behind, while a permit held for longer than a day keeps it, and
+// a user with another number is still turned away.
+//
+// An attempt asks for a slot drawn at random. A master that refuses
+// reports which of the 64 slots from it on are free there, so that a failed
+// attempt asks at once for a slot free on a quorum; past that window, a
+// Semaphore of more permits reads every slot; it asks for up to P slots so.
+// When every slot looks taken, rivals that are about to lose may have them:
+// the attempt pauses for about as long as its round took, reads every slot,
+// and asks once more. ErrTaken means that no quorum reported one free. Waiters queue in the Semaphore's one queue and
+// are woken, in order, by the releases of any of its permits.
+//
 // Each Client option also has a per-Mutex form: options given to New are the
 // defaults, and those given to NewMutex override them.
 package redlock

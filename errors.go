@@ -30,6 +30,12 @@ var (
 	// both for this reason and because of ErrTaken reports both.
 	ErrNoQuorum = fmt.Errorf("%w: nodes failed or did not answer in time", ErrNotAcquired)
 
+	// ErrPermitsMismatch means a Semaphore's number of permits is not the
+	// limit a node stores for its name, which another user set: every user
+	// of a name must give the same number. It is permanent, as an ACL
+	// denial is, and the error names both numbers. It wraps ErrNotAcquired.
+	ErrPermitsMismatch = fmt.Errorf("%w: permits differ from the semaphore's limit", ErrNotAcquired)
+
 	// ErrLockLost is the cause of a held context that ended because the lock
 	// could no longer be confirmed on a quorum of nodes before its validity
 	// ran out, or because a quorum said the key is gone or owned by another.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -313,4 +314,51 @@ func Example_goRedisLogs() {
 		log.Fatal(err)
 	}
 	defer client.Close()
+}
+
+// A Semaphore lets up to N holders in at once, across processes: here, at
+// most 2 of 5 encoders run together. Each permit is a lease of its own,
+// extended by the watchdog and freed by Release, or by its TTL if its
+// holder crashes.
+func ExampleSemaphore() {
+	urls, stop := embeddedMasters(3)
+	defer stop()
+	client, err := redlock.Dial(urls)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	encoders := client.NewSemaphore("encoders", 2)
+	var mu sync.Mutex
+	running, most := 0, 0
+	var jobs sync.WaitGroup
+	for range 5 {
+		jobs.Go(func() {
+			err := encoders.Do(context.Background(), func(held context.Context) error {
+				mu.Lock()
+				running++
+				most = max(most, running)
+				mu.Unlock()
+				time.Sleep(10 * time.Millisecond) // encode, while held.Err() == nil
+				mu.Lock()
+				running--
+				mu.Unlock()
+				return nil
+			})
+			if err != nil {
+				log.Print(err)
+			}
+		})
+	}
+	jobs.Wait()
+	st, err := encoders.Status(context.Background())
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("at most", most, "encoders ran at once")
+	fmt.Printf("now: %d of %d permits held, %d waiting\n", st.Held, st.Permits, st.Waiters)
+	// Output:
+	// at most 2 encoders ran at once
+	// now: 0 of 2 permits held, 0 waiting
 }

@@ -442,12 +442,15 @@ func classify(node int, ctx context.Context, cmd redis.Cmder) call {
 		argv := args[min(3+nkeys, len(args)):]
 		switch c.kind {
 		case "extend":
-			for i := 0; i < len(argv); i += 2 {
+			for i := 0; i < len(argv); i += 3 {
 				c.values = append(c.values, fmt.Sprint(argv[i]))
 			}
 		case "acquire", "fence", "release", "repair":
 			if len(argv) > 0 {
 				c.values = []string{fmt.Sprint(argv[0])}
+			}
+			if c.kind == "repair" && len(argv) > 1 {
+				fmt.Sscan(fmt.Sprint(argv[1]), &c.px)
 			}
 		case "forget":
 			for _, v := range argv {
@@ -498,9 +501,11 @@ func scriptKind(shaOrSource string) string {
 		script *script
 	}{
 		{"acquire", acquireScript},
+		{"acquire", semAcquireScript},
 		{"fence", fenceScript},
 		{"release", releaseScript},
 		{"extend", extendScript},
+		{"repair", semRepairScript},
 		{"enqueue", enqueueScript},
 		{"forget", forgetScript},
 	} {

@@ -74,6 +74,7 @@ type lease struct {
 	until     time.Time // end of validity
 	token     uint64
 	cause     error       // why it was lost
+	disowned  error       // why a node disowned it before it was held (see disown)
 	stoppedAt time.Time   // when it stopped being held
 	timer     *leaseTimer // its expiry timer, while held
 	cancel    context.CancelCauseFunc
@@ -134,6 +135,13 @@ type granting lease
 // the grant was on its way.
 func (g *granting) heard(n *node, rep reply[uint64], late, won bool) {
 	l := (*lease)(g)
+	if won && !late {
+		// A reply after the round was won, which its outcome did not show.
+		if cause := l.spec.kind.disowns(n, rep); cause != nil {
+			l.disown(cause)
+		}
+		return
+	}
 	if !late || (rep.refused() && !won) || neverRan(rep.err) {
 		return
 	}
@@ -147,6 +155,22 @@ func (g *granting) heard(n *node, rep reply[uint64], late, won bool) {
 	l.undoOn(n)
 	if maybeRan(rep.err) {
 		l.remember(n) // the grant itself may land later
+	}
+}
+
+// disown ends the lease for cause, a node's reply to its won round that
+// came after the round was decided: as a loss if it is held, or as soon as
+// its holder takes it (see hold). An attempt that gave the round up already
+// has nothing to end.
+func (l *lease) disown(cause error) {
+	l.mu.Lock()
+	state := l.state
+	if state == acquiring {
+		l.disowned = cause
+	}
+	l.mu.Unlock()
+	if state == held {
+		l.lose(LostDisowned, cause)
 	}
 }
 
@@ -208,7 +232,8 @@ func (l *lease) abandon() {
 // returns its held context, derived from ctx. The expiry timer and the
 // watchdog start under the lease's lock, so that neither can act on it
 // before both know of it. If the validity has already ended (the process
-// paused, say), the lease is lost at once.
+// paused, say), or a node disowned the lease meanwhile, the lease is lost
+// at once.
 func (l *lease) hold(ctx context.Context, until time.Time, token uint64) context.Context {
 	inner, cancel := context.WithCancelCause(ctx)
 	l.ctx = heldContext{Context: inner, l: l}
@@ -225,9 +250,13 @@ func (l *lease) hold(ctx context.Context, until time.Time, token uint64) context
 	l.timer = takeTimer(l)
 	l.timer.t.Reset(time.Until(deadline))
 	watched := c.watchdog.add(l, l.start.Add(l.spec.interval))
+	disowned := l.disowned
 	l.mu.Unlock()
-	if !watched {
+	switch {
+	case !watched:
 		l.lose(LostClosed, fmt.Errorf("%w: %w", ErrLockLost, ErrClosed))
+	case disowned != nil:
+		l.lose(LostDisowned, disowned)
 	}
 	return &l.ctx
 }
@@ -318,7 +347,7 @@ func (l *lease) lose(why LossCause, cause error) {
 	} else {
 		go l.releaseAll(context.Background())
 	}
-	l.order.lost(&l.spec.events, LostEvent{Name: l.spec.name, Cause: why, Held: heldFor, Err: cause})
+	l.order.lost(&l.spec.events, LostEvent{Kind: l.spec.events.kind, Name: l.spec.name, Cause: why, Held: heldFor, Err: cause})
 }
 
 // releaseAt makes the final release at the given time, the end of the
@@ -386,9 +415,9 @@ func (l *lease) release(ctx context.Context) (out outcome[releaseReport], err er
 	if l.spec.events.on() {
 		if foundLost {
 			l.order.losing(&l.spec.events)
-			l.order.lost(&l.spec.events, LostEvent{Name: l.spec.name, Cause: LostRefused, Held: start.Sub(l.heldAt), Err: lostErr})
+			l.order.lost(&l.spec.events, LostEvent{Kind: l.spec.events.kind, Name: l.spec.name, Cause: LostRefused, Held: start.Sub(l.heldAt), Err: lostErr})
 		}
-		l.order.released(&l.spec.events, ReleasedEvent{Context: ctx, Name: l.spec.name, Start: start, Duration: time.Since(start),
+		l.order.released(&l.spec.events, ReleasedEvent{Context: ctx, Kind: l.spec.events.kind, Name: l.spec.name, Start: start, Duration: time.Since(start),
 			Held: start.Sub(l.heldAt), Lost: lostErr != nil, Err: err})
 	}
 	return out, err

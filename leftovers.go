@@ -119,24 +119,7 @@ func (l *leftovers) flush(n *node, deadline time.Time) {
 	}
 	timeout := l.timeout
 	l.mu.Unlock()
-	var done []*leftover
-	for _, key := range keys {
-		if !time.Now().Before(deadline) {
-			break
-		}
-		ctx, cancel := context.WithDeadline(context.Background(), earliest(deadline, time.Now().Add(timeout)))
-		err := key.forget(ctx, n, byKey[key])
-		cancel()
-		if err != nil {
-			n.failed(err)
-		}
-		if err == nil {
-			done = append(done, byKey[key]...)
-		}
-		if !fromServer(err) {
-			break
-		}
-	}
+	done := forgetAll(n, keys, byKey, timeout, deadline)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, o := range done {
@@ -156,6 +139,49 @@ func (l *leftovers) flush(n *node, deadline time.Time) {
 			return
 		}
 	}
+}
+
+// flushParallel bounds the releases of leftovers one flush has in flight
+// on a node at once.
+const flushParallel = 8
+
+// forgetAll releases the leftovers of keys on n, flushParallel keys at a
+// time, each call bounded by timeout and all by deadline, and returns
+// those released. It starts no more calls once one found the node not
+// answering.
+func forgetAll(n *node, keys []forgetting, byKey map[forgetting][]*leftover, timeout time.Duration, deadline time.Time) []*leftover {
+	var (
+		mu    sync.Mutex
+		done  []*leftover
+		down  atomic.Bool
+		calls sync.WaitGroup
+		slots = make(chan struct{}, flushParallel)
+	)
+	for _, key := range keys {
+		slots <- struct{}{}
+		if down.Load() || !time.Now().Before(deadline) {
+			break
+		}
+		calls.Go(func() {
+			defer func() { <-slots }()
+			ctx, cancel := context.WithDeadline(context.Background(), earliest(deadline, time.Now().Add(timeout)))
+			err := key.forget(ctx, n, byKey[key])
+			cancel()
+			switch {
+			case err == nil:
+				mu.Lock()
+				done = append(done, byKey[key]...)
+				mu.Unlock()
+			case !fromServer(err):
+				down.Store(true)
+				fallthrough
+			default:
+				n.failed(err)
+			}
+		})
+	}
+	calls.Wait()
+	return done
 }
 
 // forget releases, on n, the hold of f's key by any of list.

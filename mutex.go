@@ -69,13 +69,13 @@ func (c *Client) NewMutex(name string, opts ...Option) *Mutex {
 		retry:  newRetryPolicy(&cfg),
 		local:  make(chan struct{}, 1),
 	}
-	m.spec = cfg.leaseSpec(c, &m.kind, name)
+	m.spec = cfg.leaseSpec(c, &m.kind, KindMutex, name)
 	return m
 }
 
 // leaseSpec is the spec of the leases of a lock of the given kind and name
-// with this configuration.
-func (c *config) leaseSpec(client *Client, kind leaseKind, name string) leaseSpec {
+// with this configuration; of is the public kind its events name.
+func (c *config) leaseSpec(client *Client, kind leaseKind, of Kind, name string) leaseSpec {
 	return leaseSpec{
 		client:      client,
 		kind:        kind,
@@ -87,7 +87,7 @@ func (c *config) leaseSpec(client *Client, kind leaseKind, name string) leaseSpe
 		maxHold:     c.maxHold,
 		repair:      !c.noRepair,
 		logger:      c.logger,
-		events:      events{observer: c.observer, logger: c.logger, name: name},
+		events:      events{observer: c.observer, logger: c.logger, kind: of, name: name},
 	}
 }
 

@@ -179,8 +179,18 @@ func (k *mutexKind) repair(value string, until time.Time) nodeCall[none] {
 	}
 }
 
-// extension is the key and TTL of extend.lua for any value.
-func (k *mutexKind) extension(string) (key, ttl any) { return k.keyArg, k.ttlMillis }
+// extension is the key and TTL of extend.lua for any value; the Mutex
+// renews no other key with it.
+func (k *mutexKind) extension(string) extension {
+	return extension{key: k.keyArg, ttl: k.ttlMillis, renewed: k.keyArg, until: renewNothing}
+}
+
+// renewNothing is extend.lua's TTL for a renewed key that is not renewed.
+var renewNothing any = 0
+
+// disowns is nil: a Mutex's node that refused the lock after a quorum
+// granted it has no say over the holder.
+func (k *mutexKind) disowns(*node, reply[uint64]) error { return nil }
 
 // forgetting deletes the key where it holds a leftover value.
 func (k *mutexKind) forgetting() forgetting { return forgetting{forgetScript, k.key} }
@@ -197,7 +207,13 @@ const (
 // for queueTTL after its last change (see retryPolicy). The reply names
 // the value that holds the lock on the node.
 func (k *mutexKind) enqueue(waiter, mode string, aliveTTL, queueTTL time.Duration) nodeCall[string] {
-	enqueue := prepare(enqueueScript, k.enqueueKeys, waiter, mode, aliveTTL.Milliseconds(), queueTTL.Milliseconds())
+	return enqueueCall(k.enqueueKeys, waiter, mode, aliveTTL, queueTTL)
+}
+
+// enqueueCall runs enqueue.lua with keys: a queue, the key whose value it
+// reports, the queue's live waiters and those that left.
+func enqueueCall(keys []any, waiter, mode string, aliveTTL, queueTTL time.Duration) nodeCall[string] {
+	enqueue := prepare(enqueueScript, keys, waiter, mode, aliveTTL.Milliseconds(), queueTTL.Milliseconds())
 	return func(ctx context.Context, n *node, live liveness) reply[string] {
 		holder, err := enqueue.run(ctx, n, live).Text()
 		if err == redis.Nil {

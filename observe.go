@@ -58,10 +58,34 @@ type Observer struct {
 	NodeError func(NodeErrorEvent)
 }
 
-// AcquiredEvent describes an acquisition.
+// Kind is the kind of lock an event concerns. Its zero value names none.
+type Kind uint8
+
+const (
+	// KindMutex: a Mutex's acquisition.
+	KindMutex Kind = iota + 1
+	// KindSemaphore: a permit of a Semaphore.
+	KindSemaphore
+)
+
+// String returns the kind's name in lower case: "mutex", "semaphore".
+func (k Kind) String() string {
+	switch k {
+	case KindMutex:
+		return "mutex"
+	case KindSemaphore:
+		return "semaphore"
+	}
+	return "unknown"
+}
+
+// AcquiredEvent describes an acquisition: of a Mutex by Lock, LockContext,
+// TryLock, TryLockContext or Do, or of a permit by a Semaphore's Acquire,
+// TryAcquire or Do.
 type AcquiredEvent struct {
 	Context  context.Context // the context of the call; context.Background() for Lock and TryLock
-	Name     string          // the Mutex's name
+	Kind     Kind            // of the lock
+	Name     string          // the Mutex's or the Semaphore's name
 	Start    time.Time       // when the call began
 	Wait     time.Duration   // from Start to the acquisition, local wait included
 	Attempts int             // acquisition rounds made
@@ -71,6 +95,7 @@ type AcquiredEvent struct {
 // NotAcquiredEvent describes a call that returned without the lock.
 type NotAcquiredEvent struct {
 	Context  context.Context
+	Kind     Kind
 	Name     string
 	Start    time.Time
 	Wait     time.Duration
@@ -78,9 +103,11 @@ type NotAcquiredEvent struct {
 	Err      error // what the call returned: see ErrTaken, ErrNoQuorum
 }
 
-// ReleasedEvent describes a release by Unlock, UnlockContext or Do.
+// ReleasedEvent describes a release by Unlock, UnlockContext, Do or a
+// Permit's Release.
 type ReleasedEvent struct {
 	Context  context.Context // the context of the call; context.Background() for Unlock
+	Kind     Kind
 	Name     string
 	Start    time.Time     // when the release began
 	Duration time.Duration // how long the release took
@@ -118,6 +145,7 @@ func (o ExtendOutcome) String() string {
 
 // ExtendedEvent describes one lock's part in an extension round.
 type ExtendedEvent struct {
+	Kind    Kind
 	Name    string
 	Latency time.Duration // from the round's start to its outcome for this lock
 	Outcome ExtendOutcome
@@ -135,6 +163,10 @@ const (
 	LostMaxHold
 	// LostClosed: the Client was closed while the lock was held.
 	LostClosed
+	// LostDisowned: a node answered the acquisition, after a quorum had
+	// granted it, that the lock may not be held at all: it stores another
+	// limit for a Semaphore.
+	LostDisowned
 )
 
 func (c LossCause) String() string {
@@ -147,19 +179,23 @@ func (c LossCause) String() string {
 		return "max_hold"
 	case LostClosed:
 		return "closed"
+	case LostDisowned:
+		return "disowned"
 	}
 	return "unknown"
 }
 
 // LostEvent describes the loss of a held lock.
 type LostEvent struct {
+	Kind  Kind
 	Name  string
 	Cause LossCause
 	Held  time.Duration // from the acquisition to the loss
 	Err   error         // the held context's cause; it wraps ErrLockLost
 }
 
-// NodeErrorEvent describes a failed call to one node.
+// NodeErrorEvent describes a failed call to one node. It names no kind: the
+// nodes serve every lock of the Client.
 type NodeErrorEvent struct {
 	Node int    // index of the node in the client list given to New or Dial
 	Addr string // the node's address, where known
@@ -193,6 +229,7 @@ func observe[E any](logger *slog.Logger, name string, f func(E), event E) {
 type events struct {
 	observer *Observer // nil: none
 	logger   *slog.Logger
+	kind     Kind
 	name     string
 }
 
@@ -202,14 +239,14 @@ func (e *events) on() bool { return e.observer != nil }
 // acquired tells of an acquisition by a call that began at start.
 func (e *events) acquired(ctx context.Context, start time.Time, attempts int, token uint64) {
 	if f := e.observer.Acquired; f != nil {
-		observe(e.logger, "Acquired", f, AcquiredEvent{Context: ctx, Name: e.name, Start: start, Wait: time.Since(start), Attempts: attempts, Token: token})
+		observe(e.logger, "Acquired", f, AcquiredEvent{Context: ctx, Kind: e.kind, Name: e.name, Start: start, Wait: time.Since(start), Attempts: attempts, Token: token})
 	}
 }
 
 // notAcquired tells of a call that began at start and returned err.
 func (e *events) notAcquired(ctx context.Context, start time.Time, attempts int, err error) {
 	if f := e.observer.NotAcquired; f != nil {
-		observe(e.logger, "NotAcquired", f, NotAcquiredEvent{Context: ctx, Name: e.name, Start: start, Wait: time.Since(start), Attempts: attempts, Err: err})
+		observe(e.logger, "NotAcquired", f, NotAcquiredEvent{Context: ctx, Kind: e.kind, Name: e.name, Start: start, Wait: time.Since(start), Attempts: attempts, Err: err})
 	}
 }
 
@@ -217,7 +254,7 @@ func (e *events) notAcquired(ctx context.Context, start time.Time, attempts int,
 // start and was decided at decidedAt.
 func (e *events) extended(start, decidedAt time.Time, outcome ExtendOutcome) {
 	if f := e.observer.Extended; f != nil {
-		observe(e.logger, "Extended", f, ExtendedEvent{Name: e.name, Latency: decidedAt.Sub(start), Outcome: outcome})
+		observe(e.logger, "Extended", f, ExtendedEvent{Kind: e.kind, Name: e.name, Latency: decidedAt.Sub(start), Outcome: outcome})
 	}
 }
 

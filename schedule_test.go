@@ -36,9 +36,15 @@ import (
 //	(f) Do returned an error wrapping ErrLockLost whenever the lock was lost
 //	    by the time its func returned, and nil only if it was not lost;
 //	(g) the Observer heard one Acquired per acquisition, and each ended
-//	    once: with Lost, or with a Released that was not lost.
+//	    once: with Lost, or with a Released that was not lost;
+//	(h) never more than P permit contexts of a Semaphore of P permits were
+//	    live at once, except where the schedule deleted keys behind a
+//	    holder's back (counted apart, as for (a)).
 //
-// Some schedules set WithMaxHold, and some of the Mutexes' sections use Do.
+// Some schedules set WithMaxHold, and some of the sections use Do. Most
+// schedules also run Semaphores of one name and P permits, two to six
+// contending for them beside the Mutexes, under the same faults: every
+// check holds for their permits too, (a) aside, which (h) replaces.
 //
 // REDLOCK_SCHEDULES sets how many schedules run (default: about 20 seconds'
 // worth under -race); REDLOCK_SEED runs the one schedule of that seed and
@@ -97,14 +103,15 @@ func TestLifecycleSchedules(t *testing.T) {
 	if len(tally.failed) > 0 {
 		t.Errorf("%d of %d schedules failed: seeds %v", len(tally.failed), count, tally.failed)
 	}
-	t.Logf("%d schedules in %v; %d deleted keys behind a holder's back, with %d overlaps between them; %d keys left by a Close that could not reach their node; %d held contexts late while the test process itself stalled",
-		count, time.Since(start).Round(time.Millisecond), tally.unsafe, tally.overlapsUnsafe, tally.leftByClose, tally.paused)
+	t.Logf("%d schedules in %v, %d with semaphores; %d deleted keys behind a holder's back, with %d overlaps between them and %d moments with more than P permits; %d keys left by a Close that could not reach their node; %d held contexts late while the test process itself stalled",
+		count, time.Since(start).Round(time.Millisecond), tally.withSemaphores, tally.unsafe, tally.overlapsUnsafe, tally.permitsUnsafe, tally.leftByClose, tally.paused)
 }
 
 // scheduleTally adds up what the schedules saw.
 type scheduleTally struct {
-	unsafe, overlapsUnsafe, leftByClose, paused int
-	failed                                      []uint64
+	unsafe, overlapsUnsafe, permitsUnsafe, leftByClose, paused int
+	withSemaphores                                             int
+	failed                                                     []uint64
 }
 
 // batch runs the schedules of seeds at once, reports their violations,
@@ -123,9 +130,13 @@ func (tally *scheduleTally) batch(t *testing.T, seeds []uint64, stalls *stalls) 
 	for _, s := range results {
 		tally.leftByClose += s.leftByClose
 		tally.paused += s.paused
+		if s.permits > 0 {
+			tally.withSemaphores++
+		}
 		if s.unsafe {
 			tally.unsafe++
 			tally.overlapsUnsafe += s.overlaps
+			tally.permitsUnsafe += s.tooManyPermits
 		}
 		if len(s.violations) == 0 {
 			continue
@@ -155,6 +166,8 @@ type schedule struct {
 	timeout  time.Duration
 	duration time.Duration
 	opts     []Option
+	permits  int        // of the schedule's Semaphores; 0: none
+	sem      *Semaphore // one of them, for its keys
 
 	mrs     []*miniredis.Miniredis
 	rcs     []*redis.Client
@@ -165,17 +178,20 @@ type schedule struct {
 	windows [][]*span      // by node: when faults were in force
 	closes  []closeSpan    // Clients closed during the schedule
 
-	mu          sync.Mutex
-	events      []string
-	holdings    []*observed
-	observed    eventCounts
-	maxHold     time.Duration // 0: none
-	unsafe      bool          // keys were deleted behind a holder's back
-	overlaps    int           // in an unsafe schedule
-	leftByClose int           // keys left by a Client closed while their node had a fault
-	paused      int           // held contexts late while the process stalled
-	violations  []string
-	repairs     []call // repairs that ran on a server, at: when they ran
+	mu       sync.Mutex
+	events   []string
+	holdings []*observed
+	observed eventCounts
+	maxHold  time.Duration // 0: none
+	unsafe   bool          // keys were deleted behind a holder's back
+	overlaps int           // in an unsafe schedule
+	// tooManyPermits counts, in an unsafe schedule, the acquisitions of a
+	// permit at which more than permits were live.
+	tooManyPermits int
+	leftByClose    int // keys left by a Client closed while their node had a fault
+	paused         int // held contexts late while the process stalled
+	violations     []string
+	repairs        []call // repairs that ran on a server, at: when they ran
 }
 
 // ran records the repairs the servers run.
@@ -205,6 +221,7 @@ type closeSpan struct {
 // observed is one acquisition as the test saw it.
 type observed struct {
 	who      string
+	permit   bool // a Semaphore's, not a Mutex's
 	h        *lease
 	acquired time.Time
 	done     time.Time     // when held's AfterFunc ran
@@ -230,8 +247,12 @@ func (s *schedule) trace() string {
 	return strings.Join(s.events, "\n")
 }
 
-// scheduleLock is the name every Mutex of a schedule locks.
-const scheduleLock = "sched"
+// scheduleLock is the name every Mutex of a schedule locks, and
+// scheduleSemaphore the name of its Semaphores.
+const (
+	scheduleLock      = "sched"
+	scheduleSemaphore = "schedsem"
+)
 
 // runSchedule draws a schedule from seed, runs it, and checks it.
 func runSchedule(seed uint64, stalls *stalls) *schedule {
@@ -244,7 +265,29 @@ func runSchedule(seed uint64, stalls *stalls) *schedule {
 		for mi := range 1 + s.rng.IntN(2) {
 			m := c.NewMutex(scheduleLock)
 			wrng := rand.New(rand.NewPCG(seed, uint64(100+10*ci+mi)))
-			workers.Go(func() { s.work(fmt.Sprintf("c%d.m%d", ci, mi), m, wrng, stopCtx) })
+			workers.Go(func() { s.work(fmt.Sprintf("c%d.m%d", ci, mi), mutexLocker(m), wrng, stopCtx) })
+		}
+	}
+	// The Semaphores draw from a stream of their own, so that a seed's
+	// Mutexes and faults are those it drew before Semaphores ran beside
+	// them.
+	semRng := rand.New(rand.NewPCG(seed, 0x5e3a))
+	if semRng.IntN(4) != 0 {
+		// Fewer permits than contenders, so that they contend.
+		perClient, contenders := make([]int, len(s.clients)), 0
+		for ci := range perClient {
+			perClient[ci] = 1 + semRng.IntN(2)
+			contenders += perClient[ci]
+		}
+		s.permits = 1 + semRng.IntN(min(3, contenders-1))
+		s.logf("%d semaphores of %d permits", contenders, s.permits)
+		for ci, c := range s.clients {
+			for si := range perClient[ci] {
+				sem := c.NewSemaphore(scheduleSemaphore, s.permits)
+				s.sem = sem
+				wrng := rand.New(rand.NewPCG(seed, uint64(500+10*ci+si)))
+				workers.Go(func() { s.work(fmt.Sprintf("c%d.s%d", ci, si), semaphoreLocker(sem), wrng, stopCtx) })
+			}
 		}
 	}
 	faults := s.drawFaults()
@@ -316,9 +359,55 @@ func (s *schedule) start() {
 	}
 }
 
-// work is one Mutex's loop: lock, hold a while, and usually unlock, until
+// scheduleLocker is what a worker of a schedule locks: a Mutex, or a
+// Semaphore's permits.
+type scheduleLocker struct {
+	permit bool
+	// acquire takes the lock, with one attempt if try; release gives it
+	// back.
+	acquire func(ctx context.Context, try bool) (held context.Context, release func() error, err error)
+	do      func(ctx context.Context, fn func(held context.Context) error) error
+}
+
+func mutexLocker(m *Mutex) scheduleLocker {
+	return scheduleLocker{
+		acquire: func(ctx context.Context, try bool) (context.Context, func() error, error) {
+			var held context.Context
+			var err error
+			if try {
+				held, err = m.TryLockContext(ctx)
+			} else {
+				held, err = m.LockContext(ctx)
+			}
+			return held, func() error { return m.UnlockContext(context.Background()) }, err
+		},
+		do: m.Do,
+	}
+}
+
+func semaphoreLocker(sem *Semaphore) scheduleLocker {
+	return scheduleLocker{
+		permit: true,
+		acquire: func(ctx context.Context, try bool) (context.Context, func() error, error) {
+			var p *Permit
+			var err error
+			if try {
+				p, err = sem.TryAcquire(ctx)
+			} else {
+				p, err = sem.Acquire(ctx)
+			}
+			if err != nil {
+				return nil, nil, err
+			}
+			return p.Context(), func() error { return p.Release(context.Background()) }, nil
+		},
+		do: sem.Do,
+	}
+}
+
+// work is one worker's loop: lock, hold a while, and usually unlock, until
 // stop ends.
-func (s *schedule) work(who string, m *Mutex, rng *rand.Rand, stop context.Context) {
+func (s *schedule) work(who string, m scheduleLocker, rng *rand.Rand, stop context.Context) {
 	for stop.Err() == nil {
 		if rng.IntN(4) == 0 {
 			if closed := s.do(who, m, rng, stop); closed {
@@ -327,13 +416,7 @@ func (s *schedule) work(who string, m *Mutex, rng *rand.Rand, stop context.Conte
 			continue
 		}
 		ctx, cancel := context.WithTimeout(stop, time.Duration(rng.Int64N(int64(2*s.ttl))))
-		var held context.Context
-		var err error
-		if rng.IntN(4) == 0 {
-			held, err = m.TryLockContext(ctx)
-		} else {
-			held, err = m.LockContext(ctx)
-		}
+		held, release, err := m.acquire(ctx, rng.IntN(4) == 0)
 		if err != nil {
 			cancel()
 			if errors.Is(err, ErrClosed) {
@@ -341,7 +424,7 @@ func (s *schedule) work(who string, m *Mutex, rng *rand.Rand, stop context.Conte
 			}
 			continue
 		}
-		o := s.acquired(who, held)
+		o := s.acquired(who, held, m.permit)
 		hold := time.Duration(rng.Int64N(int64(2 * s.ttl)))
 		select {
 		case <-time.After(hold):
@@ -354,7 +437,7 @@ func (s *schedule) work(who string, m *Mutex, rng *rand.Rand, stop context.Conte
 			s.logf("%s: leaves %s to Close", who, short(o.h.value))
 			return
 		}
-		err = m.UnlockContext(context.Background())
+		err = release()
 		s.mu.Lock()
 		o.unlocked = time.Now()
 		s.mu.Unlock()
@@ -364,14 +447,14 @@ func (s *schedule) work(who string, m *Mutex, rng *rand.Rand, stop context.Conte
 
 // do runs one section with Do, and checks (f). It reports whether the
 // Client was closed.
-func (s *schedule) do(who string, m *Mutex, rng *rand.Rand, stop context.Context) (closed bool) {
+func (s *schedule) do(who string, m scheduleLocker, rng *rand.Rand, stop context.Context) (closed bool) {
 	ctx, cancel := context.WithTimeout(stop, time.Duration(rng.Int64N(int64(2*s.ttl))))
 	defer cancel()
 	hold := time.Duration(rng.Int64N(int64(2 * s.ttl)))
 	var o *observed
 	var lostAtReturn bool
-	err := m.Do(ctx, func(held context.Context) error {
-		o = s.acquired(who, held)
+	err := m.do(ctx, func(held context.Context) error {
+		o = s.acquired(who, held, m.permit)
 		select {
 		case <-time.After(hold):
 		case <-held.Done():
@@ -399,10 +482,10 @@ func (s *schedule) do(who string, m *Mutex, rng *rand.Rand, stop context.Context
 	return false
 }
 
-// acquired records a successful acquisition.
-func (s *schedule) acquired(who string, held context.Context) *observed {
+// acquired records a successful acquisition, of a permit if permit.
+func (s *schedule) acquired(who string, held context.Context, permit bool) *observed {
 	h := held.(*heldContext).l
-	o := &observed{who: who, h: h, acquired: time.Now(), ran: make(chan struct{})}
+	o := &observed{who: who, permit: permit, h: h, acquired: time.Now(), ran: make(chan struct{})}
 	until, token := h.validity()
 	s.logf("%s: acquired %s, valid for %v, token %d", who, short(h.value), time.Until(until).Round(time.Millisecond), token)
 	context.AfterFunc(held, func() {
@@ -519,7 +602,9 @@ func (s *schedule) faultOn(i int, d faultDraw) []*action {
 			s.mu.Lock()
 			s.unsafe = true
 			s.mu.Unlock()
-			mr.Del(s.key())
+			for _, key := range s.keys() {
+				mr.Del(key)
+			}
 		}}}
 	default:
 		c := s.clients[d.clientIndex]
@@ -566,6 +651,16 @@ func (s *schedule) restartNode(i int) {
 }
 
 func (s *schedule) key() string { return DefaultKeyPrefix + "{" + scheduleLock + "}" }
+
+// keys are the keys of every holder of the schedule: the Mutexes' key and
+// the Semaphores' slots.
+func (s *schedule) keys() []string {
+	keys := []string{s.key()}
+	if s.sem != nil {
+		keys = append(keys, s.sem.keys.slots...)
+	}
+	return keys
+}
 
 // listen starts mr on a port below Linux's ephemeral range (32768-60999), so
 // that while the node is stopped no client's outgoing connection can take
@@ -724,6 +819,7 @@ func (s *schedule) check() {
 		ends[o.h.value] = s.checkEnd(o)
 	}
 	s.checkOverlaps(holdings, ends)
+	s.checkPermits(holdings, ends)
 	s.checkKeys()
 	s.checkIssued(ends)
 	s.checkRepairs(holdings)
@@ -801,7 +897,7 @@ func (s *schedule) checkOverlaps(holdings []*observed, ends map[string]time.Time
 	s.mu.Unlock()
 	for i, a := range holdings {
 		for _, b := range holdings[i+1:] {
-			if !a.acquired.Before(ends[b.h.value]) || !b.acquired.Before(ends[a.h.value]) {
+			if a.permit || b.permit || !a.acquired.Before(ends[b.h.value]) || !b.acquired.Before(ends[a.h.value]) {
 				continue
 			}
 			if unsafe {
@@ -816,21 +912,62 @@ func (s *schedule) checkOverlaps(holdings []*observed, ends map[string]time.Time
 	}
 }
 
-// checkKeys checks (b): after Close, no node has the lock's key.
+// checkKeys checks (b): after Close, no node has the lock's key, nor a
+// Semaphore's slot.
 func (s *schedule) checkKeys() {
 	for i, mr := range s.mrs {
-		value, err := mr.Get(s.key())
-		switch {
-		case err != nil:
-		case s.closedUnreachable(i, value):
-			s.mu.Lock()
-			s.leftByClose++
-			s.mu.Unlock()
-		default:
-			stalled := s.stalls.during(s.t0, time.Now(), s.timeout/2)
-			s.violate("(b) node %d still has the key, of %s, after Close (the process stalled for half a node timeout or more during the schedule: %v); the commands that named it:\n%s",
-				i, short(value), stalled, s.callsOf(value))
+		for _, key := range s.keys() {
+			value, err := mr.Get(key)
+			switch {
+			case err != nil:
+			case s.closedUnreachable(i, value):
+				s.mu.Lock()
+				s.leftByClose++
+				s.mu.Unlock()
+			default:
+				stalled := s.stalls.during(s.t0, time.Now(), s.timeout/2)
+				s.violate("(b) node %d still has the key %s, of %s, after Close (the process stalled for half a node timeout or more during the schedule: %v); the commands that named it:\n%s",
+					i, key, short(value), stalled, s.callsOf(value))
+			}
 		}
+	}
+}
+
+// checkPermits checks (h): at no acquisition of a permit were more than
+// the Semaphores' permits live, counting it, unless the schedule deleted
+// keys behind a holder's back. The most live at once is reached at some
+// acquisition, so looking at each is enough.
+func (s *schedule) checkPermits(holdings []*observed, ends map[string]time.Time) {
+	if s.permits == 0 {
+		return
+	}
+	s.mu.Lock()
+	unsafe := s.unsafe
+	s.mu.Unlock()
+	for _, a := range holdings {
+		if !a.permit {
+			continue
+		}
+		var live []*observed
+		for _, b := range holdings {
+			if b.permit && !b.acquired.After(a.acquired) && a.acquired.Before(ends[b.h.value]) {
+				live = append(live, b)
+			}
+		}
+		if len(live) <= s.permits {
+			continue
+		}
+		if unsafe {
+			s.mu.Lock()
+			s.tooManyPermits++
+			s.mu.Unlock()
+			continue
+		}
+		var lines []string
+		for _, b := range live {
+			lines = append(lines, fmt.Sprintf("%s %s, acquired at %v, ended at %v:\n%s", b.who, short(b.h.value), b.acquired.Sub(s.t0), ends[b.h.value].Sub(s.t0), s.callsOf(b.h.value)))
+		}
+		s.violate("(h) %d permits of %d were live at once, when %s acquired %s:\n%s", len(live), s.permits, a.who, short(a.h.value), strings.Join(lines, "\n--\n"))
 	}
 }
 

@@ -27,6 +27,12 @@ var (
 	forgetSource string
 	//go:embed scripts/status.lua
 	statusSource string
+	//go:embed scripts/semacquire.lua
+	semAcquireSource string
+	//go:embed scripts/semstatus.lua
+	semStatusSource string
+	//go:embed scripts/semrepair.lua
+	semRepairSource string
 
 	acquireScript = newScript(acquireSource)
 	fenceScript   = newScript(fenceSource)
@@ -35,6 +41,10 @@ var (
 	releaseScript = newScript(releaseSource)
 	forgetScript  = newScript(forgetSource)
 	statusScript  = newScript(statusSource)
+
+	semAcquireScript = newScript(semAcquireSource)
+	semStatusScript  = newScript(semStatusSource)
+	semRepairScript  = newScript(semRepairSource)
 )
 
 // script is one of the library's Lua scripts, with its source for EVAL and

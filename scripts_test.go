@@ -84,7 +84,7 @@ var keylessCommands = map[string]bool{"INFO": true, "TIME": true, "PUBLISH": tru
 // is not listed is reported, so that a script that starts using one says
 // where its keys are.
 var keyPositions = map[string][]int{
-	"GET": {1}, "SET": {1}, "DEL": {0}, "PTTL": {1}, "PEXPIRE": {1},
+	"GET": {1}, "SET": {1}, "DEL": {0}, "EXISTS": {0}, "PTTL": {1}, "PEXPIRE": {1},
 	"LPOP": {1}, "LPUSH": {1}, "RPUSH": {1}, "LREM": {1}, "LPOS": {1}, "LRANGE": {1},
 	"ZADD": {1}, "ZREM": {1}, "ZSCORE": {1}, "ZREMRANGEBYSCORE": {1},
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	mathrand "math/rand/v2"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -66,17 +67,55 @@ func (p retryPolicy) queueTTL() time.Duration {
 	return max(4*p.ttl, 20*(p.delay+p.jitter))
 }
 
-// waiter is one acquiring call: the retry policy around Mutex.attempt.
-// TryLockContext is a waiter that makes one attempt. After a first failed
-// attempt a waiter that waits joins the lock's queue on every node, under
-// its own id; a release wakes the waiter at the head of the queue by that
-// id, so that one release costs one attempt, not one per waiter. It polls
-// as well, for wake-ups that are lost.
+// contender is what a waiter acquires: a Mutex's lock or a Semaphore's
+// permit. The waiter owns the retry policy and the place in the queue; the
+// contender makes the attempts and the queue calls on its own keys.
+type contender interface {
+	// attempt makes one acquisition attempt, waiting for it no longer than
+	// waitCtx allows; held derives from ctx. waiter is the id the caller
+	// queues under, or "". Its error names the attempt's reasons, and
+	// permanent says that retrying cannot fix them.
+	attempt(waitCtx, ctx context.Context, waiter string) (held context.Context, permanent bool, err error)
+	// joinQueue puts waiter in the lock's queue on the nodes, or keeps it
+	// there, as mode says (see enqueue), and tells what it learned.
+	joinQueue(ctx context.Context, waiter, mode string) queueView
+	// leaveQueue takes a waiter that gave up out of the queue.
+	leaveQueue(waiter string)
+}
+
+// queueView is what a waiter learns as it joins the queue.
+type queueView struct {
+	// free: no holder has the lock (or, for a Semaphore, every permit) on
+	// a quorum of nodes, so an attempt now may win: a release may have
+	// come before the waiter was queued to hear of it.
+	free bool
+	// wakes: the holders are this package's, whose releases wake the
+	// waiter by name; other Redlock clients (see WithExactKey) do not.
+	wakes bool
+}
+
+// waiter is one acquiring call: the retry policy around a contender's
+// attempt. TryLockContext and TryAcquire are waiters that make one attempt.
+// After a first failed attempt a waiter that waits joins the lock's queue on
+// every node, under its own id; a release wakes the waiter at the head of
+// the queue by that id, so that one release costs one attempt, not one per
+// waiter. It polls as well, for wake-ups that are lost.
 type waiter struct {
-	m       *Mutex
+	lock        contender
+	client      *Client
+	retry       retryPolicy
+	nodeTimeout time.Duration
+	logger      *slog.Logger
+	name        string // the lock's, for logs
+	// queued is the lock's flag, set when its last release woke a queued
+	// waiter: the next waiter then queues behind it instead of trying
+	// first, so that a releaser does not snatch the lock back from the
+	// waiter it woke.
+	queued *atomic.Bool
+
 	ctx     context.Context // what held derives from
 	waitCtx context.Context // what bounds the wait
-	once    bool            // one attempt, not waiting for the local lock either
+	once    bool            // one attempt
 
 	id       string    // the id it queues under; "" until it first joins
 	listener *listener // hears its wake-ups once it has an id
@@ -92,6 +131,12 @@ type waiter struct {
 // it woke to take the lock, when the lock looks free: several round trips.
 const handoffGrace = 5 * time.Millisecond
 
+// newWaiter returns the Mutex's waiter for one call.
+func (m *Mutex) newWaiter(ctx, waitCtx context.Context, once bool) *waiter {
+	return &waiter{lock: m, client: m.client, retry: m.retry, nodeTimeout: m.spec.nodeTimeout, logger: m.cfg.logger, name: m.name,
+		queued: &m.queued, ctx: ctx, waitCtx: waitCtx, once: once}
+}
+
 // acquire acquires the lock for LockContext, or with once for
 // TryLockContext, waiting until waitCtx is done; held derives from ctx. It
 // tells the observer how the call ended, an acquisition before the Client
@@ -101,8 +146,8 @@ func (m *Mutex) acquire(ctx, waitCtx context.Context, once bool) (context.Contex
 	if m.spec.events.on() {
 		start = time.Now()
 	}
-	w := &waiter{m: m, ctx: ctx, waitCtx: waitCtx, once: once}
-	held, err := w.run()
+	w := m.newWaiter(ctx, waitCtx, once)
+	held, err := m.lockAndWait(w)
 	switch {
 	case !m.spec.events.on():
 	case err == nil:
@@ -119,38 +164,41 @@ func (m *Mutex) acquire(ctx, waitCtx context.Context, once bool) (context.Contex
 	return held, err
 }
 
-// run takes the local lock, then acquires the remote one, and holds the
-// local lock on success only.
-func (w *waiter) run() (context.Context, error) {
-	m := w.m
+// lockAndWait takes the local lock, then runs w for the remote one, and
+// holds the local lock on success only.
+func (m *Mutex) lockAndWait(w *waiter) (context.Context, error) {
 	if err := m.usable(); err != nil {
 		return nil, err
 	}
-	if err := w.lockLocal(); err != nil {
+	if err := m.lockLocal(w.waitCtx, w.once); err != nil {
 		return nil, err
 	}
-	if !m.client.enterCall() {
-		<-m.local
-		return nil, ErrClosed
-	}
-	defer m.client.exitCall()
-	held, err := w.wait()
-	w.close(err == nil)
+	held, err := w.run()
 	if err != nil {
 		<-m.local
 	}
 	return held, err
 }
 
-// lockLocal takes the Mutex's local lock: at once or not at all for one
-// attempt, or waiting until the wait ends or the Client closes. A wait that
-// ended says taken only while another goroutine holds the Mutex.
-func (w *waiter) lockLocal() error {
-	m := w.m
-	if w.waitCtx.Err() != nil {
-		return waitEnded(w.waitCtx, nil)
+// run makes the attempts, as a call of the Client that Close waits for.
+func (w *waiter) run() (context.Context, error) {
+	if !w.client.enterCall() {
+		return nil, ErrClosed
 	}
-	if w.once {
+	defer w.client.exitCall()
+	held, err := w.wait()
+	w.close(err == nil)
+	return held, err
+}
+
+// lockLocal takes the Mutex's local lock: at once or not at all for one
+// attempt, or waiting until waitCtx ends or the Client closes. A wait that
+// ended says taken only while another goroutine holds the Mutex.
+func (m *Mutex) lockLocal(waitCtx context.Context, once bool) error {
+	if waitCtx.Err() != nil {
+		return waitEnded(waitCtx, nil)
+	}
+	if once {
 		select {
 		case m.local <- struct{}{}:
 			return nil
@@ -161,8 +209,8 @@ func (w *waiter) lockLocal() error {
 	select {
 	case m.local <- struct{}{}:
 		return nil
-	case <-w.waitCtx.Done():
-		return waitEnded(w.waitCtx, m.localReason())
+	case <-waitCtx.Done():
+		return waitEnded(waitCtx, m.localReason())
 	case <-m.client.closing:
 		return ErrClosed
 	}
@@ -184,8 +232,7 @@ func (m *Mutex) localReason() error {
 // wait makes attempts until one succeeds, one fails in a way retrying
 // cannot fix, the waiter made its one attempt, or the wait ends.
 func (w *waiter) wait() (context.Context, error) {
-	m := w.m
-	if !w.once && m.queued.Load() {
+	if !w.once && w.queued.Load() {
 		w.queueBehindWoken()
 	}
 	for {
@@ -193,7 +240,7 @@ func (w *waiter) wait() (context.Context, error) {
 			return nil, err
 		}
 		w.attempts++
-		held, permanent, err := m.attempt(w.waitCtx, w.ctx, w.id)
+		held, permanent, err := w.lock.attempt(w.waitCtx, w.ctx, w.id)
 		switch {
 		case err == nil:
 			return held, nil
@@ -205,7 +252,7 @@ func (w *waiter) wait() (context.Context, error) {
 		if err != ErrNotAcquired || w.last == nil {
 			w.last = err // a round the wait's end cut short says nothing new
 		}
-		if w.waitCtx.Err() != nil || m.client.isClosing() {
+		if w.waitCtx.Err() != nil || w.client.isClosing() {
 			continue // not a failure to retry: the wait is over
 		}
 		w.logRetry(err)
@@ -218,7 +265,7 @@ func (w *waiter) wait() (context.Context, error) {
 // ended returns the error that ends the wait, if it has ended: with
 // ctx.Err() whenever the wait's context has ended, Close or not.
 func (w *waiter) ended() error {
-	if w.m.client.isClosing() {
+	if w.client.isClosing() {
 		if w.waitCtx.Err() != nil {
 			return errors.Join(ErrClosed, waitEnded(w.waitCtx, w.last))
 		}
@@ -230,23 +277,23 @@ func (w *waiter) ended() error {
 	return nil
 }
 
-// queueBehindWoken queues the waiter behind the one this Mutex's last
+// queueBehindWoken queues the waiter behind the one the lock's last
 // release woke, rather than race it. If the lock looks free, that waiter
 // may not have tried yet, or may be gone: give it a moment, then try.
 func (w *waiter) queueBehindWoken() {
 	w.listen()
 	delay := handoffGrace
-	if holder := w.m.joinQueue(w.waitCtx, w.id, enqueueLast); holder != "" {
-		delay = w.pollDelay(holder)
+	if view := w.lock.joinQueue(w.waitCtx, w.id, enqueueLast); !view.free {
+		delay = w.pollDelay(view)
 	}
 	w.woken = w.await(delay)
 }
 
 // listen gives the waiter its id and starts hearing its wake-ups.
 func (w *waiter) listen() {
-	w.id = w.m.client.notifier.newWaiter()
-	w.listener = w.m.client.notifier.listen(w.id)
-	w.hears = w.listener.ready(w.waitCtx, w.m.spec.nodeTimeout)
+	w.id = w.client.notifier.newWaiter()
+	w.listener = w.client.notifier.listen(w.id)
+	w.hears = w.listener.ready(w.waitCtx, w.nodeTimeout)
 }
 
 // join puts the waiter in the lock's queue, or keeps its place: back at the
@@ -263,21 +310,20 @@ func (w *waiter) join() (delay time.Duration, now bool) {
 		mode = enqueueFirst
 	}
 	w.woken = false
-	holder := w.m.joinQueue(w.waitCtx, w.id, mode)
-	if holder == "" && !w.retried {
+	view := w.lock.joinQueue(w.waitCtx, w.id, mode)
+	if view.free && !w.retried {
 		w.retried = true
 		return 0, true
 	}
 	w.retried = false
-	return w.pollDelay(holder), false
+	return w.pollDelay(view), false
 }
 
 // pollDelay is how long to wait for a wake-up before trying again, given
-// the value that holds the lock on a quorum of nodes, if any: a retry delay,
-// or ten while the holder is one of this package's, whose release will wake
-// the waiter. Other Redlock clients (see WithExactKey) do not.
-func (w *waiter) pollDelay(holder string) time.Duration {
-	return w.m.retry.next(strings.HasPrefix(holder, valuePrefix) && w.hears)
+// what the queue call learned: a retry delay, or ten while the holders are
+// this package's, whose releases will wake the waiter.
+func (w *waiter) pollDelay(view queueView) time.Duration {
+	return w.retry.next(view.wakes && w.hears)
 }
 
 // await waits until a release names the waiter, delay passes, the wait ends
@@ -292,7 +338,7 @@ func (w *waiter) await(delay time.Duration) bool {
 		return false
 	case <-w.waitCtx.Done():
 		return false
-	case <-w.m.client.closing:
+	case <-w.client.closing:
 		return false
 	}
 }
@@ -305,15 +351,21 @@ func (w *waiter) close(acquired bool) {
 	}
 	w.listener.unregister()
 	if !acquired {
-		w.m.leaveQueue(w.id)
+		w.lock.leaveQueue(w.id)
 	}
 }
 
 // joinQueue puts waiter in the lock's queue (or keeps it there) on the
-// nodes. It returns the holder's value if a quorum of nodes says that one
-// holder has the lock, in which case there is no point trying before it is
-// released; "" if not.
-func (m *Mutex) joinQueue(ctx context.Context, waiter, mode string) (holder string) {
+// nodes. The lock is not free if a quorum of nodes says that one holder
+// has it, in which case there is no point trying before it is released.
+func (m *Mutex) joinQueue(ctx context.Context, waiter, mode string) queueView {
+	holder := m.queueHolder(ctx, waiter, mode)
+	return queueView{free: holder == "", wakes: strings.HasPrefix(holder, valuePrefix)}
+}
+
+// queueHolder is joinQueue's round: it returns the holder's value if a
+// quorum of nodes says that one holder has the lock, "" if not.
+func (m *Mutex) queueHolder(ctx context.Context, waiter, mode string) (holder string) {
 	c := m.client
 	call := m.kind.enqueue(waiter, mode, m.retry.aliveTTL(), m.retry.queueTTL())
 	r := launch(c, ctx, roundSpec[string]{call: call, timeout: m.spec.nodeTimeout})
@@ -382,5 +434,5 @@ func (w *waiter) logRetry(err error) {
 		level = slog.LevelWarn
 		w.logged = true
 	}
-	w.m.cfg.logger.Log(context.Background(), level, "redlock: attempt failed; retrying", "lock", w.m.name, "error", err)
+	w.logger.Log(context.Background(), level, "redlock: attempt failed; retrying", "lock", w.name, "error", err)
 }

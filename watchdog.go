@@ -242,14 +242,14 @@ func (w *watchdog) extend(batch []*dueEntry) {
 // extended by a quorum, or no longer able to be.
 func (w *watchdog) extendRound(batch []*dueEntry, start time.Time) ([]tally, outcome[[]bool]) {
 	c := w.c
-	keys := make([]any, len(batch))
-	argv := make([]any, 0, 2*len(batch))
+	keys := make([]any, 0, 2*len(batch))
+	argv := make([]any, 0, 3*len(batch))
 	leases := make(allHeld, len(batch))
 	timeout := time.Duration(0)
 	for i, e := range batch {
-		key, ttl := e.l.spec.kind.extension(e.l.value)
-		keys[i] = key
-		argv = append(argv, e.l.value, ttl)
+		x := e.l.spec.kind.extension(e.l.value)
+		keys = append(keys, x.key, x.renewed)
+		argv = append(argv, e.l.value, x.ttl, x.until)
 		leases[i] = e.l
 		timeout = max(timeout, e.l.spec.nodeTimeout)
 	}

@@ -17,6 +17,7 @@ const (
 	nameKey     = attribute.Key("redlock.name")
 	attemptsKey = attribute.Key("redlock.attempts")
 	tokenKey    = attribute.Key("redlock.token")
+	kindKey     = attribute.Key("redlock.kind")
 	// addressKey is the semantic conventions' name for a server's address.
 	addressKey = attribute.Key("server.address")
 )
@@ -71,33 +72,58 @@ func (a *attrs) withName(name string) metric.MeasurementOption {
 	return metric.WithAttributeSet(attribute.NewSet(append(kvs, nameKey.String(name))...))
 }
 
-// attrSets holds the sets of every fixed attribute value, made once.
+// attrSets holds the sets of every fixed attribute value of one kind of
+// lock, each with redlock.kind, made once.
 type attrSets struct {
-	none     *attrs
+	none     *attrs            // redlock.kind alone
 	acquire  map[string]*attrs // by outcome
 	released *attrs            // hold.duration
 	lost     *attrs            // hold.duration
 	extend   []*attrs          // by redlock.ExtendOutcome
 	cause    []*attrs          // by redlock.LossCause
+	kind     attribute.KeyValue
 }
 
-func newAttrSets() attrSets {
-	s := attrSets{
-		none:     newAttrs(),
+func newAttrSets(k redlock.Kind) *attrSets {
+	kind := kindKey.String(k.String())
+	s := &attrSets{
+		none:     newAttrs(kind),
 		acquire:  map[string]*attrs{},
-		released: newAttrs(outcomeKey.String(outcomeReleased)),
-		lost:     newAttrs(outcomeKey.String(outcomeLost)),
+		released: newAttrs(kind, outcomeKey.String(outcomeReleased)),
+		lost:     newAttrs(kind, outcomeKey.String(outcomeLost)),
+		kind:     kind,
 	}
 	for _, o := range []string{outcomeAcquired, outcomeNoQuorum, outcomeTaken, outcomeCanceled, outcomeError} {
-		s.acquire[o] = newAttrs(outcomeKey.String(o))
+		s.acquire[o] = newAttrs(kind, outcomeKey.String(o))
 	}
 	for o := range redlock.ExtendFailed + 1 {
-		s.extend = append(s.extend, newAttrs(outcomeKey.String(o.String())))
+		s.extend = append(s.extend, newAttrs(kind, outcomeKey.String(o.String())))
 	}
-	for c := range redlock.LostClosed + 1 {
-		s.cause = append(s.cause, newAttrs(causeKey.String(c.String())))
+	for c := range redlock.LostDisowned + 1 {
+		s.cause = append(s.cause, newAttrs(kind, causeKey.String(c.String())))
 	}
 	return s
+}
+
+// kindSets holds the attrSets of every kind the core had when this package
+// was built, by redlock.Kind.
+type kindSets []*attrSets
+
+func newKindSets() kindSets {
+	var sets kindSets
+	for k := range redlock.KindSemaphore + 1 {
+		sets = append(sets, newAttrSets(k))
+	}
+	return sets
+}
+
+// of returns the sets of kind k; those of a kind the core added after this
+// package was built are made on the spot.
+func (s kindSets) of(k redlock.Kind) *attrSets {
+	if int(k) < len(s) {
+		return s[k]
+	}
+	return newAttrSets(k)
 }
 
 // extendOutcome returns the set of o; one the core added after this
@@ -106,7 +132,7 @@ func (s *attrSets) extendOutcome(o redlock.ExtendOutcome) *attrs {
 	if int(o) < len(s.extend) {
 		return s.extend[o]
 	}
-	return newAttrs(outcomeKey.String(o.String()))
+	return newAttrs(s.kind, outcomeKey.String(o.String()))
 }
 
 // lossCause returns the set of c, as extendOutcome does.
@@ -114,5 +140,5 @@ func (s *attrSets) lossCause(c redlock.LossCause) *attrs {
 	if int(c) < len(s.cause) {
 		return s.cause[c]
 	}
-	return newAttrs(causeKey.String(c.String()))
+	return newAttrs(s.kind, causeKey.String(c.String()))
 }

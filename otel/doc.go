@@ -15,7 +15,11 @@
 // # Metrics
 //
 // Durations are in seconds; the histograms advise bucket boundaries from
-// 0.5ms to 300s, which an SDK View can replace.
+// 0.5ms to 300s, which an SDK View can replace. Every metric of a lock, and
+// every span, carries redlock.kind: mutex for a Mutex's acquisitions,
+// semaphore for a Semaphore's permits (Acquire, TryAcquire, Do and
+// Permit.Release count as a Mutex's acquiring calls and Unlock do).
+// redlock.node.errors does not: the nodes serve every kind.
 //
 //   - redlock.acquire.duration, a histogram: how long each acquiring call
 //     (Lock, LockContext, TryLock, TryLockContext, Do) took, waiting
@@ -33,7 +37,7 @@
 //     refused (the lock is lost) or failed (too few nodes answered; the
 //     watchdog retries).
 //   - redlock.lost, a counter: locks lost while held. Attribute
-//     redlock.cause: deadline, refused, max_hold or closed, as
+//     redlock.cause: deadline, refused, max_hold, closed or disowned, as
 //     redlock.LossCause names them. A release refused by a quorum (the key
 //     was gone, unnoticed until Unlock) counts as refused.
 //   - redlock.node.errors, a counter: calls to a node that failed or did not
@@ -43,18 +47,18 @@
 //     each acquisition and down once at its end, its loss or its release.
 //
 // With WithLockName, every metric but redlock.node.errors also carries
-// redlock.name, the Mutex's name.
+// redlock.name, the Mutex's or the Semaphore's name.
 //
 // # Spans
 //
 //   - redlock.acquire: an acquiring call, from its start to its end, child
-//     of the span in the call's context. Attributes redlock.name,
+//     of the span in the call's context. Attributes redlock.kind, redlock.name,
 //     redlock.attempts (acquisition rounds made), redlock.outcome as above,
 //     and redlock.token with WithFencing. On failure its status is Error,
 //     with the call's error.
 //   - redlock.release: a release by Unlock, UnlockContext or Do, child of
 //     the span in the call's context (Unlock has none). Attributes
-//     redlock.name and redlock.outcome (released or lost); its status is
+//     redlock.kind, redlock.name and redlock.outcome (released or lost); its status is
 //     Error if the release returned an error.
 //
 // The spans are made when the call ends, backdated to its start, so the

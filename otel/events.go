@@ -15,16 +15,17 @@ import (
 // core calls them on the goroutines that drive the locks' timing.
 
 func (o *observer) acquired(ev redlock.AcquiredEvent) {
+	sets := o.kinds.of(ev.Kind)
 	ctx, span := o.startSpan(ev.Context, "redlock.acquire", ev.Start)
 	if span.IsRecording() {
-		span.SetAttributes(nameKey.String(ev.Name), attemptsKey.Int(ev.Attempts), outcomeKey.String(outcomeAcquired))
+		span.SetAttributes(sets.kind, nameKey.String(ev.Name), attemptsKey.Int(ev.Attempts), outcomeKey.String(outcomeAcquired))
 		if ev.Token != 0 {
 			span.SetAttributes(tokenKey.Int64(int64(ev.Token)))
 		}
 	}
 	endSpan(span, ev.Start.Add(ev.Wait), nil)
-	o.record(ctx, o.acquireDuration, ev.Wait, o.sets.acquire[outcomeAcquired], ev.Name)
-	o.add(ctx, o.held, 1, o.sets.none, ev.Name)
+	o.record(ctx, o.acquireDuration, ev.Wait, sets.acquire[outcomeAcquired], ev.Name)
+	o.add(ctx, o.held, 1, sets.none, ev.Name)
 }
 
 func (o *observer) notAcquired(ev redlock.NotAcquiredEvent) {
@@ -32,12 +33,13 @@ func (o *observer) notAcquired(ev redlock.NotAcquiredEvent) {
 	if ev.Err != nil {
 		outcome = acquireOutcome(ev.Err)
 	}
+	sets := o.kinds.of(ev.Kind)
 	ctx, span := o.startSpan(ev.Context, "redlock.acquire", ev.Start)
 	if span.IsRecording() {
-		span.SetAttributes(nameKey.String(ev.Name), attemptsKey.Int(ev.Attempts), outcomeKey.String(outcome))
+		span.SetAttributes(sets.kind, nameKey.String(ev.Name), attemptsKey.Int(ev.Attempts), outcomeKey.String(outcome))
 	}
 	endSpan(span, ev.Start.Add(ev.Wait), ev.Err)
-	o.record(ctx, o.acquireDuration, ev.Wait, o.sets.acquire[outcome], ev.Name)
+	o.record(ctx, o.acquireDuration, ev.Wait, sets.acquire[outcome], ev.Name)
 }
 
 // released records the end of a holding that Unlock found held. One that
@@ -48,29 +50,30 @@ func (o *observer) released(ev redlock.ReleasedEvent) {
 	if ev.Lost {
 		outcome = outcomeLost
 	}
+	sets := o.kinds.of(ev.Kind)
 	ctx, span := o.startSpan(ev.Context, "redlock.release", ev.Start)
 	if span.IsRecording() {
-		span.SetAttributes(nameKey.String(ev.Name), outcomeKey.String(outcome))
+		span.SetAttributes(sets.kind, nameKey.String(ev.Name), outcomeKey.String(outcome))
 	}
 	endSpan(span, ev.Start.Add(ev.Duration), ev.Err)
 	if ev.Lost {
 		return
 	}
-	o.record(ctx, o.holdDuration, ev.Held, o.sets.released, ev.Name)
-	o.add(ctx, o.held, -1, o.sets.none, ev.Name)
+	o.record(ctx, o.holdDuration, ev.Held, sets.released, ev.Name)
+	o.add(ctx, o.held, -1, sets.none, ev.Name)
 }
 
 // lost records the end of a holding when it is lost, whether or not
 // Unlock follows, so that hold.duration measures how long it was held.
 func (o *observer) lost(ev redlock.LostEvent) {
-	ctx := context.Background()
-	o.add(ctx, o.lostCount, 1, o.sets.lossCause(ev.Cause), ev.Name)
-	o.record(ctx, o.holdDuration, ev.Held, o.sets.lost, ev.Name)
-	o.add(ctx, o.held, -1, o.sets.none, ev.Name)
+	ctx, sets := context.Background(), o.kinds.of(ev.Kind)
+	o.add(ctx, o.lostCount, 1, sets.lossCause(ev.Cause), ev.Name)
+	o.record(ctx, o.holdDuration, ev.Held, sets.lost, ev.Name)
+	o.add(ctx, o.held, -1, sets.none, ev.Name)
 }
 
 func (o *observer) extended(ev redlock.ExtendedEvent) {
-	o.record(context.Background(), o.extendDuration, ev.Latency, o.sets.extendOutcome(ev.Outcome), ev.Name)
+	o.record(context.Background(), o.extendDuration, ev.Latency, o.kinds.of(ev.Kind).extendOutcome(ev.Outcome), ev.Name)
 }
 
 func (o *observer) nodeError(ev redlock.NodeErrorEvent) {
@@ -91,7 +94,7 @@ func (o *observer) node(addr string) *attrs {
 	if a, ok := o.nodes[addr]; ok {
 		return a
 	}
-	a = o.sets.none
+	a = o.plain
 	if addr != "" {
 		a = newAttrs(addressKey.String(addr))
 	}

@@ -50,7 +50,8 @@ type observer struct {
 	nodeErrors      metric.Int64Counter
 	held            metric.Int64UpDownCounter
 
-	sets    attrSets
+	kinds   kindSets
+	plain   *attrs // no attributes: a node's error whose address is unknown
 	nodesMu sync.RWMutex
 	nodes   map[string]*attrs // by a node's address, made on its first error
 }
@@ -59,7 +60,8 @@ func newObserver(cfg config) (*observer, error) {
 	o := &observer{
 		lockName: cfg.lockName,
 		tracer:   cfg.tracerProvider.Tracer(ScopeName),
-		sets:     newAttrSets(),
+		kinds:    newKindSets(),
+		plain:    newAttrs(),
 		nodes:    map[string]*attrs{},
 	}
 	meter := cfg.meterProvider.Meter(ScopeName)

@@ -1,11 +1,12 @@
 -- Puts a waiter in the lock's queue, or keeps it there, and tells who holds
 -- the lock on this node.
 -- KEYS[1] the lock's queue of waiters (a list of ids, oldest first);
--- KEYS[2] the lock key; KEYS[3] the waiters that count as alive (a sorted
--- set: id, scored with the server time in milliseconds until which it
--- does); KEYS[4] the waiters that gave up (a sorted set: id, scored with the
--- time until which a late call of its own must not queue it again). All
--- four are in one hash slot.
+-- KEYS[2] the lock key (a Semaphore passes its limit, and ignores the
+-- reply); KEYS[3] the waiters that count as alive (a sorted set: id, scored
+-- with the server time in milliseconds until which it does); KEYS[4] the
+-- waiters that gave up (a sorted set: id, scored with the time until which
+-- a late call of its own must not queue it again). All four are in one hash
+-- slot.
 -- ARGV[1] waiter id; ARGV[2] '1' to put the waiter first (it was woken but
 -- lost the race), '0' to add it last unless it is queued already, '-' to
 -- remove it; ARGV[3] how long, in milliseconds, the waiter counts as alive

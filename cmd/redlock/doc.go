@@ -6,8 +6,8 @@
 //
 // Usage:
 //
-//	redlock run    [-url URL]... [-ttl 8s] [-wait D] [-grace D] [-fencing] NAME -- COMMAND [ARG]...
-//	redlock status [-url URL]... [-json] NAME
+//	redlock run    [-url URL]... [-ttl 8s] [-wait D] [-grace D] [-fencing | -n N] NAME -- COMMAND [ARG]...
+//	redlock status [-url URL]... [-json] [-n N] NAME
 //
 // The masters are given by -url, once for each, or else by REDLOCK_URLS, a
 // comma-separated list, or else are the one at redis://127.0.0.1:6379/0.
@@ -50,6 +50,16 @@
 // directly. COMMAND starts with SIGTSTP ignored, so that Ctrl-Z cannot
 // suspend it while redlock keeps the lock for it.
 //
+// # Semaphores
+//
+// With -n N, run holds one of the N permits of the semaphore NAME, the
+// package's Semaphore, instead of the lock NAME: up to N commands run at
+// once, on every machine together. Everything above holds for a permit as
+// for the lock: the wait, -wait, the kill on loss, -grace, the signals and
+// the exit statuses. Every user of NAME must give the same N: a run whose
+// masters store another number for NAME exits 70, naming both. N must be in
+// [1, 1024], or run exits 64; -fencing does not apply.
+//
 // # Diagnostics
 //
 // redlock writes its diagnostics, and those of the library and of go-redis,
@@ -62,17 +72,21 @@
 //
 // status prints "free", or "held ttl=D waiters=N" where D is the time left
 // before the lock expires unless its holder extends it, and N is the number
-// of waiters queued for it. With -json it prints a JSON object instead.
+// of waiters queued for it. With -n N it reads the semaphore NAME and prints
+// "held=H/N waiters=W": H of its N permits are held. With -json it prints a
+// JSON object instead.
 //
 // # Exit status
 //
 //   - COMMAND's own, or 128+N if signal N killed it, or if SIGINT, SIGTERM
 //     or SIGHUP sent to redlock ended its wait for the lock;
 //   - 64, a usage error: a bad flag, a flag value the lock rejects (a -ttl
-//     too small to leave any validity), no NAME, no -- before COMMAND;
+//     too small to leave any validity, a -n outside [1, 1024]), no NAME, no
+//     -- before COMMAND;
 //   - 70, any other failure: a bad URL, masters that refuse the lock's
-//     commands (an ACL denial, say), a COMMAND that cannot be started, or a
-//     status that too few masters answered;
+//     commands (an ACL denial, say), a semaphore whose masters store another
+//     -n, a COMMAND that cannot be started, or a status that too few masters
+//     answered;
 //   - 75, the lock was not acquired within -wait, or on the single attempt of
 //     -wait 0, because another process holds it or too few masters answered;
 //   - 76, the lock was lost while COMMAND ran, and COMMAND was killed; or
@@ -92,4 +106,8 @@
 // refuse a stale holder:
 //
 //	redlock run -wait 5m -fencing migrations -- sh -c 'migrate --fence "$REDLOCK_TOKEN"'
+//
+// At most four encoders at once, across every machine:
+//
+//	redlock run -n 4 encoders -- ffmpeg -i in.mov out.mp4
 package main

@@ -17,7 +17,7 @@ import (
 
 // job is COMMAND, running in its own process group, whose id is its pid.
 type job struct {
-	name   string // the lock's
+	name   string // the lock's label, for diagnostics
 	cmd    *exec.Cmd
 	stderr io.Writer
 	done   chan struct{} // closed once cmd.Wait has returned
@@ -28,13 +28,13 @@ type job struct {
 	foreground bool
 }
 
-// startJob starts command in a new process group with env, unless held has
-// ended: then it returns a *notStartedError. If redlock is in the
-// foreground of the terminal on stdin, the new group takes its place there
-// until it exits, so that COMMAND can read from the terminal and gets its
-// Ctrl-C directly. Where the system has a parent-death signal, COMMAND gets
+// startJob starts command, under the lock that label names, in a new
+// process group with env, unless held has ended: then it returns a
+// *notStartedError. If redlock is in the foreground of the terminal on
+// stdin, the new group takes its place there until it exits, so that
+// COMMAND can read from the terminal and gets its Ctrl-C directly. Where the system has a parent-death signal, COMMAND gets
 // SIGKILL if redlock dies, even of SIGKILL.
-func startJob(held context.Context, name string, command, env []string, stdin io.Reader, stdout, stderr io.Writer) (*job, error) {
+func startJob(held context.Context, label string, command, env []string, stdin io.Reader, stdout, stderr io.Writer) (*job, error) {
 	cmd := exec.Command(command[0], command[1:]...)
 	cmd.Env = env
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
@@ -51,7 +51,7 @@ func startJob(held context.Context, name string, command, env []string, stdin io
 	// When stdout or stderr is not a file, Wait copies it from a pipe that
 	// a leftover process can keep open; this bounds that wait.
 	cmd.WaitDelay = time.Second
-	j := &job{name: name, cmd: cmd, stderr: stderr, done: make(chan struct{}), terminal: terminal, foreground: foreground}
+	j := &job{name: label, cmd: cmd, stderr: stderr, done: make(chan struct{}), terminal: terminal, foreground: foreground}
 	started := make(chan error)
 	go j.run(held, started)
 	if err := <-started; err != nil {
@@ -123,11 +123,11 @@ func (j *job) supervise(held context.Context, signals <-chan os.Signal, grace ti
 			cause := trimPrefix(context.Cause(held))
 			if grace == 0 {
 				j.signal(syscall.SIGKILL)
-				fmt.Fprintf(j.stderr, "redlock: lock %q: %s; killed COMMAND's process group\n", j.name, cause)
+				fmt.Fprintf(j.stderr, "redlock: %s: %s; killed COMMAND's process group\n", j.name, cause)
 				continue
 			}
 			j.signal(syscall.SIGTERM)
-			fmt.Fprintf(j.stderr, "redlock: lock %q: %s; sent SIGTERM to COMMAND's process group, SIGKILL follows in %v\n", j.name, cause, grace)
+			fmt.Fprintf(j.stderr, "redlock: %s: %s; sent SIGTERM to COMMAND's process group, SIGKILL follows in %v\n", j.name, cause, grace)
 			timer := time.NewTimer(grace)
 			defer timer.Stop()
 			kill = timer.C

@@ -16,12 +16,14 @@ import (
 // signal N killed it, or ended redlock's wait for the lock. The numbers below
 // 76 are those of sysexits.h.
 const (
-	// exitUsage (EX_USAGE) is a bad flag, a flag value the library rejects,
-	// a missing NAME or COMMAND, or an unknown subcommand.
+	// exitUsage (EX_USAGE) is a bad flag, a flag value the library rejects
+	// (a -n outside [1, redlock.MaxPermits]), a missing NAME or COMMAND, or
+	// an unknown subcommand.
 	exitUsage = 64
 	// exitFailure (EX_SOFTWARE) is any other failure: a bad URL, a Redis
-	// that refuses the lock's scripts or commands, a COMMAND that cannot be
-	// started, a status that no quorum answered.
+	// that refuses the lock's scripts or commands, a semaphore whose masters
+	// store another -n, a COMMAND that cannot be started, a status that no
+	// quorum answered.
 	exitFailure = 70
 	// exitNotAcquired (EX_TEMPFAIL) means the lock was not acquired within
 	// -wait: it was taken, or too few masters answered. COMMAND did not run.
@@ -36,12 +38,14 @@ const (
 const defaultTTL = 8 * time.Second
 
 const usageText = `Usage:
-  redlock run    [-url URL]... [-ttl 8s] [-wait D] [-grace D] [-fencing] NAME -- COMMAND [ARG]...
-  redlock status [-url URL]... [-json] NAME
+  redlock run    [-url URL]... [-ttl 8s] [-wait D] [-grace D] [-fencing | -n N] NAME -- COMMAND [ARG]...
+  redlock status [-url URL]... [-json] [-n N] NAME
 
 redlock run holds the Redlock lock NAME on a majority of the Redis masters
-while COMMAND runs, and releases it when COMMAND exits. redlock status tells
-whether NAME is held.
+while COMMAND runs, and releases it when COMMAND exits; with -n N, it holds
+one of the N permits of the semaphore NAME, so that up to N commands run at
+once. redlock status tells whether NAME is held, or how many of its permits
+are.
 
 The masters are the -url flags, or else the comma-separated URLs in
 REDLOCK_URLS, or else redis://127.0.0.1:6379/0.

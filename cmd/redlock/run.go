@@ -23,13 +23,18 @@ import (
 )
 
 const runUsage = `Usage:
-  redlock run [-url URL]... [-ttl 8s] [-wait D] [-grace D] [-fencing] NAME -- COMMAND [ARG]...
+  redlock run [-url URL]... [-ttl 8s] [-wait D] [-grace D] [-fencing | -n N] NAME -- COMMAND [ARG]...
 
 Run waits for the lock NAME, forever unless -wait bounds the wait, then runs
 COMMAND in its own process group with REDLOCK_NAME set to NAME (and, with
 -fencing, REDLOCK_TOKEN to the fencing token). Stdin, stdout and stderr pass
 through. The lock is extended while COMMAND runs and released when it exits,
 after anything COMMAND left running in its process group is killed.
+
+With -n N, NAME is a semaphore of N permits instead, and run waits for one
+of them: up to N commands run at once, across every machine. Every user of
+NAME must give the same N. A permit is extended, lost and released as the
+lock is, and -fencing does not apply to it.
 
 If the lock is lost (too few masters confirm it before its validity ends),
 COMMAND's process group is killed at once with SIGKILL, or with -grace D,
@@ -50,6 +55,9 @@ Examples:
   # cron: run the report on one machine at a time, skip the turn if it is taken
   */5 * * * * redlock run -wait 0 nightly-report -- /usr/local/bin/report
 
+  # at most 4 encoders at once, on any number of machines
+  redlock run -n 4 encoders -- ffmpeg -i in.mov out.mp4
+
   # three masters; wait up to a minute; the migration gets a fencing token
   export REDLOCK_URLS=redis://a:6379/0,redis://b:6379/0,redis://c:6379/0
   redlock run -wait 1m -fencing migrations -- sh -c './migrate --token "$REDLOCK_TOKEN"'
@@ -62,6 +70,7 @@ type runFlags struct {
 	wait    waitFlag
 	grace   time.Duration
 	fencing bool
+	permits permitsFlag
 }
 
 // waitFlag is -wait, which is either unset (wait until the lock is free) or
@@ -102,6 +111,7 @@ func runCommand(args, env []string, stdin io.Reader, stdout, stderr io.Writer) i
 	fs.Var(&f.wait, "wait", "give up after waiting `D` for the lock, and exit 75; 0 makes one attempt (default: wait until the lock is free)")
 	fs.DurationVar(&f.grace, "grace", 0, "on loss of the lock, send SIGTERM and wait `D` before SIGKILL (default: SIGKILL at once)")
 	fs.BoolVar(&f.fencing, "fencing", false, "set REDLOCK_TOKEN to a fencing token, larger than any earlier holder's")
+	fs.Var(&f.permits, "n", "hold one of `N` permits of the semaphore NAME, so that up to N commands run at once (default: a lock, one at a time)")
 
 	flagArgs, command, dashes := splitCommand(args)
 	positional, err := parse(fs, flagArgs)
@@ -121,6 +131,8 @@ func runCommand(args, env []string, stdin io.Reader, stdout, stderr io.Writer) i
 		return usageError(stderr, "run", fmt.Errorf("-ttl %v is not a positive whole number of milliseconds", f.ttl))
 	case f.grace < 0:
 		return usageError(stderr, "run", fmt.Errorf("-grace %v is negative", f.grace))
+	case f.fencing && f.permits.set:
+		return usageError(stderr, "run", errors.New("-fencing does not apply to a semaphore (-n)"))
 	}
 	name := positional[0]
 	if err := validName(name); err != nil {
@@ -158,7 +170,7 @@ func runLocked(name string, command []string, f runFlags, opts []redlock.Option,
 	if err != nil {
 		return failure(stderr, err)
 	}
-	code, unlocked := underLock(client.NewMutex(name), command, f, env, stdin, stdout, stderr)
+	code, unlocked := underLock(newLock(client, name, f.permits), name, command, f, env, stdin, stdout, stderr)
 	if unlocked {
 		// Close waits for the releases still in flight to slow masters.
 		client.Close()
@@ -196,39 +208,39 @@ func closeWithin(client *redlock.Client, d time.Duration) {
 	}
 }
 
-// underLock acquires m, runs command while it holds it, releases it and
-// returns the exit status, and whether it released the lock with Unlock:
-// not when the lock was lost or never acquired.
-func underLock(m *redlock.Mutex, command []string, f runFlags, env []string, stdin io.Reader, stdout, stderr io.Writer) (code int, unlocked bool) {
+// underLock acquires l, the lock name, runs command while it holds it,
+// releases it and returns the exit status, and whether it released the
+// lock: not when the lock was lost or never acquired.
+func underLock(l lock, name string, command []string, f runFlags, env []string, stdin io.Reader, stdout, stderr io.Writer) (code int, unlocked bool) {
 	// From here on, SIGINT, SIGTERM and SIGHUP end the wait for the lock,
 	// or are passed on to COMMAND.
 	signals := make(chan os.Signal, 8)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(signals)
 
-	held, stop, caught, err := acquire(m, f.wait, signals)
+	held, stop, caught, err := acquire(l, f.wait, signals)
 	defer stop()
 	if err != nil {
 		if caught != nil {
 			// Interrupted: exit as if the signal had killed redlock.
 			return 128 + int(caught.(syscall.Signal)), false
 		}
-		return notAcquired(stderr, m.Name(), err), false
+		return notAcquired(stderr, l.label(), err), false
 	}
 	if caught != nil {
-		release(m, stderr)
+		release(l, stderr)
 		return 128 + int(caught.(syscall.Signal)), true
 	}
 
-	j, err := startJob(held, m.Name(), command, childEnv(env, m.Name(), f.fencing, m.Token()), stdin, stdout, stderr)
+	j, err := startJob(held, l.label(), command, childEnv(env, name, f.fencing, l.token()), stdin, stdout, stderr)
 	var notStarted *notStartedError
 	if errors.As(err, &notStarted) {
 		// Lost before COMMAND started; the library releases the key.
-		fmt.Fprintf(stderr, "redlock: lock %q: %s\n", m.Name(), oneLine(err))
+		fmt.Fprintf(stderr, "redlock: %s: %s\n", l.label(), oneLine(err))
 		return exitLost, false
 	}
 	if err != nil {
-		release(m, stderr)
+		release(l, stderr)
 		return failure(stderr, err), true
 	}
 	lost := j.supervise(held, signals, f.grace)
@@ -238,7 +250,7 @@ func underLock(m *redlock.Mutex, command []string, f runFlags, env []string, std
 		// the loss; Unlock would only report the loss again.
 		return exitLost, false
 	}
-	release(m, stderr)
+	release(l, stderr)
 	return j.status(), true
 }
 
@@ -258,7 +270,7 @@ func splitCommand(args []string) (own, command []string, dashes bool) {
 // the lock was acquired, the lock is held and must be released. held derives
 // from a context that only a signal during the wait cancels; the caller calls
 // stop once it has released the lock.
-func acquire(m *redlock.Mutex, wait waitFlag, signals <-chan os.Signal) (held context.Context, stop context.CancelFunc, caught os.Signal, err error) {
+func acquire(l lock, wait waitFlag, signals <-chan os.Signal) (held context.Context, stop context.CancelFunc, caught os.Signal, err error) {
 	ctx, stop := context.WithCancel(context.Background())
 	type result struct {
 		held context.Context
@@ -267,11 +279,7 @@ func acquire(m *redlock.Mutex, wait waitFlag, signals <-chan os.Signal) (held co
 	done := make(chan result, 1)
 	go func() {
 		var r result
-		if wait.set && wait.d == 0 {
-			r.held, r.err = m.TryLockContext(ctx)
-		} else {
-			r.held, r.err = m.LockContext(ctx)
-		}
+		r.held, r.err = l.acquire(ctx, wait.set && wait.d == 0)
 		done <- r
 	}()
 	for {
@@ -284,16 +292,17 @@ func acquire(m *redlock.Mutex, wait waitFlag, signals <-chan os.Signal) (held co
 	}
 }
 
-// notAcquired reports a lock that was not acquired: exitNotAcquired when it
-// was taken, too few masters answered, a master answered an error that may
-// pass (OOM, LOADING, BUSY), or the wait ran out; exitFailure when a master
-// answered an error that retrying cannot fix (an ACL denial, a rejected
-// script), or the error is not about acquisition at all.
-func notAcquired(stderr io.Writer, name string, err error) int {
-	if !errors.Is(err, redlock.ErrNotAcquired) || permanent(err) {
-		return failure(stderr, fmt.Errorf("lock %q: %s", name, oneLine(err)))
+// notAcquired reports a lock, named by label, that was not acquired:
+// exitNotAcquired when it was taken, too few masters answered, a master
+// answered an error that may pass (OOM, LOADING, BUSY), or the wait ran
+// out; exitFailure when a master answered an error that retrying cannot fix
+// (an ACL denial, a rejected script, a semaphore's limit that another user
+// gave otherwise), or the error is not about acquisition at all.
+func notAcquired(stderr io.Writer, label string, err error) int {
+	if !errors.Is(err, redlock.ErrNotAcquired) || errors.Is(err, redlock.ErrPermitsMismatch) || permanent(err) {
+		return failure(stderr, fmt.Errorf("%s: %s", label, oneLine(err)))
 	}
-	fmt.Fprintf(stderr, "redlock: lock %q: %s\n", name, oneLine(err))
+	fmt.Fprintf(stderr, "redlock: %s: %s\n", label, oneLine(err))
 	return exitNotAcquired
 }
 
@@ -315,14 +324,14 @@ func permanent(err error) bool {
 	return failurekind.Permanent(err)
 }
 
-// release unlocks m after COMMAND has run, and reports what went wrong
+// release gives l back after COMMAND has run, and reports what went wrong
 // without changing the exit status: COMMAND ran under the lock, and a key
 // that was not deleted expires with its TTL.
-func release(m *redlock.Mutex, stderr io.Writer) {
+func release(l lock, stderr io.Writer) {
 	ctx, cancel := context.WithTimeout(context.Background(), unlockTimeout)
 	defer cancel()
-	if err := m.UnlockContext(ctx); err != nil {
-		fmt.Fprintf(stderr, "redlock: release of lock %q incomplete: %s\n", m.Name(), trimPrefix(err))
+	if err := l.release(ctx); err != nil {
+		fmt.Fprintf(stderr, "redlock: release of %s incomplete: %s\n", l.label(), trimPrefix(err))
 	}
 }
 

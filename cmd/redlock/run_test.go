@@ -202,14 +202,14 @@ func TestRunWaitOnHeldLock(t *testing.T) {
 	}
 }
 
-// keyExpiry returns when the lock's key would expire on m if nothing
+// keyExpiry returns when key would expire on m if nothing
 // extended it again: the time before PTTL was sent plus the PTTL, which is
 // never later than the true expiry.
-func keyExpiry(m *master, name string) (time.Time, error) {
+func keyExpiry(m *master, key string) (time.Time, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	sent := time.Now()
-	pttl, err := m.client.PTTL(ctx, "redlock:{"+name+"}").Result()
+	pttl, err := m.client.PTTL(ctx, key).Result()
 	if err == nil && pttl <= 0 {
 		err = fmt.Errorf("PTTL = %v: no key with a TTL", pttl)
 	}
@@ -225,6 +225,13 @@ func keyExpiry(m *master, name string) (time.Time, error) {
 // the extension's trip to the master.
 func pauseMajority(t *testing.T, p *proc, masters []*master, name string) (paused, expiry time.Time) {
 	t.Helper()
+	return pauseMajorityAt(t, p, masters, "redlock:{"+name+"}")
+}
+
+// pauseMajorityAt is pauseMajority for the lease whose key is key, such as
+// a semaphore's slot.
+func pauseMajorityAt(t *testing.T, p *proc, masters []*master, key string) (paused, expiry time.Time) {
+	t.Helper()
 	majority := masters[:len(masters)/2+1]
 	// The key may reach the first master after redlock has started the
 	// command: the acquisition does not wait for the slowest master.
@@ -232,7 +239,7 @@ func pauseMajority(t *testing.T, p *proc, masters []*master, name string) (pause
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		var err error
-		expiry, err = keyExpiry(majority[0], name)
+		expiry, err = keyExpiry(majority[0], key)
 		if err == nil && first.IsZero() {
 			first = expiry
 		}

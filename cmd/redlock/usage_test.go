@@ -20,9 +20,9 @@ func TestUsage(t *testing.T) {
 	}{
 		{"help", []string{"-h"}, 0, []string{"Usage:", "redlock run ", "redlock status ", "redlock run -wait 0 nightly-report -- /usr/local/bin/report"}, ""},
 		{"help word", []string{"help"}, 0, []string{"Usage:"}, ""},
-		{"run help", []string{"run", "-h"}, 0, []string{"Usage:", "Examples:", "-wait D", "-grace D", "-fencing", "-url URL", "-ttl duration", "REDLOCK_TOKEN"}, ""},
+		{"run help", []string{"run", "-h"}, 0, []string{"Usage:", "Examples:", "-wait D", "-grace D", "-fencing", "-url URL", "-ttl duration", "REDLOCK_TOKEN", "-n N", "semaphore"}, ""},
 		{"run help after name", []string{"run", "job", "-h", "--", "true"}, 0, []string{"Usage:"}, ""},
-		{"status help", []string{"status", "-h"}, 0, []string{"Usage:", "Examples:", "-json", "-url URL", "held ttl=D waiters=N"}, ""},
+		{"status help", []string{"status", "-h"}, 0, []string{"Usage:", "Examples:", "-json", "-url URL", "held ttl=D waiters=N", "-n N", "held=H/N waiters=W"}, ""},
 		{"status without name", []string{"status"}, exitUsage, nil, "missing NAME"},
 		{"status with two names", []string{"status", "a", "b"}, exitUsage, nil, `unexpected "b" after NAME`},
 		{"status bad flag", []string{"status", "-ttl", "1s", "job"}, exitUsage, nil, "flag provided but not defined: -ttl"},
@@ -43,6 +43,12 @@ func TestUsage(t *testing.T) {
 		{"no dashes, no command", []string{"run", "job"}, exitUsage, nil, "missing -- between NAME and COMMAND"},
 		{"no command", []string{"run", "job", "--"}, exitUsage, nil, "missing COMMAND after --"},
 		{"brace in name", []string{"run", "a{b}", "--", "true"}, exitUsage, nil, "has a brace"},
+		{"zero permits", []string{"run", "-n", "0", "job", "--", "true"}, exitUsage, nil, `invalid value "0" for flag -n: 0 permits is outside [1, 1024]`},
+		{"negative permits", []string{"run", "-n", "-2", "job", "--", "true"}, exitUsage, nil, "-2 permits is outside [1, 1024]"},
+		{"too many permits", []string{"run", "-n", "1025", "job", "--", "true"}, exitUsage, nil, "1025 permits is outside [1, 1024]"},
+		{"permits not a number", []string{"run", "-n", "four", "job", "--", "true"}, exitUsage, nil, `invalid value "four" for flag -n`},
+		{"fencing with permits", []string{"run", "-fencing", "-n", "2", "job", "--", "true"}, exitUsage, nil, "-fencing does not apply to a semaphore (-n)"},
+		{"status zero permits", []string{"status", "-n", "0", "job"}, exitUsage, nil, "0 permits is outside [1, 1024]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
