@@ -133,3 +133,38 @@ func (l *redislockLocker) lock(ctx context.Context) error {
 }
 
 func (l *redislockLocker) unlock(ctx context.Context) error { return l.held.Release(ctx) }
+
+// benchPermits is the Semaphore's limit in its scenarios.
+const benchPermits = 4
+
+// newSemaphoreLocker makes lockers that each take one of permits permits of
+// a redlock Semaphore, on a Client of their own.
+func newSemaphoreLocker(permits int) func(addrs []string, name string) (locker, func(), error) {
+	return func(addrs []string, name string) (locker, func(), error) {
+		var urls []string
+		for _, addr := range addrs {
+			urls = append(urls, "redis://"+addr+"/0")
+		}
+		client, err := redlock.Dial(urls)
+		if err != nil {
+			return nil, nil, err
+		}
+		return &semaphoreLocker{s: client.NewSemaphore(name, permits)}, func() { client.Close() }, nil
+	}
+}
+
+type semaphoreLocker struct {
+	s    *redlock.Semaphore
+	held *redlock.Permit
+}
+
+func (l *semaphoreLocker) lock(ctx context.Context) error {
+	p, err := l.s.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	l.held = p
+	return nil
+}
+
+func (l *semaphoreLocker) unlock(ctx context.Context) error { return l.held.Release(ctx) }

@@ -44,6 +44,7 @@ type result struct {
 	Fairness       float64 `json:",omitempty"` // Jain's index over workers' cycle counts
 	Retake         float64 `json:",omitempty"` // share of sections whose holder also held the one before
 	CommandsPerCS  float64 `json:",omitempty"`
+	ServerCPUus    float64 `json:",omitempty"` // the servers' CPU time (INFO cpu, user+sys) per critical section
 	Failures       int64
 	Violations     int64  // overlapping critical sections
 	Notes          string `json:",omitempty"`
@@ -136,6 +137,19 @@ func (o options) scenarios(servers []*server) []result {
 			return contended(lib, addrs(n), servers[:n], workers, o.duration), true
 		})
 	}
+	run("semaphore-uncontended", func(lib library) (result, bool) {
+		if lib.name != "redlock" {
+			return result{}, false
+		}
+		return uncontendedOn("semaphore-uncontended", lib.name, newSemaphoreLocker(benchPermits), addrs(3), servers[:3], o.duration), true
+	})
+	run(fmt.Sprintf("semaphore-%d", benchPermits), func(lib library) (result, bool) {
+		if lib.name != "redlock" {
+			return result{}, false
+		}
+		return contendedOn(fmt.Sprintf("semaphore-%d", benchPermits), lib.name, newSemaphoreLocker(benchPermits), benchPermits,
+			addrs(3), servers[:3], 4*benchPermits, o.duration), true
+	})
 	run("degraded", func(lib library) (result, bool) {
 		if lib.maxN < 5 || lib.name == "redsync 1ms" {
 			return result{}, false
@@ -179,9 +193,9 @@ func micros(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
 // warmLocker empties the servers and makes a locker of lib that has run
 // cycles Lock+Unlock cycles, so that connections and script caches are warm.
-func warmLocker(lib library, addrs []string, servers []*server, name string, cycles int) (locker, func(), error) {
+func warmLocker(newFor func(addrs []string, name string) (locker, func(), error), addrs []string, servers []*server, name string, cycles int) (locker, func(), error) {
 	flush(servers)
-	l, closeFn, err := lib.newFor(addrs, name)
+	l, closeFn, err := newFor(addrs, name)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -196,15 +210,22 @@ func warmLocker(lib library, addrs []string, servers []*server, name string, cyc
 
 // uncontended runs Lock+Unlock in one goroutine.
 func uncontended(lib library, addrs []string, servers []*server, duration time.Duration) result {
-	l, closeFn, err := warmLocker(lib, addrs, servers, "bench-uncontended", 200)
+	return uncontendedOn("uncontended", lib.name, lib.newFor, addrs, servers, duration)
+}
+
+// uncontendedOn runs Lock+Unlock of a locker from newFor in one goroutine.
+func uncontendedOn(name, libName string, newFor func(addrs []string, name string) (locker, func(), error),
+	addrs []string, servers []*server, duration time.Duration) result {
+	l, closeFn, err := warmLocker(newFor, addrs, servers, "bench-uncontended", 200)
 	if err != nil {
-		return result{Scenario: "uncontended", Library: lib.name, Notes: err.Error()}
+		return result{Scenario: name, Library: libName, Notes: err.Error()}
 	}
 	defer closeFn()
 	ctx := context.Background()
 	counter := newCommandCounter(servers)
 	defer counter.close()
 	commandsBefore := counter.total()
+	cpuBefore := counter.cpu()
 	var lockTimes []time.Duration
 	var failures int64
 	var before, after runtime.MemStats
@@ -227,11 +248,12 @@ func uncontended(lib library, addrs []string, servers []*server, duration time.D
 	cycles := int64(len(lockTimes))
 	// lockTimes grows by appends; its own allocations are few (log2 of the count).
 	return result{
-		Scenario: "uncontended", Library: lib.name, Nodes: len(addrs), Workers: 1,
+		Scenario: name, Library: libName, Nodes: len(addrs), Workers: 1,
 		Seconds: elapsed.Seconds(), Cycles: cycles, PerSecond: float64(cycles) / elapsed.Seconds(),
 		LockP50us: micros(percentile(lockTimes, 0.5)), LockP99us: micros(percentile(lockTimes, 0.99)),
 		AllocsPerCycle: float64(after.Mallocs-before.Mallocs) / float64(cycles),
 		CommandsPerCS:  float64(counter.since(commandsBefore)) / float64(cycles),
+		ServerCPUus:    micros(counter.cpu()-cpuBefore) / float64(cycles),
 		Failures:       failures,
 	}
 }
@@ -239,13 +261,20 @@ func uncontended(lib library, addrs []string, servers []*server, duration time.D
 // contended runs workers, each with its own locker, on one lock with a 1ms
 // critical section.
 func contended(lib library, addrs []string, servers []*server, workers int, duration time.Duration) result {
+	return contendedOn(fmt.Sprintf("contended-%d", workers), lib.name, lib.newFor, 1, addrs, servers, workers, duration)
+}
+
+// contendedOn runs workers, each with a locker of its own from newFor, on
+// one lock that up to capacity workers may hold at once, with a 1ms
+// critical section.
+func contendedOn(name, libName string, newFor func(addrs []string, name string) (locker, func(), error), capacity int,
+	addrs []string, servers []*server, workers int, duration time.Duration) result {
 	flush(servers)
-	name := fmt.Sprintf("contended-%d", workers)
 	lockers := make([]locker, workers)
 	for i := range lockers {
-		l, closeFn, err := lib.newFor(addrs, "bench-contended")
+		l, closeFn, err := newFor(addrs, "bench-contended")
 		if err != nil {
-			return result{Scenario: name, Library: lib.name, Notes: err.Error()}
+			return result{Scenario: name, Library: libName, Notes: err.Error()}
 		}
 		defer closeFn()
 		lockers[i] = l
@@ -253,10 +282,11 @@ func contended(lib library, addrs []string, servers []*server, workers int, dura
 	counter := newCommandCounter(servers)
 	defer counter.close()
 	commandsBefore := counter.total()
+	cpuBefore := counter.cpu()
 
 	ctx, cancel := context.WithTimeout(context.Background(), duration)
 	defer cancel()
-	c := &contention{counts: make([]int64, workers), waits: make([][]time.Duration, workers)}
+	c := &contention{capacity: int64(capacity), counts: make([]int64, workers), waits: make([][]time.Duration, workers)}
 	c.lastHolder.Store(-1)
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -271,19 +301,22 @@ func contended(lib library, addrs []string, servers []*server, workers int, dura
 		total += c.counts[i]
 		allWaits = append(allWaits, c.waits[i]...)
 	}
+	serverCPU := counter.cpu() - cpuBefore
 	return result{
-		Scenario: name, Library: lib.name, Nodes: len(addrs), Workers: workers,
+		Scenario: name, Library: libName, Nodes: len(addrs), Workers: workers,
 		Seconds: elapsed.Seconds(), Cycles: total, PerSecond: float64(total) / elapsed.Seconds(),
 		WaitP99ms:     float64(percentile(allWaits, 0.99).Microseconds()) / 1e3,
 		Fairness:      jain(c.counts),
 		Retake:        float64(c.retakes.Load()) / math.Max(1, float64(total)),
 		CommandsPerCS: float64(counter.since(commandsBefore)) / math.Max(1, float64(total)),
+		ServerCPUus:   micros(serverCPU) / math.Max(1, float64(total)),
 		Failures:      c.failures.Load(), Violations: c.violations.Load(),
 	}
 }
 
 // contention is what the workers of a contended run share.
 type contention struct {
+	capacity                              int64 // holders allowed at once
 	inside, violations, failures, retakes atomic.Int64
 	lastHolder                            atomic.Int64
 	counts                                []int64           // by worker: critical sections
@@ -302,7 +335,7 @@ func (c *contention) work(ctx context.Context, i int, l locker) {
 			continue
 		}
 		c.waits[i] = append(c.waits[i], time.Since(t0))
-		if c.inside.Add(1) != 1 {
+		if c.inside.Add(1) > c.capacity {
 			c.violations.Add(1)
 		}
 		if c.lastHolder.Swap(int64(i)) == int64(i) {
@@ -332,7 +365,7 @@ func jain(counts []int64) float64 {
 
 // degraded runs Lock+Unlock with one of five servers frozen by SIGSTOP.
 func degraded(lib library, addrs []string, servers []*server, duration time.Duration) result {
-	l, closeFn, err := warmLocker(lib, addrs, servers, "bench-degraded", 50)
+	l, closeFn, err := warmLocker(lib.newFor, addrs, servers, "bench-degraded", 50)
 	if err != nil {
 		return result{Scenario: "degraded", Library: lib.name, Notes: err.Error()}
 	}
@@ -421,8 +454,8 @@ func cpuTime() time.Duration {
 }
 
 func printTable(results []result) {
-	fmt.Println("| scenario | library | nodes | workers | cycles/s | Lock p50 µs | Lock p99 µs | Unlock p99 µs | wait p99 ms | allocs/cycle | fairness | re-take | cmds/CS | failures | violations | notes |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Println("| scenario | library | nodes | workers | cycles/s | Lock p50 µs | Lock p99 µs | Unlock p99 µs | wait p99 ms | allocs/cycle | fairness | re-take | cmds/CS | server CPU/CS µs | failures | violations | notes |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	blank := func(v float64, format string) string {
 		if v == 0 {
 			return ""
@@ -430,10 +463,10 @@ func printTable(results []result) {
 		return fmt.Sprintf(format, v)
 	}
 	for _, r := range results {
-		fmt.Printf("| %s | %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s |\n",
+		fmt.Printf("| %s | %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %d | %d | %s |\n",
 			r.Scenario, r.Library, r.Nodes, r.Workers, blank(r.PerSecond, "%.0f"), blank(r.LockP50us, "%.0f"), blank(r.LockP99us, "%.0f"),
 			blank(r.UnlockP99us, "%.0f"), blank(r.WaitP99ms, "%.1f"), blank(r.AllocsPerCycle, "%.0f"), blank(r.Fairness, "%.2f"),
-			blank(r.Retake, "%.2f"), blank(r.CommandsPerCS, "%.1f"), r.Failures, r.Violations, r.Notes)
+			blank(r.Retake, "%.2f"), blank(r.CommandsPerCS, "%.1f"), blank(r.ServerCPUus, "%.0f"), r.Failures, r.Violations, r.Notes)
 	}
 }
 

@@ -127,6 +127,24 @@ func (c *commandCounter) calls(names ...string) int64 {
 	return sum
 }
 
+// cpu is the sum of the servers' CPU time, user and system, as INFO cpu
+// reports it (to the microsecond).
+func (c *commandCounter) cpu() time.Duration {
+	var sum float64
+	for _, rc := range c.clients {
+		info := rc.Info(context.Background(), "cpu").Val()
+		for line := range strings.SplitSeq(info, "\r\n") {
+			for _, field := range []string{"used_cpu_sys:", "used_cpu_user:"} {
+				if v, ok := strings.CutPrefix(line, field); ok {
+					seconds, _ := strconv.ParseFloat(v, 64)
+					sum += seconds
+				}
+			}
+		}
+	}
+	return time.Duration(sum * float64(time.Second))
+}
+
 // since returns the commands processed since the reading before.
 func (c *commandCounter) since(before int64) int64 {
 	return c.total() - before - int64(len(c.clients))

@@ -12,8 +12,8 @@ import (
 // suite skips with a loud message, unless REDLOCK_REQUIRE_DOCKER=1 (set by
 // scripts/test.sh under CI), in which case it fails.
 func TestMain(m *testing.M) {
-	if os.Getenv("REDLOCK_CHAOS_WORKER") != "" {
-		os.Exit(m.Run()) // a chaos worker process: the parent owns the containers
+	if os.Getenv("REDLOCK_CHAOS_WORKER") != "" || os.Getenv("REDLOCK_SEMAPHORE_WORKER") != "" {
+		os.Exit(m.Run()) // a worker process: the parent owns the containers
 	}
 	flag.Parse() // setUp reads -test.timeout for its containers' expiry
 	var err error
