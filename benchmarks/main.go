@@ -150,6 +150,20 @@ func (o options) scenarios(servers []*server) []result {
 		return contendedOn(fmt.Sprintf("semaphore-%d", benchPermits), lib.name, newSemaphoreLocker(benchPermits), benchPermits,
 			addrs(3), servers[:3], 4*benchPermits, o.duration), true
 	})
+	run(fmt.Sprintf("%d-mutexes", benchPermits), func(lib library) (result, bool) {
+		if lib.name != "redlock" {
+			return result{}, false
+		}
+		// The semaphore's baseline on this machine: as many mutexes as it
+		// has permits, each contended by 4 of the 16 workers.
+		made := 0
+		newFor := func(addrs []string, name string) (locker, func(), error) {
+			made++
+			return lib.newFor(addrs, fmt.Sprintf("%s-%d", name, made%benchPermits))
+		}
+		return contendedOn(fmt.Sprintf("%d-mutexes", benchPermits), lib.name, newFor, benchPermits,
+			addrs(3), servers[:3], 4*benchPermits, o.duration), true
+	})
 	run("degraded", func(lib library) (result, bool) {
 		if lib.maxN < 5 || lib.name == "redsync 1ms" {
 			return result{}, false
