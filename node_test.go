@@ -112,15 +112,20 @@ func TestSaturatedNodeFailsFast(t *testing.T) {
 	_, clients := servers(t, 3)
 	c := newClient(t, clients, WithNodeTimeout(time.Second))
 	release := make(chan struct{})
+	defer close(release) // before any Fatal: Close waits for the calls
 	for _, n := range c.nodes[1:] {
 		n.lastAnswer.Store(-int64(time.Hour)) // no answer for an hour
+		// Fill its call slots; a call of the Client's own (its identity
+		// check) may hold one already.
 		for range maxCallsToHungNode {
 			if !n.spawn(time.Second, func() { <-release }) {
-				t.Fatal("could not fill a hung node's call slots")
+				break
 			}
 		}
+		if n.spawn(time.Second, func() { <-release }) {
+			t.Fatalf("node %d took a call past its %d slots for a hung node", n.index, maxCallsToHungNode)
+		}
 	}
-	defer close(release)
 	start := time.Now()
 	_, err := c.NewMutex("busy").TryLockContext(t.Context())
 	if elapsed := time.Since(start); elapsed > 500*time.Millisecond {
