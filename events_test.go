@@ -265,3 +265,49 @@ func TestReleaseWaitsForAQuorumOfRefusals(t *testing.T) {
 		})
 	}
 }
+
+// An acquisition that ends before any attempt (its context done already,
+// the Client closed, a bad configuration) is told as NotAcquired, by a
+// Semaphore as by a Mutex.
+func TestEarlyEndsAreToldAsNotAcquired(t *testing.T) {
+	_, clients := servers(t, 3)
+	var mu sync.Mutex
+	told := map[Kind][]error{}
+	obs := &Observer{NotAcquired: func(ev NotAcquiredEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		told[ev.Kind] = append(told[ev.Kind], ev.Err)
+	}}
+	c, err := New(clients, WithObserver(obs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, s := c.NewMutex("early"), c.NewSemaphore("early", 2)
+	bad := c.NewSemaphore("early", 0)
+	done, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := m.LockContext(done); !errors.Is(err, context.Canceled) {
+		t.Fatalf("LockContext with a done ctx = %v", err)
+	}
+	if _, err := s.Acquire(done); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Acquire with a done ctx = %v", err)
+	}
+	if _, err := bad.Acquire(t.Context()); err == nil {
+		t.Fatal("Acquire on a Semaphore of 0 permits succeeded")
+	}
+	c.Close()
+	if _, err := m.TryLockContext(t.Context()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("TryLockContext after Close = %v", err)
+	}
+	if _, err := s.TryAcquire(t.Context()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("TryAcquire after Close = %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got := told[KindMutex]; len(got) != 2 || !errors.Is(got[0], context.Canceled) || !errors.Is(got[1], ErrClosed) {
+		t.Errorf("the Mutex told %v; want a cancel, then ErrClosed", got)
+	}
+	if got := told[KindSemaphore]; len(got) != 3 || !errors.Is(got[0], context.Canceled) || !errors.Is(got[2], ErrClosed) {
+		t.Errorf("the Semaphore told %v; want a cancel, the bad configuration, then ErrClosed", got)
+	}
+}

@@ -210,6 +210,34 @@ func (k *mutexKind) enqueue(waiter, mode string, aliveTTL, queueTTL time.Duratio
 	return enqueueCall(k.enqueueKeys, waiter, mode, aliveTTL, queueTTL)
 }
 
+// leave takes waiter out of the lock's queue on a node, and with passOn
+// passes on the wake-up it had (see leaveCall).
+func (k *mutexKind) leave(waiter string, passOn bool, aliveTTL, queueTTL time.Duration) nodeCall[string] {
+	return leaveCall(k.enqueueKeys, k.releaseKeys, waiter, passOn, aliveTTL, queueTTL)
+}
+
+// leaveCall takes waiter out of a queue on a node and marks it left, as
+// enqueueCall does with dequeue. With passOn it then wakes the next live
+// waiter as a release does, releasing nothing: a waiter that a release
+// woke and that gives up without the lock passes its wake-up on, or the
+// waiter behind it would wait for its next poll. wakeKeys are release.lua's:
+// a key of the lock, which it does not read, the queue and its live
+// waiters.
+func leaveCall(enqueueKeys, wakeKeys []any, waiter string, passOn bool, aliveTTL, queueTTL time.Duration) nodeCall[string] {
+	leave := enqueueCall(enqueueKeys, waiter, dequeue, aliveTTL, queueTTL)
+	if !passOn {
+		return leave
+	}
+	wake := prepare(releaseScript, wakeKeys, "", wakeArgs[1], "")
+	return func(ctx context.Context, n *node, live liveness) reply[string] {
+		if rep := leave(ctx, n, live); rep.err != nil {
+			return rep
+		}
+		err := wake.run(ctx, n, live).Err()
+		return reply[string]{ok: err == nil, err: err}
+	}
+}
+
 // enqueueCall runs enqueue.lua with keys: a queue, the key whose value it
 // reports, the queue's live waiters and those that left.
 func enqueueCall(keys []any, waiter, mode string, aliveTTL, queueTTL time.Duration) nodeCall[string] {

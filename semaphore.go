@@ -163,19 +163,13 @@ func (s *Semaphore) TryAcquire(ctx context.Context) (*Permit, error) {
 // acquire takes a permit for Acquire, or with once for TryAcquire, waiting
 // until waitCtx is done; the permit's context derives from ctx.
 func (s *Semaphore) acquire(ctx, waitCtx context.Context, once bool) (*Permit, error) {
-	if err := s.usable(); err != nil {
-		return nil, err
-	}
-	if waitCtx.Err() != nil {
-		return nil, waitEnded(waitCtx, nil)
-	}
 	var start time.Time
 	if s.events.on() {
 		start = time.Now()
 	}
 	w := &waiter{lock: s, client: s.client, retry: s.retry, nodeTimeout: s.timeout, logger: s.cfg.logger, name: s.name,
 		queued: &s.queued, ctx: ctx, waitCtx: waitCtx, once: once}
-	held, err := w.run()
+	held, err := s.wait(w)
 	if err != nil {
 		if s.events.on() {
 			s.events.notAcquired(ctx, start, w.attempts, err)
@@ -187,6 +181,18 @@ func (s *Semaphore) acquire(ctx, waitCtx context.Context, once bool) (*Permit, e
 		l.order.acquired(&l.spec.events, func() { l.spec.events.acquired(ctx, start, w.attempts, 0) })
 	}
 	return &Permit{s: s, l: l, held: held}, nil
+}
+
+// wait runs w, unless the Semaphore is unusable or the wait is over before
+// it began.
+func (s *Semaphore) wait(w *waiter) (context.Context, error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	if w.waitCtx.Err() != nil {
+		return nil, waitEnded(w.waitCtx, nil)
+	}
+	return w.run()
 }
 
 // slotSpan is how long, in node timeouts, after an attempt's first round
@@ -389,10 +395,11 @@ func (s *Semaphore) joinQueue(ctx context.Context, waiter, mode string) queueVie
 	return queueView{free: anyFree, wakes: true}
 }
 
-// leaveQueue takes a waiter that gave up out of the queue. It waits for a
-// quorum at most; the other nodes finish in the background.
-func (s *Semaphore) leaveQueue(waiter string) {
-	call := enqueueCall(s.keys.queueKeys, waiter, dequeue, s.retry.aliveTTL(), s.retry.queueTTL())
+// leaveQueue takes a waiter out of the queue, and with passOn wakes the
+// next live waiter. It waits for a quorum at most; the other nodes finish
+// in the background.
+func (s *Semaphore) leaveQueue(waiter string, passOn bool) {
+	call := leaveCall(s.keys.queueKeys, s.keys.wakeKeys, waiter, passOn, s.retry.aliveTTL(), s.retry.queueTTL())
 	ctx := context.Background()
 	launch(s.client, ctx, roundSpec[string]{call: call, timeout: s.timeout, anyNode: true}).wait(ctx, nil)
 }

@@ -48,7 +48,9 @@ type semaphoreKeys struct {
 	limit     string
 	slots     []string // slots[i] is slot i's key
 	queueKeys []any    // for enqueue.lua: the queue, the limit, its live waiters, those that left
-	wakeKeys  []any    // for release.lua after the slot: the queue and its live waiters
+	// wakeKeys is for release.lua when it only wakes the next waiter: the
+	// limit (which it does not read), the queue and its live waiters.
+	wakeKeys []any
 	// statusKeys is for semstatus.lua: the limit, the queue, its live
 	// waiters, then every slot.
 	statusKeys []any
@@ -58,7 +60,7 @@ func newSemaphoreKeys(base string, permits int) *semaphoreKeys {
 	k := &semaphoreKeys{limit: base + limitSuffix, slots: make([]string, permits)}
 	queue, alive, left := base+queueSuffix, base+aliveSuffix, base+leftSuffix
 	k.queueKeys = []any{queue, k.limit, alive, left}
-	k.wakeKeys = []any{queue, alive}
+	k.wakeKeys = []any{k.limit, queue, alive}
 	k.statusKeys = append(make([]any, 0, 3+permits), k.limit, queue, alive)
 	for i := range k.slots {
 		k.slots[i] = base + slotSuffix + strconv.Itoa(i)
@@ -101,7 +103,7 @@ func newSlotKind(c *Client, name string, keys *semaphoreKeys, slot int, cfg *con
 			key:         key,
 			guard:       cfg.restartGuard,
 			keyArg:      key,
-			releaseKeys: append([]any{key}, keys.wakeKeys...),
+			releaseKeys: append([]any{key}, keys.wakeKeys[1:]...),
 			ttlMillis:   cfg.ttl.Milliseconds(),
 		},
 		name:        name,

@@ -79,8 +79,11 @@ type contender interface {
 	// joinQueue puts waiter in the lock's queue on the nodes, or keeps it
 	// there, as mode says (see enqueue), and tells what it learned.
 	joinQueue(ctx context.Context, waiter, mode string) queueView
-	// leaveQueue takes a waiter that gave up out of the queue.
-	leaveQueue(waiter string)
+	// leaveQueue takes waiter out of the lock's queue: a waiter that gave
+	// up, or one that acquired the lock while it was queued. With passOn
+	// it then wakes the next live waiter, releasing nothing: the waiter
+	// gives up with a wake-up that a release meant for it.
+	leaveQueue(waiter string, passOn bool)
 }
 
 // queueView is what a waiter learns as it joins the queue.
@@ -121,10 +124,13 @@ type waiter struct {
 	listener *listener // hears its wake-ups once it has an id
 	hears    bool      // a quorum of nodes listens for its wake-ups
 	woken    bool      // the last attempt followed a release that named it
-	retried  bool      // the last attempt was made at once, without waiting
-	logged   bool      // a node error of this wait was logged at Warn
-	last     error     // the last attempt's error
-	attempts int       // attempts made
+	// joined: it joined the queue since a release last named it, and so
+	// is still in the queue, where no release took it out.
+	joined   bool
+	retried  bool  // the last attempt was made at once, without waiting
+	logged   bool  // a node error of this wait was logged at Warn
+	last     error // the last attempt's error
+	attempts int   // attempts made
 }
 
 // handoffGrace is how long a releaser that locks again waits for the waiter
@@ -283,7 +289,9 @@ func (w *waiter) ended() error {
 func (w *waiter) queueBehindWoken() {
 	w.listen()
 	delay := handoffGrace
-	if view := w.lock.joinQueue(w.waitCtx, w.id, enqueueLast); !view.free {
+	view := w.lock.joinQueue(w.waitCtx, w.id, enqueueLast)
+	w.joined = true
+	if !view.free {
 		delay = w.pollDelay(view)
 	}
 	w.woken = w.await(delay)
@@ -311,6 +319,7 @@ func (w *waiter) join() (delay time.Duration, now bool) {
 	}
 	w.woken = false
 	view := w.lock.joinQueue(w.waitCtx, w.id, mode)
+	w.joined = true
 	if view.free && !w.retried {
 		w.retried = true
 		return 0, true
@@ -333,6 +342,7 @@ func (w *waiter) await(delay time.Duration) bool {
 	defer timer.Stop()
 	select {
 	case <-w.listener.C:
+		w.joined = false // the release took it out of the queue
 		return true
 	case <-timer.C:
 		return false
@@ -343,15 +353,27 @@ func (w *waiter) await(delay time.Duration) bool {
 	}
 }
 
-// close stops listening and, unless the waiter acquired the lock (whose
-// release takes its id out of the queue), leaves the queue.
+// close stops listening and leaves the queue: a waiter that gives up, and
+// one that acquired the lock while still queued (a release took out the one
+// it woke), so that Status does not count it and other holders' releases do
+// not wake it. A waiter that gives up with a wake-up, one that it was
+// trying on or one still pending, passes it on to the next live waiter.
 func (w *waiter) close(acquired bool) {
 	if w.listener == nil {
 		return
 	}
+	pending := false
+	select {
+	case <-w.listener.C:
+		pending = true
+	default:
+	}
 	w.listener.unregister()
-	if !acquired {
-		w.lock.leaveQueue(w.id)
+	switch {
+	case !acquired:
+		w.lock.leaveQueue(w.id, w.woken || pending)
+	case w.joined:
+		w.lock.leaveQueue(w.id, false)
 	}
 }
 
@@ -404,10 +426,11 @@ func mostCommon(values []string) (count int, value string) {
 	return count, value
 }
 
-// leaveQueue takes a waiter that gave up out of the queue. It waits for a
-// quorum at most; the other nodes finish in the background.
-func (m *Mutex) leaveQueue(waiter string) {
-	call := m.kind.enqueue(waiter, dequeue, m.retry.aliveTTL(), m.retry.queueTTL())
+// leaveQueue takes a waiter out of the queue, and with passOn wakes the
+// next live waiter. It waits for a quorum at most; the other nodes finish
+// in the background.
+func (m *Mutex) leaveQueue(waiter string, passOn bool) {
+	call := m.kind.leave(waiter, passOn, m.retry.aliveTTL(), m.retry.queueTTL())
 	ctx := context.Background()
 	launch(m.client, ctx, roundSpec[string]{call: call, timeout: m.spec.nodeTimeout, anyNode: true}).wait(ctx, nil)
 }

@@ -3,10 +3,11 @@
 -- KEYS[1] lock key; KEYS[2] the lock's queue of waiters; KEYS[3] the waiters
 -- that count as alive, scored with the server time in milliseconds until
 -- which they do (see enqueue.lua). All three are in one hash slot.
--- ARGV[1] holder's value; ARGV[2] the prefix of the channels of waking
--- Clients, or '' to release without waking anyone (undoing a failed
--- attempt's grants); ARGV[3] the holder's own waiter id, or '' if it did not
--- wait.
+-- ARGV[1] holder's value, or '' to release nothing and only wake the next
+-- live waiter (a woken waiter that gave up passes its wake-up on); ARGV[2]
+-- the prefix of the channels of waking Clients, or '' to release without
+-- waking anyone (undoing a failed attempt's grants); ARGV[3] the holder's
+-- own waiter id, or '' if it did not wait.
 -- A queued waiter whose time in KEYS[3] has passed, or who is not there,
 -- stopped calling: its process died without leaving the queue, and it is
 -- dropped from both. The first live one is woken by publishing its id on
@@ -15,15 +16,18 @@
 -- Returns 0 if the key is gone or owned by another holder, 1 if deleted,
 -- 2 if deleted and a waiter woken, 3 if deleted but the wake-up could not be
 -- published (an ACL without channel permissions, say): the waiter is then
--- put back first in the queue.
+-- put back first in the queue. With ARGV[1] '' there is nothing to delete,
+-- and 1, 2 and 3 say the same of the wake-up.
 if ARGV[3] ~= '' then
   redis.call('LREM', KEYS[2], 0, ARGV[3])
   redis.call('ZREM', KEYS[3], ARGV[3])
 end
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return 0
+if ARGV[1] ~= '' then
+  if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+  end
+  redis.call('DEL', KEYS[1])
 end
-redis.call('DEL', KEYS[1])
 if ARGV[2] == '' then
   return 1
 end
