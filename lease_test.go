@@ -173,6 +173,10 @@ func TestLateGrantIsUndoneByUnlock(t *testing.T) {
 	warm := c.NewMutex("warm")
 	warm.Lock()
 	warm.Unlock()
+	// Lock and Unlock return at quorum: the slow node may not have run
+	// the scripts yet, and the next acquisition would go through the
+	// acquire script rather than the SET NX the proxy delays.
+	waitFor(t, "a script to have run on every node", c.scriptsRunEverywhere)
 	settle(t, c.nodes)
 	sent.count.Store(0)
 	if _, err := m.LockContext(t.Context()); err != nil {

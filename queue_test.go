@@ -132,63 +132,16 @@ func async(fn func() error) <-chan error {
 func TestWokenWaiterThatGivesUpPassesTheWakeUpOn(t *testing.T) {
 	for kind, newLock := range queuedKinds {
 		t.Run(kind, func(t *testing.T) {
-			mrs, clients := servers(t, 3)
-			holder := newLock(t, clients, "giveup")
-			release, err := holder.acquire(t.Context())
-			if err != nil {
-				t.Fatal(err)
-			}
-			// w1 reaches the servers through a fault layer of its own.
-			var own []redis.UniversalClient
-			var hooks []*faultHook
-			for i, mr := range mrs {
-				rc := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
-				t.Cleanup(func() { rc.Close() })
-				h := newFaultHook(i, 1)
-				rc.AddHook(h)
-				t.Cleanup(h.wait)
-				own, hooks = append(own, rc), append(hooks, h)
-			}
-			opts := []Option{WithRetryDelay(2 * time.Second), WithRetryJitter(0)} // a queued waiter polls every 20s
-			w1 := newLock(t, own, "giveup", opts...)
-			w2 := newLock(t, clients, "giveup", opts...)
-			ctx1, cancel1 := context.WithCancel(t.Context())
-			defer cancel1()
-			gave := async(func() error {
-				release, err := w1.acquire(ctx1)
-				if err == nil {
-					release()
-				}
-				return err
-			})
-			waitFor(t, "w1 to queue", func() bool { return queuedOn(mrs[0], w1.queue, w1.listener) })
-			ctx2, cancel2 := context.WithCancel(t.Context())
-			defer cancel2()
-			var release2 func()
-			got2 := async(func() (err error) { release2, err = w2.acquire(ctx2); return err })
-			waitFor(t, "w2 to queue", func() bool { return queuedOn(mrs[0], w2.queue, w2.listener) })
+			q := queueTwoWaiters(t, newLock, "giveup")
 			// w1's next attempt is answered only after it gives up.
-			for _, h := range hooks {
+			for _, h := range q.hooks {
 				h.add(&fault{match: isKind("acquire"), fail: errors.New("slow"), before: time.Second})
 			}
-			attempts := len(hooks[0].sent(isKind("acquire")))
-			release() // wakes w1
-			waitFor(t, "w1's attempt", func() bool { return len(hooks[0].sent(isKind("acquire"))) > attempts })
-			cancel1()
-			if err := <-gave; err == nil {
-				t.Fatal("w1 acquired")
-			}
-			select {
-			case err := <-got2:
-				if err != nil {
-					t.Fatal(err)
-				}
-				release2()
-			case <-time.After(3 * time.Second):
-				t.Error("w2 not woken within 3s of w1 giving up its wake-up: the lock is free, and w2 polls only every 20s")
-				cancel2()
-				<-got2
-			}
+			attempts := len(q.hooks[0].sent(isKind("acquire")))
+			q.release() // wakes w1
+			waitFor(t, "w1's attempt", func() bool { return len(q.hooks[0].sent(isKind("acquire"))) > attempts })
+			q.w1GivesUp(t)
+			q.expectW2Woken(t, "w1 gave up its wake-up")
 		})
 	}
 }
@@ -199,35 +152,14 @@ func TestWokenWaiterThatGivesUpPassesTheWakeUpOn(t *testing.T) {
 func TestSemaphoreHolderDoesNotAbsorbAWakeUp(t *testing.T) {
 	mrs, clients := servers(t, 3)
 	holder := newClient(t, clients).NewSemaphore("absorb", 2)
-	var held []*Permit
-	for range 2 {
-		p, err := holder.Acquire(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, p)
-	}
+	held := holdAll(t, holder)
 	w1c := newClient(t, clients, WithRetryDelay(100*time.Millisecond), WithRetryJitter(0))
 	w1 := w1c.NewSemaphore("absorb", 2)
-	got1 := make(chan *Permit, 1)
-	go func() {
-		q, err := w1.Acquire(t.Context())
-		if err != nil {
-			t.Errorf("w1 Acquire = %v", err)
-		}
-		got1 <- q
-	}()
+	got1 := acquireAsync(t, w1)
 	queue := holder.keys.queueKeys[0].(string)
 	waitFor(t, "w1 to queue", func() bool { return queuedOn(mrs[0], queue, w1c) })
 	settle(t, holder.client.nodes)
-	// held[0]'s process dies; its slot expires on every master.
-	for _, key := range holder.keys.slots {
-		if v, _ := mrs[0].Get(key); v == held[0].l.value {
-			for _, mr := range mrs {
-				mr.Del(key)
-			}
-		}
-	}
+	expirePermit(mrs, holder, held[0]) // its process died
 	var q1 *Permit
 	select {
 	case q1 = <-got1:
@@ -235,30 +167,11 @@ func TestSemaphoreHolderDoesNotAbsorbAWakeUp(t *testing.T) {
 		t.Fatal("w1 did not take the freed permit by polling")
 	}
 	defer q1.Release(t.Context())
-	w2c := newClient(t, clients, WithRetryDelay(2*time.Second), WithRetryJitter(0)) // polls every 20s
-	w2 := w2c.NewSemaphore("absorb", 2)
-	ctx2, cancel2 := context.WithCancel(t.Context())
-	defer cancel2()
-	got2 := make(chan *Permit, 1)
-	go func() {
-		q, _ := w2.Acquire(ctx2)
-		got2 <- q
-	}()
-	waitFor(t, "w2 to queue", func() bool { return queuedOn(mrs[0], queue, w2c) })
+	w2 := queueSlowPoller(t, clients, mrs, "absorb", 2)
 	if err := held[1].Release(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case q := <-got2:
-		q.Release(t.Context())
-	case <-time.After(3 * time.Second):
-		l, _ := mrs[0].List(queue)
-		t.Errorf("w2 not woken within 3s of a release that freed a permit; queue on node 0: %v", l)
-		cancel2()
-		if q := <-got2; q != nil {
-			q.Release(t.Context())
-		}
-	}
+	w2.expectWoken(t, "a release that freed a permit")
 }
 
 // An Acquire right after a release that woke a waiter queues behind the
@@ -266,14 +179,7 @@ func TestSemaphoreHolderDoesNotAbsorbAWakeUp(t *testing.T) {
 func TestSemaphoreAcquireBehindAWokenWaiterLeavesTheQueue(t *testing.T) {
 	mrs, clients := servers(t, 3)
 	s := newClient(t, clients).NewSemaphore("behind", 2)
-	var held []*Permit
-	for range 2 {
-		p, err := s.Acquire(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		held = append(held, p)
-	}
+	held := holdAll(t, s)
 	wc := newClient(t, clients, WithRetryDelay(50*time.Millisecond), WithRetryJitter(0))
 	w := wc.NewSemaphore("behind", 2)
 	got := make(chan *Permit, 1)
@@ -310,4 +216,280 @@ func TestSemaphoreAcquireBehindAWokenWaiterLeavesTheQueue(t *testing.T) {
 		l, _ := mrs[0].List(queue)
 		t.Errorf("Status() = %+v with nobody waiting; want %+v (queue on node 0: %v)", st, want, l)
 	}
+}
+
+// holdAll acquires every permit of s.
+func holdAll(t *testing.T, s *Semaphore) []*Permit {
+	t.Helper()
+	var held []*Permit
+	for range s.Permits() {
+		p, err := s.Acquire(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, p)
+	}
+	return held
+}
+
+// twoWaiters is a holder of a lock and two waiters queued behind it, w1
+// first: w1 reaches the servers through fault layers of its own, hooks,
+// and both poll only every 20s, so that a waiter woken within seconds was
+// woken by name.
+type twoWaiters struct {
+	release func() // the holder's
+	hooks   []*faultHook
+	cancel1 func() // ends w1's wait
+	gave    <-chan error
+	got2    <-chan error
+	cancel2 func()
+	// release2 is w2's, once got2 has told nil.
+	release2 func()
+}
+
+func queueTwoWaiters(t *testing.T, newLock func(*testing.T, []redis.UniversalClient, string, ...Option) queuedLock, name string, w1opts ...Option) *twoWaiters {
+	t.Helper()
+	mrs, clients := servers(t, 3)
+	holder := newLock(t, clients, name)
+	q := &twoWaiters{}
+	var err error
+	if q.release, err = holder.acquire(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	own, hooks := hookedClients(t, mrs)
+	q.hooks = hooks
+	opts := []Option{WithRetryDelay(2 * time.Second), WithRetryJitter(0)}
+	w1 := newLock(t, own, name, append(opts, w1opts...)...)
+	w2 := newLock(t, clients, name, opts...)
+	ctx1, cancel1 := context.WithCancel(t.Context())
+	t.Cleanup(cancel1)
+	q.cancel1 = cancel1
+	q.gave = async(func() error {
+		release, err := w1.acquire(ctx1)
+		if err == nil {
+			release()
+		}
+		return err
+	})
+	waitFor(t, "w1 to queue", func() bool { return queuedOn(mrs[0], w1.queue, w1.listener) })
+	ctx2, cancel2 := context.WithCancel(t.Context())
+	t.Cleanup(cancel2)
+	q.cancel2 = cancel2
+	q.got2 = async(func() (err error) { q.release2, err = w2.acquire(ctx2); return err })
+	waitFor(t, "w2 to queue", func() bool { return queuedOn(mrs[0], w2.queue, w2.listener) })
+	return q
+}
+
+// w1GivesUp ends w1's wait and checks that it did not acquire.
+func (q *twoWaiters) w1GivesUp(t *testing.T) {
+	t.Helper()
+	q.cancel1()
+	if err := <-q.gave; err == nil {
+		t.Fatal("w1 acquired")
+	}
+}
+
+// expectW2Woken checks that w2 acquires within 3s, well before its poll:
+// the lock is free, and after what happened, w2 must have been woken.
+func (q *twoWaiters) expectW2Woken(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case err := <-q.got2:
+		if err != nil {
+			t.Fatal(err)
+		}
+		q.release2()
+	case <-time.After(3 * time.Second):
+		t.Errorf("w2 not woken within 3s after %s: the lock is free, and w2 polls only every 20s", what)
+		q.cancel2()
+		<-q.got2
+	}
+}
+
+// acquireAsync acquires a permit of s in a goroutine of its own, and sends
+// it, or nil if Acquire failed.
+func acquireAsync(t *testing.T, s *Semaphore) <-chan *Permit {
+	got := make(chan *Permit, 1)
+	go func() {
+		p, err := s.Acquire(t.Context())
+		if err != nil {
+			t.Errorf("Acquire = %v", err)
+		}
+		got <- p
+	}()
+	return got
+}
+
+// slowPoller is a waiter for a Semaphore's permit that polls only every
+// 20s: one that acquires within seconds was woken by name.
+type slowPoller struct {
+	got    <-chan *Permit
+	cancel func()
+}
+
+// queueSlowPoller starts a slowPoller and waits until it is queued.
+func queueSlowPoller(t *testing.T, clients []redis.UniversalClient, mrs []*miniredis.Miniredis, name string, permits int) *slowPoller {
+	t.Helper()
+	c := newClient(t, clients, WithRetryDelay(2*time.Second), WithRetryJitter(0))
+	s := c.NewSemaphore(name, permits)
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+	got := make(chan *Permit, 1)
+	go func() {
+		p, _ := s.Acquire(ctx)
+		got <- p
+	}()
+	waitFor(t, "the slow poller to queue", func() bool { return queuedOn(mrs[0], s.keys.queueKeys[0].(string), c) })
+	return &slowPoller{got: got, cancel: cancel}
+}
+
+// expectWoken checks that the poller acquires within 3s after what.
+func (w *slowPoller) expectWoken(t *testing.T, what string) {
+	t.Helper()
+	select {
+	case p := <-w.got:
+		p.Release(t.Context())
+	case <-time.After(3 * time.Second):
+		t.Errorf("a waiter that polls every 20s not woken within 3s of %s, with a permit free", what)
+		w.cancel()
+		if p := <-w.got; p != nil {
+			p.Release(t.Context())
+		}
+	}
+}
+
+// expirePermit deletes p's slot on every master of mrs, as its expiry
+// would once its holder's process died.
+func expirePermit(mrs []*miniredis.Miniredis, s *Semaphore, p *Permit) {
+	for _, key := range s.keys.slots {
+		if v, _ := mrs[0].Get(key); v == p.l.value {
+			for _, mr := range mrs {
+				mr.Del(key)
+			}
+		}
+	}
+}
+
+// hookedClients returns clients of mrs of their own, each behind a fault
+// layer, for a waiter whose calls a test delays.
+func hookedClients(t *testing.T, mrs []*miniredis.Miniredis) ([]redis.UniversalClient, []*faultHook) {
+	t.Helper()
+	var own []redis.UniversalClient
+	var hooks []*faultHook
+	for i, mr := range mrs {
+		rc := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+		t.Cleanup(func() { rc.Close() })
+		h := newFaultHook(i, 1)
+		rc.AddHook(h)
+		t.Cleanup(h.wait)
+		own, hooks = append(own, rc), append(hooks, h)
+	}
+	return own, hooks
+}
+
+// A Semaphore waiter that wins a permit by polling while a release of
+// another permit pops and wakes it must pass that wake-up on: the permit the
+// release freed is free, and the waiter behind it should be woken.
+func TestPollWinnerPassesOnAWakeUpItDidNotUse(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	holder := newClient(t, clients).NewSemaphore("absorb2", 2)
+	held := holdAll(t, holder)
+	own, hooks := hookedClients(t, mrs)
+	w1c := newClient(t, own, WithRetryDelay(100*time.Millisecond), WithRetryJitter(0), WithNodeTimeout(2*time.Second))
+	w1 := w1c.NewSemaphore("absorb2", 2)
+	got1 := acquireAsync(t, w1)
+	queue := holder.keys.queueKeys[0].(string)
+	waitFor(t, "w1 to queue", func() bool { return queuedOn(mrs[0], queue, w1c) })
+	w2 := queueSlowPoller(t, clients, mrs, "absorb2", 2)
+	settle(t, holder.client.nodes)
+	// w1's next attempt runs at once, its replies come back late.
+	for _, h := range hooks {
+		h.add(&fault{match: isKind("acquire"), after: 400 * time.Millisecond})
+	}
+	attempts := len(hooks[0].sent(isKind("acquire")))
+	expirePermit(mrs, holder, held[0]) // its process died
+	waitFor(t, "w1's polling attempt", func() bool { return len(hooks[0].sent(isKind("acquire"))) > attempts })
+	time.Sleep(100 * time.Millisecond)                   // it ran; its reply is on its way
+	if err := held[1].Release(t.Context()); err != nil { // frees a permit, wakes w1 (first in the queue)
+		t.Fatal(err)
+	}
+	var q1 *Permit
+	select {
+	case q1 = <-got1:
+	case <-time.After(5 * time.Second):
+		t.Fatal("w1 did not take the freed permit")
+	}
+	if q1 == nil {
+		t.Fatal("w1 got no permit")
+	}
+	defer q1.Release(context.Background())
+	w2.expectWoken(t, "held[1]'s release, which w1 did not need")
+}
+
+// A waiter that gives up, not woken, listens until its leave has reached
+// the servers: a release that runs in between pops it and wakes it, and it
+// passes that wake-up on to the waiter behind it instead of losing it.
+func TestReleaseDuringALeaveIsPassedOn(t *testing.T) {
+	for kind, newLock := range queuedKinds {
+		t.Run(kind, func(t *testing.T) {
+			q := queueTwoWaiters(t, newLock, "leaving", WithNodeTimeout(2*time.Second))
+			for _, h := range q.hooks {
+				h.add(&fault{match: isKind("enqueue"), before: 500 * time.Millisecond})
+			}
+			leaves := len(q.hooks[0].sent(isKind("enqueue")))
+			q.cancel1() // w1 gives up, not woken
+			waitFor(t, "w1's leave to be sent", func() bool { return len(q.hooks[0].sent(isKind("enqueue"))) > leaves })
+			q.release() // runs before w1's leave reaches the nodes, and wakes w1
+			q.w1GivesUp(t)
+			q.expectW2Woken(t, "a release woke w1 as it was leaving")
+		})
+	}
+}
+
+// A waiter that wins right after its wake-up sends no queue call (the
+// release took it out of the queue), and one that wins by polling does not
+// wait for its leave to reach a hung minority node.
+func TestWokenWinnerMakesNoQueueCall(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	c := newClient(t, clients)
+	h := c.NewMutex("hot")
+	if _, err := h.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	own, hooks := hookedClients(t, mrs)
+	wc := newClient(t, own, WithRetryDelay(100*time.Millisecond), WithRetryJitter(0), WithNodeTimeout(time.Second))
+	w := wc.NewMutex("hot")
+	got := async(func() error { _, err := w.LockContext(t.Context()); return err })
+	waitFor(t, "w to queue", func() bool { return queuedOn(mrs[0], h.key+queueSuffix, wc) })
+	n := len(hooks[0].sent(isKind("enqueue")))
+	h.Unlock()
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	if m := len(hooks[0].sent(isKind("enqueue"))); m != n {
+		t.Errorf("woken winner sent %d queue calls after its wake-up", m-n)
+	}
+	w.Unlock()
+	// poll winner with node 2 hung for queue calls
+	if _, err := h.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	got = async(func() error { _, err := w.LockContext(t.Context()); return err })
+	waitFor(t, "w to queue", func() bool { return queuedOn(mrs[0], h.key+queueSuffix, wc) })
+	settle(t, c.nodes)
+	hooks[2].add(&fault{match: isKind("enqueue"), before: 5 * time.Second})
+	for _, mr := range mrs {
+		mr.Del(h.key)
+	}
+	start := time.Now()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("poll winner returned %v after the key went", time.Since(start))
+	case <-time.After(4 * time.Second):
+		t.Fatal("poll winner blocked on a hung minority")
+	}
+	w.Unlock()
 }

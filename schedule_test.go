@@ -50,8 +50,10 @@ import (
 // worth under -race); REDLOCK_SEED runs the one schedule of that seed and
 // prints its trace; REDLOCK_SCHEDULE_PORTS (BASE-END) sets the servers'
 // ports, for processes that run schedules side by side (keep it below
-// 32768, where the kernel picks clients' ports). A failure prints its seed
-// and its trace.
+// 32768, where the kernel picks clients' ports);
+// REDLOCK_SCHEDULE_SEMAPHORES=all runs Semaphores in every schedule (a seed
+// that drew them runs the same schedule either way; replay the others with
+// it set). A failure prints its seed and its trace.
 func TestLifecycleSchedules(t *testing.T) {
 	if testing.Short() {
 		t.Skip("randomized schedules take about 20s")
@@ -105,6 +107,19 @@ func TestLifecycleSchedules(t *testing.T) {
 	}
 	t.Logf("%d schedules in %v, %d with semaphores; %d deleted keys behind a holder's back, with %d overlaps between them and %d moments with more than P permits; %d keys left by a Close that could not reach their node; %d held contexts late while the test process itself stalled",
 		count, time.Since(start).Round(time.Millisecond), tally.withSemaphores, tally.unsafe, tally.overlapsUnsafe, tally.permitsUnsafe, tally.leftByClose, tally.paused)
+}
+
+// everySchedule reports whether the environment variable name says "all":
+// a kind of lock that most schedules draw then runs in every one.
+func everySchedule(name string) bool {
+	switch raw := os.Getenv(name); raw {
+	case "", "drawn":
+		return false
+	case "all":
+		return true
+	default:
+		panic(fmt.Sprintf("%s=%q: want all or drawn", name, raw))
+	}
 }
 
 // scheduleTally adds up what the schedules saw.
@@ -272,7 +287,7 @@ func runSchedule(seed uint64, stalls *stalls) *schedule {
 	// Mutexes and faults are those it drew before Semaphores ran beside
 	// them.
 	semRng := rand.New(rand.NewPCG(seed, 0x5e3a))
-	if semRng.IntN(4) != 0 {
+	if drawn := semRng.IntN(4) != 0; drawn || everySchedule("REDLOCK_SCHEDULE_SEMAPHORES") {
 		// Fewer permits than contenders, so that they contend.
 		perClient, contenders := make([]int, len(s.clients)), 0
 		for ci := range perClient {

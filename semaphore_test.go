@@ -1185,14 +1185,7 @@ func TestSemaphoreCloseEndsWaiterAndPermit(t *testing.T) {
 func TestSemaphoreWaiterThatGivesUpLeavesTheQueue(t *testing.T) {
 	mrs, clients := servers(t, 3)
 	s := newClient(t, clients).NewSemaphore("giveup", 2)
-	var permits []*Permit
-	for range 2 {
-		p, err := s.Acquire(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		permits = append(permits, p)
-	}
+	permits := holdAll(t, s)
 	defer func() {
 		for _, p := range permits {
 			p.Release(context.Background())

@@ -353,27 +353,30 @@ func (w *waiter) await(delay time.Duration) bool {
 	}
 }
 
-// close stops listening and leaves the queue: a waiter that gives up, and
-// one that acquired the lock while still queued (a release took out the one
-// it woke), so that Status does not count it and other holders' releases do
-// not wake it. A waiter that gives up with a wake-up, one that it was
-// trying on or one still pending, passes it on to the next live waiter.
+// close leaves the queue and stops listening. A waiter that gives up
+// leaves, and so does one that acquired the lock while still queued (it did
+// not win right after a wake-up, whose release took it out), so that
+// Status does not count it and other holders' releases do not wake it. It
+// listens until it has left: a release that came first may have woken it,
+// and a wake-up it does not use (it gave up, or won a permit without it)
+// is passed on to the next live waiter.
 func (w *waiter) close(acquired bool) {
 	if w.listener == nil {
 		return
 	}
-	pending := false
+	if acquired && !w.joined {
+		w.listener.unregister()
+		return
+	}
+	passOn := !acquired && w.woken
+	w.lock.leaveQueue(w.id, passOn)
+	w.listener.unregister()
 	select {
 	case <-w.listener.C:
-		pending = true
+		if !passOn {
+			w.lock.leaveQueue(w.id, true)
+		}
 	default:
-	}
-	w.listener.unregister()
-	switch {
-	case !acquired:
-		w.lock.leaveQueue(w.id, w.woken || pending)
-	case w.joined:
-		w.lock.leaveQueue(w.id, false)
 	}
 }
 
