@@ -182,14 +182,7 @@ func TestSemaphoreAcquireBehindAWokenWaiterLeavesTheQueue(t *testing.T) {
 	held := holdAll(t, s)
 	wc := newClient(t, clients, WithRetryDelay(50*time.Millisecond), WithRetryJitter(0))
 	w := wc.NewSemaphore("behind", 2)
-	got := make(chan *Permit, 1)
-	go func() {
-		q, err := w.Acquire(t.Context())
-		if err != nil {
-			t.Errorf("Acquire = %v", err)
-		}
-		got <- q
-	}()
+	got := acquireAsync(t, w)
 	queue := s.keys.queueKeys[0].(string)
 	waitFor(t, "the waiter to queue", func() bool { return queuedOn(mrs[0], queue, wc) })
 	if err := held[0].Release(t.Context()); err != nil { // wakes w

@@ -287,7 +287,7 @@ func runSchedule(seed uint64, stalls *stalls) *schedule {
 	// Mutexes and faults are those it drew before Semaphores ran beside
 	// them.
 	semRng := rand.New(rand.NewPCG(seed, 0x5e3a))
-	if drawn := semRng.IntN(4) != 0; drawn || everySchedule("REDLOCK_SCHEDULE_SEMAPHORES") {
+	if semRng.IntN(4) != 0 || everySchedule("REDLOCK_SCHEDULE_SEMAPHORES") {
 		// Fewer permits than contenders, so that they contend.
 		perClient, contenders := make([]int, len(s.clients)), 0
 		for ci := range perClient {
