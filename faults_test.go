@@ -1,12 +1,16 @@
 package redlock
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
+	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -528,4 +532,91 @@ func replyText(cmd redis.Cmder, err error) string {
 		return cmd.Val()
 	}
 	return "ok"
+}
+
+// slowSubConn delays what a connection reads by delay once it has sent a
+// SUBSCRIBE: a pubsub connection's messages arrive late (a retransmit, a
+// busy link), while the command connections are not slowed. It reads the
+// connection in a goroutine of its own, which ends when the connection is
+// closed, and keeps the read deadline itself.
+type slowSubConn struct {
+	net.Conn
+	delay    time.Duration
+	sub      atomic.Bool
+	start    sync.Once
+	chunks   chan slowChunk
+	pending  []byte
+	mu       sync.Mutex
+	deadline time.Time
+}
+
+type slowChunk struct {
+	data []byte
+	at   time.Time
+	err  error
+}
+
+func (c *slowSubConn) Write(p []byte) (int, error) {
+	if bytes.Contains(bytes.ToLower(p), []byte("subscribe")) {
+		c.sub.Store(true)
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *slowSubConn) SetDeadline(t time.Time) error {
+	_ = c.SetReadDeadline(t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *slowSubConn) SetReadDeadline(t time.Time) error {
+	if !c.sub.Load() {
+		return c.Conn.SetReadDeadline(t)
+	}
+	c.mu.Lock()
+	c.deadline = t
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *slowSubConn) Read(p []byte) (int, error) {
+	if !c.sub.Load() {
+		return c.Conn.Read(p)
+	}
+	c.start.Do(func() {
+		_ = c.Conn.SetReadDeadline(time.Time{})
+		c.chunks = make(chan slowChunk, 1024)
+		go func() {
+			for {
+				buf := make([]byte, 4096)
+				n, err := c.Conn.Read(buf)
+				c.chunks <- slowChunk{data: buf[:n], at: time.Now(), err: err}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	})
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	c.mu.Lock()
+	deadline := c.deadline
+	c.mu.Unlock()
+	var expired <-chan time.Time
+	if !deadline.IsZero() {
+		timer := time.NewTimer(time.Until(deadline))
+		defer timer.Stop()
+		expired = timer.C
+	}
+	select {
+	case ch := <-c.chunks:
+		time.Sleep(time.Until(ch.at.Add(c.delay)))
+		n := copy(p, ch.data)
+		c.pending = ch.data[n:]
+		return n, ch.err
+	case <-expired:
+		return 0, os.ErrDeadlineExceeded
+	}
 }

@@ -210,31 +210,32 @@ func (k *mutexKind) enqueue(waiter, mode string, aliveTTL, queueTTL time.Duratio
 	return enqueueCall(k.enqueueKeys, waiter, mode, aliveTTL, queueTTL)
 }
 
-// leave takes waiter out of the lock's queue on a node, and with passOn
-// passes on the wake-up it had (see leaveCall).
-func (k *mutexKind) leave(waiter string, passOn bool, aliveTTL, queueTTL time.Duration) nodeCall[string] {
-	return leaveCall(k.enqueueKeys, k.releaseKeys, waiter, passOn, aliveTTL, queueTTL)
+// leave takes waiter out of the lock's queue on a node, and passes on a
+// wake-up that a release sent it there (see leaveCall).
+func (k *mutexKind) leave(waiter string, aliveTTL, queueTTL time.Duration) nodeCall[none] {
+	return leaveCall(k.enqueueKeys, k.releaseKeys, waiter, aliveTTL, queueTTL)
 }
 
 // leaveCall takes waiter out of a queue on a node and marks it left, as
-// enqueueCall does with dequeue. With passOn it then wakes the next live
-// waiter as a release does, releasing nothing: a waiter that a release
-// woke and that gives up without the lock passes its wake-up on, or the
-// waiter behind it would wait for its next poll. wakeKeys are release.lua's:
-// a key of the lock, which it does not read, the queue and its live
-// waiters.
-func leaveCall(enqueueKeys, wakeKeys []any, waiter string, passOn bool, aliveTTL, queueTTL time.Duration) nodeCall[string] {
-	leave := enqueueCall(enqueueKeys, waiter, dequeue, aliveTTL, queueTTL)
-	if !passOn {
-		return leave
-	}
+// enqueue.lua does with dequeue. If the node says that a release took the
+// waiter out of the queue to wake it, it then wakes the next live waiter
+// there as a release does, releasing nothing: the waiter is leaving without
+// using that wake-up (it gave up, or won a permit by polling), and it may
+// not even have heard it yet, or the waiter behind it would wait for its
+// next poll. wakeKeys are release.lua's: a key of the lock, which it does
+// not read, the queue and its live waiters.
+func leaveCall(enqueueKeys, wakeKeys []any, waiter string, aliveTTL, queueTTL time.Duration) nodeCall[none] {
+	leave := prepare(enqueueScript, enqueueKeys, waiter, dequeue, aliveTTL.Milliseconds(), queueTTL.Milliseconds())
 	wake := prepare(releaseScript, wakeKeys, "", wakeArgs[1], "")
-	return func(ctx context.Context, n *node, live liveness) reply[string] {
-		if rep := leave(ctx, n, live); rep.err != nil {
-			return rep
+	return func(ctx context.Context, n *node, live liveness) reply[none] {
+		err := leave.run(ctx, n, live).Err()
+		switch err {
+		case redis.Nil: // not woken here
+			return reply[none]{ok: true}
+		case nil:
+			err = wake.run(ctx, n, live).Err()
 		}
-		err := wake.run(ctx, n, live).Err()
-		return reply[string]{ok: err == nil, err: err}
+		return reply[none]{ok: err == nil, err: err}
 	}
 }
 

@@ -3,6 +3,7 @@ package redlock
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -132,7 +133,7 @@ func async(fn func() error) <-chan error {
 func TestWokenWaiterThatGivesUpPassesTheWakeUpOn(t *testing.T) {
 	for kind, newLock := range queuedKinds {
 		t.Run(kind, func(t *testing.T) {
-			q := queueTwoWaiters(t, newLock, "giveup")
+			q := queueTwoWaiters(t, newLock, "giveup", 0)
 			// w1's next attempt is answered only after it gives up.
 			for _, h := range q.hooks {
 				h.add(&fault{match: isKind("acquire"), fail: errors.New("slow"), before: time.Second})
@@ -227,10 +228,11 @@ func holdAll(t *testing.T, s *Semaphore) []*Permit {
 
 // twoWaiters is a holder of a lock and two waiters queued behind it, w1
 // first: w1 reaches the servers through fault layers of its own, hooks,
-// and both poll only every 20s, so that a waiter woken within seconds was
-// woken by name.
+// and hears its wake-ups w1SubDelay late (if positive); both poll only
+// every 20s, so that a waiter woken within seconds was woken by name.
 type twoWaiters struct {
-	release func() // the holder's
+	release func()  // the holder's
+	holder  *Client // the holder's
 	hooks   []*faultHook
 	cancel1 func() // ends w1's wait
 	gave    <-chan error
@@ -240,16 +242,16 @@ type twoWaiters struct {
 	release2 func()
 }
 
-func queueTwoWaiters(t *testing.T, newLock func(*testing.T, []redis.UniversalClient, string, ...Option) queuedLock, name string, w1opts ...Option) *twoWaiters {
+func queueTwoWaiters(t *testing.T, newLock func(*testing.T, []redis.UniversalClient, string, ...Option) queuedLock, name string, w1SubDelay time.Duration, w1opts ...Option) *twoWaiters {
 	t.Helper()
 	mrs, clients := servers(t, 3)
 	holder := newLock(t, clients, name)
-	q := &twoWaiters{}
+	q := &twoWaiters{holder: holder.listener}
 	var err error
 	if q.release, err = holder.acquire(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	own, hooks := hookedClients(t, mrs)
+	own, hooks := hookedClientsHearingLate(t, mrs, w1SubDelay)
 	q.hooks = hooks
 	opts := []Option{WithRetryDelay(2 * time.Second), WithRetryJitter(0)}
 	w1 := newLock(t, own, name, append(opts, w1opts...)...)
@@ -366,11 +368,28 @@ func expirePermit(mrs []*miniredis.Miniredis, s *Semaphore, p *Permit) {
 // hookedClients returns clients of mrs of their own, each behind a fault
 // layer, for a waiter whose calls a test delays.
 func hookedClients(t *testing.T, mrs []*miniredis.Miniredis) ([]redis.UniversalClient, []*faultHook) {
+	return hookedClientsHearingLate(t, mrs, 0)
+}
+
+// hookedClientsHearingLate returns hookedClients whose subscriptions hear
+// their messages subDelay late, if it is positive (see slowSubConn).
+func hookedClientsHearingLate(t *testing.T, mrs []*miniredis.Miniredis, subDelay time.Duration) ([]redis.UniversalClient, []*faultHook) {
 	t.Helper()
 	var own []redis.UniversalClient
 	var hooks []*faultHook
 	for i, mr := range mrs {
-		rc := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+		opts := &redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1}
+		if subDelay > 0 {
+			opts.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				var d net.Dialer
+				conn, err := d.DialContext(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				return &slowSubConn{Conn: conn, delay: subDelay}, nil
+			}
+		}
+		rc := redis.NewClient(opts)
 		t.Cleanup(func() { rc.Close() })
 		h := newFaultHook(i, 1)
 		rc.AddHook(h)
@@ -382,41 +401,46 @@ func hookedClients(t *testing.T, mrs []*miniredis.Miniredis) ([]redis.UniversalC
 
 // A Semaphore waiter that wins a permit by polling while a release of
 // another permit pops and wakes it must pass that wake-up on: the permit the
-// release freed is free, and the waiter behind it should be woken.
+// release freed is free, and the waiter behind it should be woken. It must
+// whether the wake-up reached it before it won, or is still on its way.
 func TestPollWinnerPassesOnAWakeUpItDidNotUse(t *testing.T) {
-	mrs, clients := servers(t, 3)
-	holder := newClient(t, clients).NewSemaphore("absorb2", 2)
-	held := holdAll(t, holder)
-	own, hooks := hookedClients(t, mrs)
-	w1c := newClient(t, own, WithRetryDelay(100*time.Millisecond), WithRetryJitter(0), WithNodeTimeout(2*time.Second))
-	w1 := w1c.NewSemaphore("absorb2", 2)
-	got1 := acquireAsync(t, w1)
-	queue := holder.keys.queueKeys[0].(string)
-	waitFor(t, "w1 to queue", func() bool { return queuedOn(mrs[0], queue, w1c) })
-	w2 := queueSlowPoller(t, clients, mrs, "absorb2", 2)
-	settle(t, holder.client.nodes)
-	// w1's next attempt runs at once, its replies come back late.
-	for _, h := range hooks {
-		h.add(&fault{match: isKind("acquire"), after: 400 * time.Millisecond})
+	for name, subDelay := range map[string]time.Duration{"heard": 0, "in flight": time.Second} {
+		t.Run(name, func(t *testing.T) {
+			mrs, clients := servers(t, 3)
+			holder := newClient(t, clients).NewSemaphore("absorb2", 2)
+			held := holdAll(t, holder)
+			own, hooks := hookedClientsHearingLate(t, mrs, subDelay)
+			w1c := newClient(t, own, WithRetryDelay(100*time.Millisecond), WithRetryJitter(0), WithNodeTimeout(2*time.Second))
+			w1 := w1c.NewSemaphore("absorb2", 2)
+			got1 := acquireAsync(t, w1)
+			queue := holder.keys.queueKeys[0].(string)
+			waitFor(t, "w1 to queue", func() bool { return queuedOn(mrs[0], queue, w1c) })
+			w2 := queueSlowPoller(t, clients, mrs, "absorb2", 2)
+			settle(t, holder.client.nodes)
+			// w1's next attempt runs at once, its replies come back late.
+			for _, h := range hooks {
+				h.add(&fault{match: isKind("acquire"), after: 400 * time.Millisecond})
+			}
+			attempts := len(hooks[0].sent(isKind("acquire")))
+			expirePermit(mrs, holder, held[0]) // its process died
+			waitFor(t, "w1's polling attempt", func() bool { return len(hooks[0].sent(isKind("acquire"))) > attempts })
+			time.Sleep(100 * time.Millisecond)                   // it ran; its reply is on its way
+			if err := held[1].Release(t.Context()); err != nil { // frees a permit, wakes w1 (first in the queue)
+				t.Fatal(err)
+			}
+			var q1 *Permit
+			select {
+			case q1 = <-got1:
+			case <-time.After(5 * time.Second):
+				t.Fatal("w1 did not take the freed permit")
+			}
+			if q1 == nil {
+				t.Fatal("w1 got no permit")
+			}
+			defer q1.Release(context.Background())
+			w2.expectWoken(t, "held[1]'s release, which w1 did not need")
+		})
 	}
-	attempts := len(hooks[0].sent(isKind("acquire")))
-	expirePermit(mrs, holder, held[0]) // its process died
-	waitFor(t, "w1's polling attempt", func() bool { return len(hooks[0].sent(isKind("acquire"))) > attempts })
-	time.Sleep(100 * time.Millisecond)                   // it ran; its reply is on its way
-	if err := held[1].Release(t.Context()); err != nil { // frees a permit, wakes w1 (first in the queue)
-		t.Fatal(err)
-	}
-	var q1 *Permit
-	select {
-	case q1 = <-got1:
-	case <-time.After(5 * time.Second):
-		t.Fatal("w1 did not take the freed permit")
-	}
-	if q1 == nil {
-		t.Fatal("w1 got no permit")
-	}
-	defer q1.Release(context.Background())
-	w2.expectWoken(t, "held[1]'s release, which w1 did not need")
 }
 
 // A waiter that gives up, not woken, listens until its leave has reached
@@ -425,7 +449,7 @@ func TestPollWinnerPassesOnAWakeUpItDidNotUse(t *testing.T) {
 func TestReleaseDuringALeaveIsPassedOn(t *testing.T) {
 	for kind, newLock := range queuedKinds {
 		t.Run(kind, func(t *testing.T) {
-			q := queueTwoWaiters(t, newLock, "leaving", WithNodeTimeout(2*time.Second))
+			q := queueTwoWaiters(t, newLock, "leaving", 0, WithNodeTimeout(2*time.Second))
 			for _, h := range q.hooks {
 				h.add(&fault{match: isKind("enqueue"), before: 500 * time.Millisecond})
 			}
@@ -435,6 +459,23 @@ func TestReleaseDuringALeaveIsPassedOn(t *testing.T) {
 			q.release() // runs before w1's leave reaches the nodes, and wakes w1
 			q.w1GivesUp(t)
 			q.expectW2Woken(t, "a release woke w1 as it was leaving")
+		})
+	}
+}
+
+// A waiter that gives up just after a release took it out of the queue
+// and woke it, while the wake-up is still on its way to it, passes that
+// wake-up on: its leave finds it out of the queue, and the nodes, not what
+// it heard, say that a release woke it.
+func TestWakeUpInFlightAtLeaveIsPassedOn(t *testing.T) {
+	for kind, newLock := range queuedKinds {
+		t.Run(kind, func(t *testing.T) {
+			q := queueTwoWaiters(t, newLock, "inflight", time.Second, WithNodeTimeout(2*time.Second))
+			settle(t, q.holder.nodes)
+			q.release() // takes w1 out and wakes it; w1 hears of it a second later
+			settle(t, q.holder.nodes)
+			q.w1GivesUp(t)
+			q.expectW2Woken(t, "a release woke w1, which gave up before it heard of it")
 		})
 	}
 }

@@ -395,13 +395,13 @@ func (s *Semaphore) joinQueue(ctx context.Context, waiter, mode string) queueVie
 	return queueView{free: anyFree, wakes: true}
 }
 
-// leaveQueue takes a waiter out of the queue, and with passOn wakes the
-// next live waiter. It waits for a quorum at most; the other nodes finish
-// in the background.
-func (s *Semaphore) leaveQueue(waiter string, passOn bool) {
-	call := leaveCall(s.keys.queueKeys, s.keys.wakeKeys, waiter, passOn, s.retry.aliveTTL(), s.retry.queueTTL())
+// leaveQueue takes a waiter out of the queue, and passes on the wake-ups
+// that releases sent it (see leaveCall). It waits for a quorum at most; the
+// other nodes finish in the background.
+func (s *Semaphore) leaveQueue(waiter string) {
+	call := leaveCall(s.keys.queueKeys, s.keys.wakeKeys, waiter, s.retry.aliveTTL(), s.retry.queueTTL())
 	ctx := context.Background()
-	launch(s.client, ctx, roundSpec[string]{call: call, timeout: s.timeout, anyNode: true}).wait(ctx, nil)
+	launch(s.client, ctx, roundSpec[none]{call: call, timeout: s.timeout, anyNode: true}).wait(ctx, nil)
 }
 
 // Status reads the Semaphore on every node without taking a permit: how

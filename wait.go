@@ -80,10 +80,11 @@ type contender interface {
 	// there, as mode says (see enqueue), and tells what it learned.
 	joinQueue(ctx context.Context, waiter, mode string) queueView
 	// leaveQueue takes waiter out of the lock's queue: a waiter that gave
-	// up, or one that acquired the lock while it was queued. With passOn
-	// it then wakes the next live waiter, releasing nothing: the waiter
-	// gives up with a wake-up that a release meant for it.
-	leaveQueue(waiter string, passOn bool)
+	// up, or one that acquired the lock while it was queued. Where a
+	// release took it out of the queue to wake it, it then wakes the next
+	// live waiter, releasing nothing: the waiter leaves without using that
+	// wake-up.
+	leaveQueue(waiter string)
 }
 
 // queueView is what a waiter learns as it joins the queue.
@@ -356,28 +357,18 @@ func (w *waiter) await(delay time.Duration) bool {
 // close leaves the queue and stops listening. A waiter that gives up
 // leaves, and so does one that acquired the lock while still queued (it did
 // not win right after a wake-up, whose release took it out), so that
-// Status does not count it and other holders' releases do not wake it. It
-// listens until it has left: a release that came first may have woken it,
-// and a wake-up it does not use (it gave up, or won a permit without it)
-// is passed on to the next live waiter.
+// Status does not count it and other holders' releases do not wake it. The
+// nodes, not what the waiter heard, say whether a release woke it: a
+// wake-up may still be on its way, and one it did not use (it gave up, or
+// won a permit without it) is passed on to the next live waiter.
 func (w *waiter) close(acquired bool) {
 	if w.listener == nil {
 		return
 	}
-	if acquired && !w.joined {
-		w.listener.unregister()
-		return
+	if !acquired || w.joined {
+		w.lock.leaveQueue(w.id)
 	}
-	passOn := !acquired && w.woken
-	w.lock.leaveQueue(w.id, passOn)
 	w.listener.unregister()
-	select {
-	case <-w.listener.C:
-		if !passOn {
-			w.lock.leaveQueue(w.id, true)
-		}
-	default:
-	}
 }
 
 // joinQueue puts waiter in the lock's queue (or keeps it there) on the
@@ -429,13 +420,13 @@ func mostCommon(values []string) (count int, value string) {
 	return count, value
 }
 
-// leaveQueue takes a waiter out of the queue, and with passOn wakes the
-// next live waiter. It waits for a quorum at most; the other nodes finish
-// in the background.
-func (m *Mutex) leaveQueue(waiter string, passOn bool) {
-	call := m.kind.leave(waiter, passOn, m.retry.aliveTTL(), m.retry.queueTTL())
+// leaveQueue takes a waiter out of the queue, and passes on the wake-ups
+// that releases sent it (see leaveCall). It waits for a quorum at most; the
+// other nodes finish in the background.
+func (m *Mutex) leaveQueue(waiter string) {
+	call := m.kind.leave(waiter, m.retry.aliveTTL(), m.retry.queueTTL())
 	ctx := context.Background()
-	launch(m.client, ctx, roundSpec[string]{call: call, timeout: m.spec.nodeTimeout, anyNode: true}).wait(ctx, nil)
+	launch(m.client, ctx, roundSpec[none]{call: call, timeout: m.spec.nodeTimeout, anyNode: true}).wait(ctx, nil)
 }
 
 // waitEnded is the error of a wait that ctx ended; last is the error of the

@@ -15,15 +15,22 @@
 -- A set that gets an entry first loses those whose time has passed, and
 -- then lives as long as the queue, so that nothing grows without bound or
 -- lingers once nobody waits.
--- Returns the value that holds the lock on this node, or nil.
+-- Returns the value that holds the lock on this node, or nil. With '-' it
+-- returns 1 if a release (or a pass-on) took the waiter out of the queue
+-- to wake it: it is out of the queue but still among the live waiters,
+-- where release.lua leaves the waiter it wakes. The waiter may not have
+-- heard that wake-up, or not used it, and must pass it on. Otherwise nil.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 if ARGV[2] == '-' then
-  redis.call('LREM', KEYS[1], 0, ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[1])
+  local removed = redis.call('LREM', KEYS[1], 0, ARGV[1])
+  local alive = redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
   redis.call('ZADD', KEYS[4], now + tonumber(ARGV[4]), ARGV[1])
   redis.call('PEXPIRE', KEYS[4], ARGV[4])
+  if removed == 0 and alive == 1 then
+    return 1
+  end
   return false
 end
 if tonumber(redis.call('ZSCORE', KEYS[4], ARGV[1]) or '0') > now then
