@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -372,14 +373,15 @@ func hookedClients(t *testing.T, mrs []*miniredis.Miniredis) ([]redis.UniversalC
 }
 
 // hookedClientsHearingLate returns hookedClients whose subscriptions hear
-// their messages subDelay late, if it is positive (see slowSubConn).
-func hookedClientsHearingLate(t *testing.T, mrs []*miniredis.Miniredis, subDelay time.Duration) ([]redis.UniversalClient, []*faultHook) {
+// their messages subDelay late, if it is positive (see slowSubConn): on
+// lateNodes, or on every node if none is named.
+func hookedClientsHearingLate(t *testing.T, mrs []*miniredis.Miniredis, subDelay time.Duration, lateNodes ...int) ([]redis.UniversalClient, []*faultHook) {
 	t.Helper()
 	var own []redis.UniversalClient
 	var hooks []*faultHook
 	for i, mr := range mrs {
 		opts := &redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1}
-		if subDelay > 0 {
+		if subDelay > 0 && (lateNodes == nil || slices.Contains(lateNodes, i)) {
 			opts.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
 				var d net.Dialer
 				conn, err := d.DialContext(ctx, network, addr)
@@ -526,4 +528,80 @@ func TestWokenWinnerMakesNoQueueCall(t *testing.T) {
 		t.Fatal("poll winner blocked on a hung minority")
 	}
 	w.Unlock()
+}
+
+// A release wakes the waiter at the head of the queue on every node, and so
+// sends it one message per node. A copy that comes in after the woken
+// waiter lost its attempt and queued again is stale: the waiter is in the
+// queue again on every node. If it then wins, it must still leave the
+// queue, or it stays at the head as a holder: Status counts it, and the
+// next release wakes it instead of the live waiter behind it. The copy
+// from node 2 is made to come 300ms late; w1's next two attempts fail on
+// nodes 0 and 1.
+func TestStaleWakeUpCopyDoesNotKeepAWinnerQueued(t *testing.T) {
+	t.Run("semaphore", func(t *testing.T) {
+		mrs, clients := servers(t, 3)
+		holder := newClient(t, clients).NewSemaphore("stale", 2)
+		held := holdAll(t, holder)
+		own, hooks := hookedClientsHearingLate(t, mrs, 300*time.Millisecond, 2)
+		c1 := newClient(t, own, WithRetryDelay(2*time.Second), WithRetryJitter(0))
+		got1 := acquireAsync(t, c1.NewSemaphore("stale", 2))
+		queue := holder.keys.queueKeys[0].(string)
+		waitFor(t, "w1 to queue", func() bool { return queuedOn(mrs[0], queue, c1) })
+		w2 := queueSlowPoller(t, clients, mrs, "stale", 2)
+		settle(t, holder.client.nodes)
+		for _, h := range hooks[:2] {
+			h.add(&fault{match: isKind("acquire"), fail: errors.New("transient"), times: 2})
+		}
+		if err := held[0].Release(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		var p1 *Permit
+		select {
+		case p1 = <-got1:
+		case <-time.After(5 * time.Second):
+			t.Fatal("w1 did not take the freed permit")
+		}
+		defer p1.Release(context.Background())
+		settle(t, c1.nodes)
+		if st, err := holder.Status(t.Context()); err != nil || st.Waiters != 1 {
+			t.Errorf("Status() = %+v, %v after w1 won; want 1 waiter, w2", st, err)
+		}
+		if err := held[1].Release(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		w2.expectWoken(t, "held[1]'s release, with w1 holding a permit")
+	})
+	t.Run("mutex", func(t *testing.T) {
+		mrs, clients := servers(t, 3)
+		hc := newClient(t, clients)
+		h := hc.NewMutex("stalem")
+		if _, err := h.LockContext(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		own, hooks := hookedClientsHearingLate(t, mrs, 300*time.Millisecond, 2)
+		c1 := newClient(t, own, WithRetryDelay(2*time.Second), WithRetryJitter(0))
+		w1 := c1.NewMutex("stalem")
+		got := make(chan error, 1)
+		go func() { _, err := w1.LockContext(t.Context()); got <- err }()
+		waitFor(t, "w1 to queue", func() bool { return queuedOn(mrs[0], h.key+queueSuffix, c1) })
+		settle(t, hc.nodes)
+		for _, hk := range hooks[:2] {
+			hk.add(&fault{match: isKind("acquire"), fail: errors.New("transient"), times: 2})
+		}
+		h.Unlock()
+		select {
+		case err := <-got:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("w1 did not take the lock")
+		}
+		defer w1.Unlock()
+		settle(t, c1.nodes)
+		if st, err := h.Status(t.Context()); err != nil || st.Waiters != 0 {
+			t.Errorf("Status() = %+v, %v while the only waiter holds the lock; want 0 waiters", st, err)
+		}
+	})
 }

@@ -127,7 +127,11 @@ type waiter struct {
 	woken    bool      // the last attempt followed a release that named it
 	// joined: it joined the queue since a release last named it, and so
 	// is still in the queue, where no release took it out.
-	joined   bool
+	joined bool
+	// joins counts its joins. After more than one, a message that names
+	// it may be a stale copy of an earlier release's (one per node), sent
+	// before it joined again: it may still be in the queue.
+	joins    int
 	retried  bool  // the last attempt was made at once, without waiting
 	logged   bool  // a node error of this wait was logged at Warn
 	last     error // the last attempt's error
@@ -292,6 +296,7 @@ func (w *waiter) queueBehindWoken() {
 	delay := handoffGrace
 	view := w.lock.joinQueue(w.waitCtx, w.id, enqueueLast)
 	w.joined = true
+	w.joins++
 	if !view.free {
 		delay = w.pollDelay(view)
 	}
@@ -321,6 +326,7 @@ func (w *waiter) join() (delay time.Duration, now bool) {
 	w.woken = false
 	view := w.lock.joinQueue(w.waitCtx, w.id, mode)
 	w.joined = true
+	w.joins++
 	if view.free && !w.retried {
 		w.retried = true
 		return 0, true
@@ -360,12 +366,14 @@ func (w *waiter) await(delay time.Duration) bool {
 // Status does not count it and other holders' releases do not wake it. The
 // nodes, not what the waiter heard, say whether a release woke it: a
 // wake-up may still be on its way, and one it did not use (it gave up, or
-// won a permit without it) is passed on to the next live waiter.
+// won a permit without it) is passed on to the next live waiter. Only a
+// waiter that joined once and won after a wake-up skips the leave: that
+// wake-up came from a release after its one join, which took it out.
 func (w *waiter) close(acquired bool) {
 	if w.listener == nil {
 		return
 	}
-	if !acquired || w.joined {
+	if !acquired || w.joined || w.joins > 1 {
 		w.lock.leaveQueue(w.id)
 	}
 	w.listener.unregister()
