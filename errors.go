@@ -44,6 +44,10 @@ var (
 	// ErrNotHeld is returned by UnlockContext when the Mutex is not locked.
 	ErrNotHeld = errors.New("redlock: lock not held")
 
+	// ErrNoLeader is returned by Election.Leader when nobody leads: no
+	// candidate holds the election on a quorum of masters.
+	ErrNoLeader = errors.New("redlock: no leader")
+
 	// ErrClosed is returned by calls on a Client, or on its mutexes, after
 	// Client.Close.
 	ErrClosed = errors.New("redlock: client closed")

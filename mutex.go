@@ -213,6 +213,12 @@ func newValue() string {
 // the nodes that may have granted the lock, and attempt reports whether the
 // failure is permanent. m.local is held.
 func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held context.Context, permanent bool, err error) {
+	return m.attemptFenced(waitCtx, ctx, waiter, m.kind.fence)
+}
+
+// attemptFenced is attempt, with fence as the call that records a won
+// lease's token on a node (an Election's also records its leader).
+func (m *Mutex) attemptFenced(waitCtx, ctx context.Context, waiter string, fence func(value string, token uint64) nodeCall[none]) (held context.Context, permanent bool, err error) {
 	if waitCtx.Err() != nil {
 		return nil, false, ErrNotAcquired // no attempt: the caller says why
 	}
@@ -230,7 +236,7 @@ func (m *Mutex) attempt(waitCtx, ctx context.Context, waiter string) (held conte
 		// that every later holder reads a larger counter: any two quorums
 		// share a node.
 		token = fencingToken(out)
-		fenced := fanOut(c, waitCtx, m.spec.nodeTimeout, m.kind.fence(l.value, token))
+		fenced := fanOut(c, waitCtx, m.spec.nodeTimeout, fence(l.value, token))
 		if !fenced.won {
 			// A node that refuses no longer has the grant (it expired, or
 			// the node restarted): the quorum did not hold.

@@ -26,6 +26,10 @@ type mutexKind struct {
 	releaseKeys []any         // the lock's key, its queue and its live waiters
 	enqueueKeys []any         // the lock's queue, its key, its live waiters and those that left
 	ttlMillis   any           // the TTL in milliseconds
+	// renewed is a key the watchdog extends with the lock, to renewedTTL
+	// milliseconds (an Election's record of its leader); the lock's key
+	// and renewNothing for none.
+	renewed, renewedTTL any
 }
 
 // The lock's other keys are named after its key, in the same hash slot.
@@ -48,6 +52,8 @@ func newMutexKind(c *Client, key string, cfg *config) mutexKind {
 		releaseKeys: []any{key, key + queueSuffix, key + aliveSuffix},
 		enqueueKeys: []any{key + queueSuffix, key, key + aliveSuffix, key + leftSuffix},
 		ttlMillis:   cfg.ttl.Milliseconds(),
+		renewed:     key,
+		renewedTTL:  renewNothing,
 	}
 }
 
@@ -179,10 +185,10 @@ func (k *mutexKind) repair(value string, until time.Time) nodeCall[none] {
 	}
 }
 
-// extension is the key and TTL of extend.lua for any value; the Mutex
-// renews no other key with it.
+// extension is the key and TTL of extend.lua for any value; a Mutex
+// renews no other key with it, an Election its record.
 func (k *mutexKind) extension(string) extension {
-	return extension{key: k.keyArg, ttl: k.ttlMillis, renewed: k.keyArg, until: renewNothing}
+	return extension{key: k.keyArg, ttl: k.ttlMillis, renewed: k.renewed, until: k.renewedTTL}
 }
 
 // renewNothing is extend.lua's TTL for a renewed key that is not renewed.

@@ -30,6 +30,21 @@ type notifier struct {
 	running   sync.WaitGroup
 	// changed is closed and replaced when a subscription's state changes.
 	changed chan struct{}
+	// watches are the watches of other channels, by channel: a channel
+	// is subscribed to on every node while it has one.
+	watches map[string]map[*watch]struct{}
+	// watching orders the SUBSCRIBE and UNSUBSCRIBE of watched channels
+	// as the watches begin and stop; it is taken before mu.
+	watching sync.Mutex
+}
+
+// watch is one registration to hear what is published on a channel other
+// than the Client's own (an Election's observers). C receives a value
+// when a message comes; it holds one pending notice.
+type watch struct {
+	C       chan struct{}
+	channel string
+	n       *notifier
 }
 
 // subscription is the notifier's subscription on one node, run by one
@@ -88,6 +103,7 @@ func newNotifier(c *Client) *notifier {
 		channel:   wakeChannelPrefix + id,
 		listeners: make(map[string]*listener),
 		changed:   make(chan struct{}),
+		watches:   make(map[string]map[*watch]struct{}),
 	}
 }
 
@@ -121,6 +137,87 @@ func (l *listener) unregister() {
 	defer n.mu.Unlock()
 	if n.listeners[l.waiter] == l {
 		delete(n.listeners, l.waiter)
+	}
+}
+
+// watch registers to hear the messages published on channel, subscribing
+// to it on every node (and to the Client's channel, at the first of
+// either) if nothing else watches it. The caller must call stop. Messages
+// can be lost, as wake-ups can: a watcher also polls.
+func (n *notifier) watch(channel string) *watch {
+	w := &watch{C: make(chan struct{}, 1), channel: channel, n: n}
+	n.watching.Lock()
+	defer n.watching.Unlock()
+	n.client.mu.RLock()
+	if n.client.isClosing() {
+		n.client.mu.RUnlock()
+		return w // never told; the watcher's timer still runs
+	}
+	n.mu.Lock()
+	if n.subs == nil {
+		n.subscribe()
+	}
+	first := len(n.watches[channel]) == 0
+	if first {
+		n.watches[channel] = make(map[*watch]struct{})
+	}
+	n.watches[channel][w] = struct{}{}
+	subs := n.subs
+	n.mu.Unlock()
+	n.client.mu.RUnlock()
+	if first {
+		n.eachSubscription(subs, func(ctx context.Context, p *redis.PubSub) error { return p.Subscribe(ctx, channel) })
+	}
+	return w
+}
+
+// stop ends the watch, unsubscribing from its channel if nothing else
+// watches it.
+func (w *watch) stop() {
+	n := w.n
+	n.watching.Lock()
+	defer n.watching.Unlock()
+	n.mu.Lock()
+	watches, ok := n.watches[w.channel]
+	if ok {
+		delete(watches, w)
+	}
+	last := ok && len(watches) == 0
+	if last {
+		delete(n.watches, w.channel)
+	}
+	subs := n.subs
+	n.mu.Unlock()
+	if last {
+		n.eachSubscription(subs, func(ctx context.Context, p *redis.PubSub) error { return p.Unsubscribe(ctx, w.channel) })
+	}
+}
+
+// eachSubscription runs do on the subscription of every node at once,
+// each bounded by the node timeout. go-redis remembers the channels of a
+// PubSub even when a command fails, and subscribes to them again when it
+// reconnects.
+func (n *notifier) eachSubscription(subs []*subscription, do func(context.Context, *redis.PubSub) error) {
+	var calls sync.WaitGroup
+	for _, sub := range subs {
+		calls.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), n.client.cfg.perNodeTimeout())
+			defer cancel()
+			_ = do(ctx, sub.pubsub)
+		})
+	}
+	calls.Wait()
+}
+
+// tell passes a message on channel to its watches.
+func (n *notifier) tell(channel string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for w := range n.watches[channel] {
+		select {
+		case w.C <- struct{}{}:
+		default: // a notice is already pending
+		}
 	}
 }
 
@@ -192,10 +289,20 @@ func (n *notifier) run(sub *subscription) {
 func (n *notifier) heard(sub *subscription, msg any) {
 	switch msg := msg.(type) {
 	case *redis.Subscription:
+		if msg.Channel != n.channel {
+			// A watched channel's: the wake-ups' state is the Client's
+			// channel's alone.
+			n.update(sub, func(s *subscription) { s.silent = false })
+			return
+		}
 		subscribed := msg.Kind == "subscribe"
 		n.update(sub, func(s *subscription) { s.confirmed, s.silent, s.denied = subscribed, false, false })
 	case *redis.Message:
 		n.update(sub, func(s *subscription) { s.silent = false })
+		if msg.Channel != n.channel {
+			n.tell(msg.Channel)
+			return
+		}
 		n.wake(msg.Payload)
 	default: // a PING's answer
 		n.update(sub, func(s *subscription) { s.silent = false })

@@ -66,15 +66,20 @@ const (
 	KindMutex Kind = iota + 1
 	// KindSemaphore: a permit of a Semaphore.
 	KindSemaphore
+	// KindElection: a term of an Election.
+	KindElection
 )
 
-// String returns the kind's name in lower case: "mutex", "semaphore".
+// String returns the kind's name in lower case: "mutex", "semaphore",
+// "election".
 func (k Kind) String() string {
 	switch k {
 	case KindMutex:
 		return "mutex"
 	case KindSemaphore:
 		return "semaphore"
+	case KindElection:
+		return "election"
 	}
 	return "unknown"
 }

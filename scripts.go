@@ -33,6 +33,10 @@ var (
 	semStatusSource string
 	//go:embed scripts/semrepair.lua
 	semRepairSource string
+	//go:embed scripts/elect.lua
+	electSource string
+	//go:embed scripts/leader.lua
+	leaderSource string
 
 	acquireScript = newScript(acquireSource)
 	fenceScript   = newScript(fenceSource)
@@ -45,6 +49,9 @@ var (
 	semAcquireScript = newScript(semAcquireSource)
 	semStatusScript  = newScript(semStatusSource)
 	semRepairScript  = newScript(semRepairSource)
+
+	electScript  = newScript(electSource)
+	leaderScript = newScript(leaderSource)
 )
 
 // script is one of the library's Lua scripts, with its source for EVAL and

@@ -153,11 +153,16 @@ func (m *Mutex) newWaiter(ctx, waitCtx context.Context, once bool) *waiter {
 // tells the observer how the call ended, an acquisition before the Client
 // can close.
 func (m *Mutex) acquire(ctx, waitCtx context.Context, once bool) (context.Context, error) {
+	return m.acquireBy(m.newWaiter(ctx, waitCtx, once))
+}
+
+// acquireBy acquires the lock with w, as acquire does.
+func (m *Mutex) acquireBy(w *waiter) (context.Context, error) {
+	ctx := w.ctx
 	var start time.Time
 	if m.spec.events.on() {
 		start = time.Now()
 	}
-	w := m.newWaiter(ctx, waitCtx, once)
 	held, err := m.lockAndWait(w)
 	switch {
 	case !m.spec.events.on():

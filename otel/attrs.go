@@ -111,7 +111,7 @@ type kindSets []*attrSets
 
 func newKindSets() kindSets {
 	var sets kindSets
-	for k := range redlock.KindSemaphore + 1 {
+	for k := range redlock.KindElection + 1 {
 		sets = append(sets, newAttrSets(k))
 	}
 	return sets

@@ -1,0 +1,454 @@
+package redlock
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// campaign campaigns on e with value and fails the test on an error.
+func campaign(t *testing.T, e *Election, value string) *Term {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	term, err := e.Campaign(ctx, value)
+	if err != nil {
+		t.Fatalf("Campaign(%q): %v", value, err)
+	}
+	return term
+}
+
+// resign resigns term and fails the test on an error.
+func resign(t *testing.T, term *Term) {
+	t.Helper()
+	if err := term.Resign(context.Background()); err != nil {
+		t.Fatalf("Resign of term %d: %v", term.Number(), err)
+	}
+}
+
+// leaderIs checks what Leader reads.
+func leaderIs(t *testing.T, e *Election, value string, term uint64) Leader {
+	t.Helper()
+	got, err := e.Leader(context.Background())
+	if err != nil {
+		t.Fatalf("Leader: %v; want %q in term %d", err, value, term)
+	}
+	if got.Value != value || got.Term != term || got.TTL <= 0 {
+		t.Fatalf("Leader() = %+v; want %q in term %d with a TTL", got, value, term)
+	}
+	return got
+}
+
+// noLeader checks that Leader reports ErrNoLeader.
+func noLeader(t *testing.T, e *Election) {
+	t.Helper()
+	if got, err := e.Leader(context.Background()); !errors.Is(err, ErrNoLeader) {
+		t.Fatalf("Leader() = %+v, %v; want ErrNoLeader", got, err)
+	}
+}
+
+func TestElectionCampaignProclaimResign(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	c := newClient(t, clients)
+	e := c.NewElection("jobs")
+	noLeader(t, e)
+
+	term := campaign(t, e, "a:1")
+	if term.Number() == 0 || term.Value() != "a:1" {
+		t.Fatalf("term %d with value %q; want a number and %q", term.Number(), term.Value(), "a:1")
+	}
+	if err := term.Context().Err(); err != nil {
+		t.Fatalf("Context().Err() = %v; want nil while leading", err)
+	}
+	leaderIs(t, e, "a:1", term.Number())
+
+	value := "b:2\nwith a newline and a : colon"
+	if err := term.Proclaim(context.Background(), value); err != nil {
+		t.Fatalf("Proclaim: %v", err)
+	}
+	if term.Value() != value {
+		t.Fatalf("Value() = %q; want %q", term.Value(), value)
+	}
+	leaderIs(t, e, value, term.Number())
+
+	resign(t, term)
+	if cause := context.Cause(term.Context()); !errors.Is(cause, context.Canceled) {
+		t.Fatalf("cause after Resign = %v; want context.Canceled", cause)
+	}
+	noLeader(t, e)
+	// Resign waits for a quorum; the last node follows in the background.
+	waitFor(t, "the lock's key to be gone after Resign", func() bool { return keysOn(mrs, e.lock.key) == 0 })
+	if err := term.Resign(context.Background()); !errors.Is(err, ErrNotHeld) {
+		t.Fatalf("second Resign = %v; want ErrNotHeld", err)
+	}
+	if err := term.Proclaim(context.Background(), "late"); !errors.Is(err, ErrLockLost) {
+		t.Fatalf("Proclaim after Resign = %v; want ErrLockLost", err)
+	}
+
+	// The next term has a larger number.
+	next := campaign(t, e, "c")
+	if next.Number() <= term.Number() {
+		t.Fatalf("next term %d; want more than %d", next.Number(), term.Number())
+	}
+	resign(t, next)
+}
+
+func TestElectionBadInput(t *testing.T) {
+	_, clients := servers(t, 1)
+	c := newClient(t, clients)
+	for _, tc := range []struct {
+		name string
+		e    *Election
+		want string
+	}{
+		{"empty name", c.NewElection(""), "election name is empty"},
+		{"brace", c.NewElection("a{b"), "brace"},
+		{"exact key", c.NewElection("a", WithExactKey()), "WithExactKey does not apply to an Election"},
+		{"bad TTL", c.NewElection("a", WithTTL(-1)), "TTL"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := tc.e.Campaign(context.Background(), "v"); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Campaign error = %v; want one with %q", err, tc.want)
+			}
+			if _, err := tc.e.Leader(context.Background()); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Leader error = %v; want one with %q", err, tc.want)
+			}
+			if _, open := <-tc.e.Observe(context.Background()); open {
+				t.Errorf("Observe sent a state; want its channel closed")
+			}
+		})
+	}
+	if msg := panicMessage(func() { c.NewElection("a").Campaign(nil, "v") }); !strings.Contains(msg, "redlock: nil Context") { //nolint:staticcheck // the nil is the test
+		t.Errorf("Campaign(nil) panicked with %q; want a redlock: message", msg)
+	}
+}
+
+// TestElectionOneLeaderTermsIncrease runs candidates of three Clients, two
+// goroutines each on one Election, and checks that no two terms' contexts
+// are live at once and that each term's number is larger than the last.
+func TestElectionOneLeaderTermsIncrease(t *testing.T) {
+	_, clients := servers(t, 3)
+	var leading atomic.Int32
+	var mu sync.Mutex
+	var last uint64
+	var terms int
+	var wg sync.WaitGroup
+	for i := range 3 {
+		e := newClient(t, clients).NewElection("one")
+		for range 2 {
+			wg.Go(func() {
+				for range 10 {
+					term := campaign(t, e, "candidate")
+					if n := leading.Add(1); n != 1 {
+						t.Errorf("%d leaders at once", n)
+					}
+					mu.Lock()
+					if term.Number() <= last {
+						t.Errorf("term %d began after term %d", term.Number(), last)
+					}
+					last = term.Number()
+					terms++
+					mu.Unlock()
+					if err := term.Context().Err(); err != nil {
+						t.Errorf("term %d of client %d ended as it began: %v", term.Number(), i, err)
+					}
+					time.Sleep(time.Millisecond)
+					leading.Add(-1)
+					resign(t, term)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if terms != 60 {
+		t.Fatalf("%d terms; want 60", terms)
+	}
+}
+
+// TestElectionCampaignGivesUpCleanly: a candidate whose ctx ends leaves no
+// place in the queue, and no key.
+func TestElectionCampaignGivesUpCleanly(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	leader := campaign(t, newClient(t, clients).NewElection("q"), "leader")
+	e := newClient(t, clients).NewElection("q")
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	term, err := e.Campaign(ctx, "waiting")
+	if term != nil || !errors.Is(err, ErrNotAcquired) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Campaign = %v, %v; want ErrNotAcquired and DeadlineExceeded", term, err)
+	}
+	if elapsed := time.Since(start); elapsed > 2*time.Second {
+		t.Fatalf("Campaign returned %v after its ctx ended; want promptly", elapsed)
+	}
+	// Campaign waits for a quorum of nodes to take it out of the queue;
+	// the last node follows in the background.
+	waitFor(t, "the queue to be empty on every server", func() bool {
+		for _, mr := range mrs {
+			if q, _ := mr.List(e.lock.key + queueSuffix); len(q) != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	resign(t, leader)
+	waitFor(t, "the lock's key to be gone", func() bool { return keysOn(mrs, e.lock.key) == 0 })
+}
+
+// TestElectionResignWakesTheNextCandidate: with polls 10 s apart, the next
+// candidate leads soon after Resign only if Resign woke it.
+func TestElectionResignWakesTheNextCandidate(t *testing.T) {
+	_, clients := servers(t, 3)
+	opts := []Option{WithRetryDelay(10 * time.Second)}
+	first := campaign(t, newClient(t, clients, opts...).NewElection("wake", opts...), "first")
+	e := newClient(t, clients, opts...).NewElection("wake", opts...)
+	queued := make(chan *Term, 1)
+	go func() {
+		term, err := e.Campaign(context.Background(), "second")
+		if err != nil {
+			t.Errorf("Campaign: %v", err)
+		}
+		queued <- term
+	}()
+	waitFor(t, "the second candidate to queue", func() bool {
+		st, err := e.lock.Status(context.Background())
+		return err == nil && st.Waiters == 1
+	})
+	resigned := time.Now()
+	resign(t, first)
+	select {
+	case term := <-queued:
+		if waited := time.Since(resigned); waited > 3*time.Second {
+			t.Fatalf("the next candidate led %v after Resign; want well before its 10s poll", waited)
+		}
+		if term.Number() <= first.Number() {
+			t.Fatalf("term %d after term %d", term.Number(), first.Number())
+		}
+		resign(t, term)
+	case <-time.After(8 * time.Second):
+		t.Fatal("the next candidate did not lead within 8s of Resign")
+	}
+}
+
+// observing returns the next state of an observer of e, waiting for it.
+func observing(t *testing.T, ctx context.Context, e *Election) (next func(what string) Leader) {
+	states := e.Observe(ctx)
+	return func(what string) Leader {
+		t.Helper()
+		select {
+		case s, open := <-states:
+			if !open {
+				t.Fatalf("Observe's channel closed; want %s", what)
+			}
+			return s
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no state within 5s; want %s", what)
+		}
+		return Leader{}
+	}
+}
+
+// TestElectionObserve: the states come in order, pushed: with a TTL of 60s
+// the observer's quorum reads are 20s apart.
+func TestElectionObserve(t *testing.T) {
+	_, clients := servers(t, 3)
+	opts := []Option{WithTTL(60 * time.Second)}
+	e := newClient(t, clients, opts...).NewElection("obs", opts...)
+	other := newClient(t, clients, opts...).NewElection("obs", opts...)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	next := observing(t, ctx, newClient(t, clients, opts...).NewElection("obs", opts...))
+	if s := next("no leader first"); s != (Leader{}) {
+		t.Fatalf("first state %+v; want Leader{}", s)
+	}
+	term := campaign(t, e, "a")
+	if s := next("term of a"); s.Value != "a" || s.Term != term.Number() || s.TTL <= 0 {
+		t.Fatalf("state %+v; want a in term %d", s, term.Number())
+	}
+	if err := term.Proclaim(ctx, "b"); err != nil {
+		t.Fatalf("Proclaim: %v", err)
+	}
+	if s := next("b proclaimed"); s.Value != "b" || s.Term != term.Number() {
+		t.Fatalf("state %+v; want b in term %d", s, term.Number())
+	}
+	resign(t, term)
+	if s := next("no leader after Resign"); s != (Leader{}) {
+		t.Fatalf("state %+v; want Leader{}", s)
+	}
+	later := campaign(t, other, "c")
+	if s := next("term of c"); s.Value != "c" || s.Term != later.Number() || s.Term <= term.Number() {
+		t.Fatalf("state %+v; want c in term %d, after %d", s, later.Number(), term.Number())
+	}
+	resign(t, later)
+	next("no leader")
+}
+
+// TestElectionObserveLapse: a term that lapses without Resign (the
+// servers' clocks jump past its expiry) is reported within its TTL plus a
+// node timeout, though the observer's own polls are 20s apart; its context
+// ends with ErrLockLost, and the process can campaign again.
+func TestElectionObserveLapse(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	const ttl = 2 * time.Second
+	opts := []Option{WithTTL(ttl)}
+	e := newClient(t, clients, opts...).NewElection("lapse", opts...)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	next := observing(t, ctx, newClient(t, clients).NewElection("lapse", WithTTL(time.Minute)))
+	next("no leader first")
+	term := campaign(t, e, "a")
+	seen := next("term of a")
+	if seen.Term != term.Number() {
+		t.Fatalf("state %+v; want term %d", seen, term.Number())
+	}
+	// Each server's notice of the term wakes the observer: let it read the
+	// copies after the first, so that only its timer sees the lapse.
+	time.Sleep(300 * time.Millisecond)
+	seenAt := time.Now()
+	for _, mr := range mrs {
+		mr.FastForward(ttl + time.Second)
+	}
+	s := next("no leader after the lapse")
+	if s != (Leader{}) {
+		t.Fatalf("state %+v; want Leader{}", s)
+	}
+	if took, bound := time.Since(seenAt), seen.TTL+e.lock.spec.nodeTimeout+time.Second; took > bound {
+		t.Fatalf("lapse reported %v after the term was seen; want within %v", took, bound)
+	}
+	select {
+	case <-term.Context().Done():
+		if !errors.Is(context.Cause(term.Context()), ErrLockLost) {
+			t.Fatalf("cause %v; want ErrLockLost", context.Cause(term.Context()))
+		}
+	case <-time.After(2 * ttl):
+		t.Fatal("the lapsed term's context did not end")
+	}
+	if err := term.Proclaim(context.Background(), "late"); !errors.Is(err, ErrLockLost) {
+		t.Fatalf("Proclaim after the lapse = %v; want ErrLockLost", err)
+	}
+	again := campaign(t, e, "again")
+	if again.Number() <= term.Number() {
+		t.Fatalf("term %d after %d", again.Number(), term.Number())
+	}
+	if err := term.Resign(context.Background()); !errors.Is(err, ErrLockLost) {
+		t.Fatalf("Resign of the lapsed term = %v; want ErrLockLost", err)
+	}
+	resign(t, again)
+}
+
+// TestElectionObserveEnds: the channel closes when ctx ends, and when the
+// Client closes; goleak in TestMain checks that nothing is left running.
+func TestElectionObserveEnds(t *testing.T) {
+	_, clients := servers(t, 3)
+	c := newClient(t, clients)
+	ctx, cancel := context.WithCancel(context.Background())
+	states := c.NewElection("end").Observe(ctx)
+	<-states
+	cancel()
+	select {
+	case _, open := <-states:
+		if open {
+			t.Fatal("a state after ctx ended; want the channel closed")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the channel was not closed within 5s of ctx's end")
+	}
+
+	closing := newClient(t, clients)
+	states = closing.NewElection("end").Observe(context.Background())
+	<-states
+	if err := closing.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, open := <-states; open {
+		t.Fatal("a state after Close; want the channel closed")
+	}
+}
+
+// TestElectionProclaimFailsWithoutQuorum: a Proclaim that reaches a
+// minority fails with ErrNoQuorum and leaves the term's value.
+func TestElectionProclaimFailsWithoutQuorum(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	e := newClient(t, clients, WithNodeTimeout(200*time.Millisecond)).NewElection("p")
+	term := campaign(t, e, "a")
+	mrs[0].Close()
+	mrs[1].Close()
+	err := term.Proclaim(context.Background(), "b")
+	if !errors.Is(err, ErrNoQuorum) {
+		t.Fatalf("Proclaim = %v; want ErrNoQuorum", err)
+	}
+	if term.Value() != "a" {
+		t.Fatalf("Value() = %q after a failed Proclaim; want %q", term.Value(), "a")
+	}
+	for _, mr := range mrs[:2] {
+		if err := mr.Restart(); err != nil {
+			t.Fatalf("Restart: %v", err)
+		}
+	}
+	_ = term.Resign(context.Background())
+}
+
+func TestObserverSendsNoStepBack(t *testing.T) {
+	a1 := Leader{Value: "a", Term: 5, TTL: time.Second}
+	for _, tc := range []struct {
+		name    string
+		state   Leader
+		last    Leader
+		sent    bool
+		highest uint64
+		want    bool
+	}{
+		{"first state", Leader{}, Leader{}, false, 0, true},
+		{"same state, another TTL", Leader{Value: "a", Term: 5, TTL: time.Hour}, a1, true, 5, false},
+		{"proclaimed", Leader{Value: "b", Term: 5}, a1, true, 5, true},
+		{"new term", Leader{Value: "a", Term: 6}, a1, true, 5, true},
+		{"no leader", Leader{}, a1, true, 5, true},
+		{"no leader again", Leader{}, Leader{}, true, 5, false},
+		{"an older term", Leader{Value: "a", Term: 4}, a1, true, 5, false},
+		{"the term after no leader", a1, Leader{}, true, 5, false},
+		{"a newer term after no leader", Leader{Value: "c", Term: 7}, Leader{}, true, 5, true},
+	} {
+		if got := newer(tc.state, tc.last, tc.sent, tc.highest); got != tc.want {
+			t.Errorf("%s: newer(%+v, %+v, %v, %d) = %v; want %v", tc.name, tc.state, tc.last, tc.sent, tc.highest, got, tc.want)
+		}
+	}
+}
+
+func TestLeaderOfReads(t *testing.T) {
+	rec := func(term, proclamation uint64, holder, value string) leaderRecord {
+		return parseRecord(fmtRecord(term, proclamation, holder, value))
+	}
+	for _, tc := range []struct {
+		name  string
+		reads []leaderRead
+		want  Leader
+		err   error
+	}{
+		{"no holder", []leaderRead{{}, {}}, Leader{}, ErrNoLeader},
+		{"split", []leaderRead{{holder: "rl:A", record: rec(1, 1, "rl:A", "a")}, {holder: "rl:B", record: rec(2, 1, "rl:B", "b")}}, Leader{}, ErrNoLeader},
+		{"a quorum", []leaderRead{
+			{holder: "rl:A", record: rec(3, 1, "rl:A", "a"), ttl: 5 * time.Second},
+			{holder: "rl:A", ttl: 4 * time.Second},
+		}, Leader{Value: "a", Term: 3, TTL: 4 * time.Second}, nil},
+		{"the latest proclamation", []leaderRead{
+			{holder: "rl:A", record: rec(3, 1, "rl:A", "a"), ttl: time.Second},
+			{holder: "rl:A", record: rec(3, 2, "rl:A", "b"), ttl: time.Second},
+		}, Leader{Value: "b", Term: 3, TTL: time.Second}, nil},
+		{"a stale record", []leaderRead{
+			{holder: "rl:B", record: rec(3, 1, "rl:A", "a")},
+			{holder: "rl:B", record: rec(3, 1, "rl:A", "a")},
+		}, Leader{}, ErrNoLeader},
+	} {
+		got, err := leaderOf(tc.reads, 3)
+		if got != tc.want || err != tc.err {
+			t.Errorf("%s: leaderOf = %+v, %v; want %+v, %v", tc.name, got, err, tc.want, tc.err)
+		}
+	}
+	if r := parseRecord("garbage"); r != (leaderRecord{}) {
+		t.Errorf("parseRecord(garbage) = %+v; want the zero record", r)
+	}
+}
