@@ -99,6 +99,9 @@ func (c *Client) NewElection(name string, opts ...Option) *Election {
 	}
 	record := key + recordSuffix
 	m.kind.renewed, m.kind.renewedTTL = record, m.kind.ttlMillis
+	// A release deletes the record with the lock, which Leader would read
+	// as no leader anyway, so that a term leaves nothing behind.
+	m.kind.releaseKeys = append(m.kind.releaseKeys, record)
 	m.spec = cfg.leaseSpec(c, &m.kind, KindElection, name)
 	return &Election{
 		client:    c,

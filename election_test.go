@@ -81,7 +81,9 @@ func TestElectionCampaignProclaimResign(t *testing.T) {
 	}
 	noLeader(t, e)
 	// Resign waits for a quorum; the last node follows in the background.
-	waitFor(t, "the lock's key to be gone after Resign", func() bool { return keysOn(mrs, e.lock.key) == 0 })
+	waitFor(t, "the lock's key and the leader's record to be gone after Resign", func() bool {
+		return keysOn(mrs, e.lock.key) == 0 && keysOn(mrs, e.lock.key+recordSuffix) == 0
+	})
 	if err := term.Resign(context.Background()); !errors.Is(err, ErrNotHeld) {
 		t.Fatalf("second Resign = %v; want ErrNotHeld", err)
 	}

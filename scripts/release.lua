@@ -2,7 +2,9 @@
 -- live waiter in the lock's queue.
 -- KEYS[1] lock key; KEYS[2] the lock's queue of waiters; KEYS[3] the waiters
 -- that count as alive, scored with the server time in milliseconds until
--- which they do (see enqueue.lua). All three are in one hash slot.
+-- which they do (see enqueue.lua); KEYS[4], if given, a key that goes with
+-- the lock and is deleted with it (an election's record of its leader). All
+-- are in one hash slot.
 -- ARGV[1] holder's value, or '' to release nothing and only wake the next
 -- live waiter (a woken waiter that gave up passes its wake-up on); ARGV[2]
 -- the prefix of the channels of waking Clients, or '' to release without
@@ -27,6 +29,9 @@ if ARGV[1] ~= '' then
     return 0
   end
   redis.call('DEL', KEYS[1])
+  if KEYS[4] then
+    redis.call('DEL', KEYS[4])
+  end
 end
 if ARGV[2] == '' then
   return 1
