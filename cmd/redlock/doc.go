@@ -8,6 +8,8 @@
 //
 //	redlock run    [-url URL]... [-ttl 8s] [-wait D] [-grace D] [-fencing | -n N] NAME -- COMMAND [ARG]...
 //	redlock status [-url URL]... [-json] [-n N] NAME
+//	redlock elect  [-url URL]... [-ttl 8s] [-wait D] [-grace D] [-value V] NAME -- COMMAND [ARG]...
+//	redlock leader [-url URL]... [-watch] [-json] NAME
 //
 // The masters are given by -url, once for each, or else by REDLOCK_URLS, a
 // comma-separated list, or else are the one at redis://127.0.0.1:6379/0.
@@ -60,6 +62,26 @@
 // masters store another number for NAME exits 70, naming both. N must be in
 // [1, 1024], or run exits 64; -fencing does not apply.
 //
+// # Elections
+//
+// elect campaigns in the election NAME, the package's Election: candidates
+// lead one at a time, in the order they came. While it leads, it runs
+// COMMAND as run does under a lock, with REDLOCK_NAME set and REDLOCK_TERM
+// set to the term's number, which is larger than every earlier term's: a
+// resource that remembers the largest term it has seen can turn a deposed
+// leader away. When COMMAND exits, redlock resigns, and the next candidate
+// leads at once. The leader's value, which leader prints, is -value, or
+// hostname:pid. The term is extended, lost and killed for as a lock is,
+// with -ttl and -grace as for run; -wait bounds the campaign and must be
+// positive, since a campaign has no single attempt.
+//
+// leader prints who leads NAME: "VALUE term=N ttl=D", or "none". VALUE is
+// quoted as Go quotes strings when it is empty, or holds a space or a
+// character that does not print. With -watch it prints the current state
+// and then a line at each change (a new term, a proclaimed value, none)
+// until SIGINT, SIGTERM or SIGHUP, and exits 0. With -json each line is a
+// JSON object.
+//
 // # Diagnostics
 //
 // redlock writes its diagnostics, and those of the library and of go-redis,
@@ -89,11 +111,13 @@
 //     answered;
 //   - 75, the lock was not acquired within -wait, or on the single attempt of
 //     -wait 0, because another process holds it or too few masters answered;
-//   - 76, the lock was lost while COMMAND ran, and COMMAND was killed; or
-//     lost before COMMAND could start, and COMMAND did not run.
+//     for elect, the election was not won within -wait;
+//   - 76, the lock or the term was lost while COMMAND ran, and COMMAND was
+//     killed; or lost before COMMAND could start, and COMMAND did not run.
 //
-// redlock -h, redlock run -h and redlock status -h print the usage and exit
-// 0.
+// status and leader exit 0 whether or not the lock is held or someone
+// leads, and 70 if too few masters answered. redlock -h and each
+// subcommand's -h print the usage and exit 0.
 //
 // # Examples
 //
@@ -110,4 +134,9 @@
 // At most four encoders at once, across every machine:
 //
 //	redlock run -n 4 encoders -- ffmpeg -i in.mov out.mp4
+//
+// One scheduler at a time, and the next one takes over when it dies:
+//
+//	redlock elect scheduler -- ./scheduler --term "$REDLOCK_TERM"
+//	redlock leader -watch scheduler
 package main

@@ -23,21 +23,25 @@ type lock interface {
 	// release gives the lock back, waiting for the masters no longer than
 	// ctx allows.
 	release(ctx context.Context) error
-	// token is the lock's fencing token, or 0 without -fencing.
-	token() uint64
+	// vars are the variables that COMMAND's environment gets beyond
+	// REDLOCK_NAME, such as REDLOCK_TOKEN with -fencing, as KEY=VALUE.
+	vars() []string
 }
 
-// newLock returns the lock that run and status use for name: a Mutex, or a
-// Semaphore of permits.n permits if -n was given.
-func newLock(client *redlock.Client, name string, permits permitsFlag) lock {
-	if permits.set {
-		return &permitLock{s: client.NewSemaphore(name, permits.n)}
+// newLock returns the lock that run uses for name: a Mutex, or a Semaphore
+// of permits.n permits if -n was given.
+func newLock(client *redlock.Client, name string, f runFlags) lock {
+	if f.permits.set {
+		return &permitLock{s: client.NewSemaphore(name, f.permits.n)}
 	}
-	return mutexLock{client.NewMutex(name)}
+	return mutexLock{client.NewMutex(name), f.fencing}
 }
 
 // mutexLock is run's lock without -n.
-type mutexLock struct{ m *redlock.Mutex }
+type mutexLock struct {
+	m       *redlock.Mutex
+	fencing bool
+}
 
 func (l mutexLock) label() string { return fmt.Sprintf("lock %q", l.m.Name()) }
 
@@ -49,7 +53,13 @@ func (l mutexLock) acquire(ctx context.Context, once bool) (context.Context, err
 }
 
 func (l mutexLock) release(ctx context.Context) error { return l.m.UnlockContext(ctx) }
-func (l mutexLock) token() uint64                     { return l.m.Token() }
+
+func (l mutexLock) vars() []string {
+	if !l.fencing {
+		return nil
+	}
+	return []string{"REDLOCK_TOKEN=" + strconv.FormatUint(l.m.Token(), 10)}
+}
 
 // permitLock is run's lock with -n: a permit of a Semaphore, set once
 // acquire has returned.
@@ -76,7 +86,32 @@ func (l *permitLock) acquire(ctx context.Context, once bool) (context.Context, e
 }
 
 func (l *permitLock) release(ctx context.Context) error { return l.p.Release(ctx) }
-func (l *permitLock) token() uint64                     { return 0 }
+func (l *permitLock) vars() []string                    { return nil }
+
+// termLock is elect's lock: a term of an Election, set once acquire has
+// returned.
+type termLock struct {
+	e     *redlock.Election
+	value string
+	t     *redlock.Term
+}
+
+func (l *termLock) label() string { return fmt.Sprintf("election %q", l.e.Name()) }
+
+// acquire campaigns; elect has no single attempt, so once is never set.
+func (l *termLock) acquire(ctx context.Context, _ bool) (context.Context, error) {
+	var err error
+	if l.t, err = l.e.Campaign(ctx, l.value); err != nil {
+		return nil, err
+	}
+	return l.t.Context(), nil
+}
+
+func (l *termLock) release(ctx context.Context) error { return l.t.Resign(ctx) }
+
+func (l *termLock) vars() []string {
+	return []string{"REDLOCK_TERM=" + strconv.FormatUint(l.t.Number(), 10)}
+}
 
 // permitsFlag is -n: unset for a lock, or a semaphore's number of permits,
 // in [1, redlock.MaxPermits].

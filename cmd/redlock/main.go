@@ -40,25 +40,30 @@ const defaultTTL = 8 * time.Second
 const usageText = `Usage:
   redlock run    [-url URL]... [-ttl 8s] [-wait D] [-grace D] [-fencing | -n N] NAME -- COMMAND [ARG]...
   redlock status [-url URL]... [-json] [-n N] NAME
+  redlock elect  [-url URL]... [-ttl 8s] [-wait D] [-grace D] [-value V] NAME -- COMMAND [ARG]...
+  redlock leader [-url URL]... [-watch] [-json] NAME
 
 redlock run holds the Redlock lock NAME on a majority of the Redis masters
 while COMMAND runs, and releases it when COMMAND exits; with -n N, it holds
 one of the N permits of the semaphore NAME, so that up to N commands run at
 once. redlock status tells whether NAME is held, or how many of its permits
-are.
+are. redlock elect runs COMMAND while this process leads the election NAME,
+and redlock leader tells who leads it, or with -watch, each change.
 
 The masters are the -url flags, or else the comma-separated URLs in
 REDLOCK_URLS, or else redis://127.0.0.1:6379/0.
 
-Exit status of run: COMMAND's own, or 128+N if signal N killed it; 75 if the
-lock was not acquired within -wait; 76 if the lock was lost and COMMAND was
-killed; 64 for a usage error; 70 for any other failure.
+Exit status of run and elect: COMMAND's own, or 128+N if signal N killed
+it; 75 if the lock was not acquired (or the election not won) within -wait;
+76 if the lock or the term was lost and COMMAND was killed; 64 for a usage
+error; 70 for any other failure.
 
 Example, a cron job that runs on one machine at a time and skips its turn
 while another machine still runs it:
   redlock run -wait 0 nightly-report -- /usr/local/bin/report
 
-Run 'redlock run -h' or 'redlock status -h' for the flags of each.
+Run 'redlock run -h', 'redlock status -h', 'redlock elect -h' or
+'redlock leader -h' for the flags of each.
 `
 
 func main() {
@@ -77,11 +82,15 @@ func run(args, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return runCommand(args[1:], env, stdin, stdout, stderr)
 	case "status":
 		return statusCommand(args[1:], env, stdout, stderr)
+	case "elect":
+		return electCommand(args[1:], env, stdin, stdout, stderr)
+	case "leader":
+		return leaderCommand(args[1:], env, stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usageText)
 		return 0
 	default:
-		return usageError(stderr, "", fmt.Errorf("unknown subcommand %q; want run or status", args[0]))
+		return usageError(stderr, "", fmt.Errorf("unknown subcommand %q; want run, status, elect or leader", args[0]))
 	}
 }
 

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -148,7 +147,8 @@ func runCommand(args, env []string, stdin io.Reader, stdout, stderr io.Writer) i
 	for _, o := range flagOpts {
 		opts = append(opts, o.option)
 	}
-	return runLocked(name, command, f, opts, env, stdin, stdout, stderr)
+	newLock := func(c *redlock.Client) lock { return newLock(c, name, f) }
+	return runLocked(name, newLock, command, f, opts, env, stdin, stdout, stderr)
 }
 
 // options returns the library's options that the flags f set.
@@ -163,14 +163,14 @@ func (f *runFlags) options() []flagOption {
 	return opts
 }
 
-// runLocked runs command under the lock name, as the flags f and the
-// library's options opts say, and returns the exit status.
-func runLocked(name string, command []string, f runFlags, opts []redlock.Option, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
+// runLocked runs command under the lock name, which newLock makes, as the
+// flags f and the library's options opts say, and returns the exit status.
+func runLocked(name string, newLock func(*redlock.Client) lock, command []string, f runFlags, opts []redlock.Option, env []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	client, err := redlock.Dial(masters(f.urls, env), opts...)
 	if err != nil {
 		return failure(stderr, err)
 	}
-	code, unlocked := underLock(newLock(client, name, f.permits), name, command, f, env, stdin, stdout, stderr)
+	code, unlocked := underLock(newLock(client), name, command, f, env, stdin, stdout, stderr)
 	if unlocked {
 		// Close waits for the releases still in flight to slow masters.
 		client.Close()
@@ -232,7 +232,7 @@ func underLock(l lock, name string, command []string, f runFlags, env []string, 
 		return 128 + int(caught.(syscall.Signal)), true
 	}
 
-	j, err := startJob(held, l.label(), command, childEnv(env, name, f.fencing, l.token()), stdin, stdout, stderr)
+	j, err := startJob(held, l.label(), command, childEnv(env, name, l.vars()), stdin, stdout, stderr)
 	var notStarted *notStartedError
 	if errors.As(err, &notStarted) {
 		// Lost before COMMAND started; the library releases the key.
@@ -335,20 +335,18 @@ func release(l lock, stderr io.Writer) {
 	}
 }
 
-// childEnv is COMMAND's environment: env with REDLOCK_NAME set and, with
-// fencing, REDLOCK_TOKEN. An inherited REDLOCK_TOKEN is removed otherwise,
-// so that COMMAND never mistakes an outer lock's token for its own.
-func childEnv(env []string, name string, fencing bool, token uint64) []string {
-	out := make([]string, 0, len(env)+2)
+// childEnv is COMMAND's environment: env with REDLOCK_NAME set, and vars,
+// the lock's own variables. An inherited REDLOCK_TOKEN or REDLOCK_TERM is
+// removed, so that COMMAND never mistakes an outer lock's for its own.
+func childEnv(env []string, name string, vars []string) []string {
+	out := make([]string, 0, len(env)+1+len(vars))
 	for _, kv := range env {
-		key, _, _ := strings.Cut(kv, "=")
-		if key != "REDLOCK_NAME" && key != "REDLOCK_TOKEN" {
+		switch key, _, _ := strings.Cut(kv, "="); key {
+		case "REDLOCK_NAME", "REDLOCK_TOKEN", "REDLOCK_TERM":
+		default:
 			out = append(out, kv)
 		}
 	}
 	out = append(out, "REDLOCK_NAME="+name)
-	if fencing {
-		out = append(out, "REDLOCK_TOKEN="+strconv.FormatUint(token, 10))
-	}
-	return out
+	return append(out, vars...)
 }

@@ -114,12 +114,12 @@ func TestMasters(t *testing.T) {
 }
 
 func TestChildEnv(t *testing.T) {
-	env := []string{"PATH=/bin", "REDLOCK_TOKEN=99", "REDLOCK_NAME=outer", "HOME=/root"}
-	got := strings.Join(childEnv(env, "job", false, 0), " ")
+	env := []string{"PATH=/bin", "REDLOCK_TOKEN=99", "REDLOCK_NAME=outer", "REDLOCK_TERM=4", "HOME=/root"}
+	got := strings.Join(childEnv(env, "job", nil), " ")
 	if want := "PATH=/bin HOME=/root REDLOCK_NAME=job"; got != want {
 		t.Errorf("childEnv without fencing = %q; want %q", got, want)
 	}
-	got = strings.Join(childEnv(env, "job", true, 7), " ")
+	got = strings.Join(childEnv(env, "job", []string{"REDLOCK_TOKEN=7"}), " ")
 	if want := "PATH=/bin HOME=/root REDLOCK_NAME=job REDLOCK_TOKEN=7"; got != want {
 		t.Errorf("childEnv with fencing = %q; want %q", got, want)
 	}
