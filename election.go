@@ -100,8 +100,10 @@ func (c *Client) NewElection(name string, opts ...Option) *Election {
 	record := key + recordSuffix
 	m.kind.renewed, m.kind.renewedTTL = record, m.kind.ttlMillis
 	// A release deletes the record with the lock, which Leader would read
-	// as no leader anyway, so that a term leaves nothing behind.
+	// as no leader anyway, so that a term leaves nothing behind; so does
+	// the release of a leftover.
 	m.kind.releaseKeys = append(m.kind.releaseKeys, record)
+	m.kind.record = record
 	m.spec = cfg.leaseSpec(c, &m.kind, KindElection, name)
 	return &Election{
 		client:    c,
@@ -142,8 +144,8 @@ func (e *Election) Campaign(ctx context.Context, value string) (*Term, error) {
 			return nil, err
 		}
 		l := held.(*heldContext).l
-		_, number := l.validity()
-		t := &Term{e: e, l: l, held: held, number: number, value: value, proclamation: 1}
+		// The token, not validity's, which is 0 once the lease is lost.
+		t := &Term{e: e, l: l, held: held, number: l.fencingToken(), value: value, proclamation: 1}
 		t.stopLapse = context.AfterFunc(held, t.lapse)
 		if held.Err() == nil {
 			return t, nil
@@ -229,7 +231,11 @@ func (t *Term) Proclaim(ctx context.Context, value string) error {
 		t.value = value
 		return nil
 	case out.refusals >= quorum(nodes):
-		return fmt.Errorf("redlock: proclaim in term %d of %q: %w: %d of %d nodes no longer hold it", t.number, t.e.name, ErrLockLost, out.refusals, nodes)
+		// The quorum says the term is over, as an extension would find:
+		// its context ends now, not at the next extension.
+		err := fmt.Errorf("redlock: proclaim in term %d of %q: %w: %d of %d nodes no longer hold it", t.number, t.e.name, ErrLockLost, out.refusals, nodes)
+		t.l.lose(LostRefused, err)
+		return err
 	case ctx.Err() != nil:
 		return fmt.Errorf("redlock: proclaim in term %d of %q: %w", t.number, t.e.name, errors.Join(ctx.Err(), out.errs))
 	}
@@ -359,10 +365,18 @@ func (e *Election) read() nodeCall[leaderRead] {
 // Leader reads who leads the election from the masters: the value and term
 // that a quorum of them holds, with the TTL the quorum confirms. It returns
 // ErrNoLeader when no candidate holds a quorum, or a candidate that holds
-// one has not begun its term yet (its Campaign has not returned). It
-// returns as soon as either is certain, after each node's answer or the
-// node timeout; if fewer than a quorum answered, or ctx ended first, it
-// returns their errors. It panics if ctx is nil.
+// one has not written its record yet. It returns as soon as either is
+// certain, after each node's answer or the node timeout; a node that
+// failed counts as one that may hold the term, and if too few answered to
+// be certain, or ctx ended first, it returns their errors.
+//
+// The masters record a term in the round that writes its number, before
+// its Campaign returns: a reader may see the term a moment before its
+// leader does, and, if that Campaign then fails (its round was cut short
+// by ctx, or took longer than the TTL allows), a term that nobody held,
+// until the failed attempt's release, which deletes the record, or its
+// TTL. No Term ever has that number, so a resource fenced with term
+// numbers is not misled. It panics if ctx is nil.
 func (e *Election) Leader(ctx context.Context) (Leader, error) {
 	mustContext(ctx)
 	if err := e.lock.usable(); err != nil {
@@ -391,8 +405,12 @@ func (e *Election) Leader(ctx context.Context) (Leader, error) {
 			holders = append(holders, rep.value.holder)
 			reads = append(reads, rep.value)
 		}
+		// A node that failed may hold the term as well as one that has not
+		// answered: nobody leads only if the nodes read say so even were
+		// every other node the holder's.
 		most, _ := mostCommon(holders)
-		decided = most >= quorum(nodes) || (len(reads) >= quorum(nodes) && most+unanswered < quorum(nodes))
+		unknown := nodes - len(reads)
+		decided = most >= quorum(nodes) || (len(reads) >= quorum(nodes) && most+unknown < quorum(nodes))
 		return decided || unanswered == 0
 	})
 	if !decided {
@@ -440,10 +458,12 @@ func leaderOf(reads []leaderRead, nodes int) (Leader, error) {
 // Changes are pushed by the masters, and a quorum read every watchdog
 // interval catches a message that was lost; states that follow each other
 // faster than they are read or received may be missed, but term numbers
-// never go back on one channel. Reads that fail send nothing and are
-// retried. The channel is closed when ctx ends, at once if the Election is
-// badly made, and when the Client closes; nothing is left running after
-// that. It panics if ctx is nil.
+// never go back on one channel (a term that lost its quorum for a while,
+// which is sent as Leader{}, is sent again if repair wins it back). Reads
+// that fail send nothing and are retried. The channel is closed when ctx ends, at once if the Election is
+// badly made, and when the Client closes; nothing of the observer's is
+// left running after that (the Client's subscriptions, which its Mutexes'
+// wake-ups share, run until Close). It panics if ctx is nil.
 func (e *Election) Observe(ctx context.Context) <-chan Leader {
 	mustContext(ctx)
 	states := make(chan Leader)
@@ -506,7 +526,9 @@ func (e *Election) observe(ctx context.Context, states chan<- Leader, w *watch) 
 
 // newer reports whether an observer that last sent last (if sent) and has
 // sent terms up to highest sends state: a change, which does not go back in
-// term. A term once followed by another state is not sent again.
+// term. The highest term is sent again after nobody led: a term that lost
+// its quorum for a while (a node restarted) and won it back by repair is
+// the masters' leader again.
 func newer(state, last Leader, sent bool, highest uint64) bool {
 	switch {
 	case !sent:
@@ -518,5 +540,5 @@ func newer(state, last Leader, sent bool, highest uint64) bool {
 	case state.Term == last.Term:
 		return true // a proclamation
 	}
-	return state.Term > highest
+	return state.Term >= highest
 }

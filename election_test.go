@@ -8,6 +8,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 )
 
 // campaign campaigns on e with value and fails the test on an error.
@@ -411,7 +414,8 @@ func TestObserverSendsNoStepBack(t *testing.T) {
 		{"no leader", Leader{}, a1, true, 5, true},
 		{"no leader again", Leader{}, Leader{}, true, 5, false},
 		{"an older term", Leader{Value: "a", Term: 4}, a1, true, 5, false},
-		{"the term after no leader", a1, Leader{}, true, 5, false},
+		{"the term again after no leader (won back by repair)", a1, Leader{}, true, 5, true},
+		{"an older term after no leader", Leader{Value: "a", Term: 4}, Leader{}, true, 5, false},
 		{"a newer term after no leader", Leader{Value: "c", Term: 7}, Leader{}, true, 5, true},
 	} {
 		if got := newer(tc.state, tc.last, tc.sent, tc.highest); got != tc.want {
@@ -453,4 +457,166 @@ func TestLeaderOfReads(t *testing.T) {
 	if r := parseRecord("garbage"); r != (leaderRecord{}) {
 		t.Errorf("parseRecord(garbage) = %+v; want the zero record", r)
 	}
+}
+
+// A term whose release a node refused is a leftover there, released once
+// the node answers: the leader's record goes with the lock's key, or it
+// would outlive the term by up to a TTL.
+func TestElectionLeftoverTakesTheRecord(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 17)
+	c := newClient(t, clients, WithTTL(10*time.Second))
+	e := c.NewElection("leftover")
+	term := campaign(t, e, "a")
+	hooks[0].add(&fault{match: isKind("release"), fail: errors.New("LOADING simulated"), times: 1})
+	resign(t, term)
+	settle(t, c.nodes)
+	record := e.lock.key + recordSuffix
+	waitFor(t, "the leftover released on node 0", func() bool { return !mrs[0].Exists(e.lock.key) })
+	if mrs[0].Exists(record) {
+		t.Errorf("node 0 still has the leader's record (TTL %v) after the term's leftover was released there", mrs[0].TTL(record))
+	}
+	if n := len(hooks[0].sent(isKind("forget"))); n == 0 {
+		t.Errorf("no leftover release was sent to node 0; the test did not test it")
+	}
+}
+
+// (Found by the review of the Election.) A node whose read fails is not
+// one that does not hold the term: Leader must not say that nobody leads
+// while the nodes it could not read may hold the term. And an observer that
+// saw nobody lead, rightly or not, sends the term again once a quorum holds
+// it, with its proclamations. The term holds nodes 0 and 1; the candidate
+// never reached node 2, and the observer's Client fails on node 1 for a
+// moment.
+func TestElectionObserverRecoversFromAnUnknownRead(t *testing.T) {
+	mrs, _ := servers(t, 3)
+	opts := []Option{WithTTL(60 * time.Second)}
+	candCut := &cutOff{}
+	cand := newClient(t, clientsToEach(t, mrs, []redis.Hook{nil, nil, candCut}), opts...).NewElection("stuck", opts...)
+	obsCut := &cutOff{}
+	obs := newClient(t, clientsToEach(t, mrs, []redis.Hook{nil, obsCut, nil}), opts...).NewElection("stuck", opts...)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	states := obs.Observe(ctx)
+	recv := func(d time.Duration) (Leader, bool) {
+		select {
+		case s := <-states:
+			return s, true
+		case <-time.After(d):
+			return Leader{}, false
+		}
+	}
+	if s, _ := recv(5 * time.Second); s != (Leader{}) {
+		t.Fatalf("first %+v", s)
+	}
+	candCut.on.Store(true) // node 2 does not answer the candidate
+	term := campaign(t, cand, "a")
+	candCut.on.Store(false)
+	for {
+		s, ok := recv(5 * time.Second)
+		if !ok {
+			t.Fatal("observer did not show the term")
+		}
+		if s.Term == term.Number() {
+			break
+		}
+	}
+
+	obsCut.on.Store(true) // node 1 fails the observer's reads for a moment
+	if got, err := obs.Leader(context.Background()); err == nil || errors.Is(err, ErrNoLeader) {
+		t.Errorf("Leader() with node 1 failing (2 of 3 answered) = %+v, %v; want node 1's error: term %d is live, held on nodes 0 and 1", got, err, term.Number())
+	}
+	mrs[0].Publish(obs.channel, "0") // any notice: the observer reads
+	if s, ok := recv(500 * time.Millisecond); ok {
+		t.Logf("observer sent %+v while term %d is live (context err %v)", s, term.Number(), term.Context().Err())
+	}
+	obsCut.on.Store(false)
+
+	if err := term.Proclaim(context.Background(), "b"); err != nil {
+		t.Fatalf("Proclaim: %v", err)
+	}
+	if l, err := obs.Leader(context.Background()); err != nil || l.Value != "b" {
+		t.Fatalf("Leader after Proclaim = %+v, %v", l, err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		s, ok := recv(100 * time.Millisecond)
+		if ok && s.Value == "b" && s.Term == term.Number() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("Proclaim(b) returned nil and Leader() reads b, but the observer has not sent b within 3s (term %d still live: %v)", term.Number(), term.Context().Err() == nil)
+			break
+		}
+		mrs[0].Publish(obs.channel, "0") // and more notices
+	}
+	resign(t, term)
+}
+
+// (Found by the review of the Election.) A Proclaim that a quorum refuses
+// says the term has ended, so its context ends too: else another candidate
+// could lead while it is still live. The masters lose the term here by a
+// jump of their clocks past its TTL.
+func TestElectionProclaimRefusedEndsTheTerm(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	opts := []Option{WithTTL(60 * time.Second)}
+	a := newClient(t, clients, opts...).NewElection("p", opts...)
+	b := newClient(t, clients, opts...).NewElection("p", opts...)
+	term := campaign(t, a, "a")
+	// The masters lose the term (clock jump / restart without persistence).
+	for _, mr := range mrs {
+		mr.FastForward(61 * time.Second)
+	}
+	err := term.Proclaim(context.Background(), "b")
+	if !errors.Is(err, ErrLockLost) {
+		t.Fatalf("Proclaim = %v; want ErrLockLost", err)
+	}
+	if term.Context().Err() == nil {
+		t.Errorf("Proclaim returned %q, but the Term's context is still live", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	other, err := b.Campaign(ctx, "b")
+	if err != nil {
+		t.Fatalf("second Campaign: %v", err)
+	}
+	if term.Context().Err() == nil && other.Context().Err() == nil {
+		t.Errorf("two live terms at once: %d and %d", term.Number(), other.Number())
+	}
+	_ = other.Resign(context.Background())
+	_ = term.Resign(context.Background())
+}
+
+// cutOff is a go-redis hook that fails every command while on is set.
+type cutOff struct{ on atomic.Bool }
+
+func (c *cutOff) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (c *cutOff) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if c.on.Load() {
+			cmd.SetErr(errors.New("cut off"))
+			return cmd.Err()
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (c *cutOff) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// clientsToEach returns new go-redis clients of mrs, each with its hook of
+// hooks if not nil.
+func clientsToEach(t *testing.T, mrs []*miniredis.Miniredis, hooks []redis.Hook) []redis.UniversalClient {
+	t.Helper()
+	var out []redis.UniversalClient
+	for i, mr := range mrs {
+		rc := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true, MaxRetries: -1})
+		if hooks[i] != nil {
+			rc.AddHook(hooks[i])
+		}
+		t.Cleanup(func() { rc.Close() })
+		out = append(out, rc)
+	}
+	return out
 }

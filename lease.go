@@ -619,6 +619,14 @@ func (r *repairing) heard(n *node, rep reply[none], _, _ bool) {
 
 // validity returns the end of the validity and the token while the lease
 // is held, and zeros otherwise.
+// fencingToken returns the token the lease was held with, even once it
+// has ended.
+func (l *lease) fencingToken() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.token
+}
+
 func (l *lease) validity() (time.Time, uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -28,10 +28,12 @@ type leftovers struct {
 
 // forgetting is how a kind releases the holds it may have left under one
 // key: script runs with the key as KEYS[1] and the values as ARGV, and
-// deletes the hold of any of them.
+// deletes the hold of any of them; with also, a key that goes with the
+// hold (an Election's record of its leader) is KEYS[2], deleted with it.
 type forgetting struct {
 	script *script
 	key    string
+	also   string
 }
 
 // leftoverID names a leftover: a key, how to release it, and a value it
@@ -190,7 +192,11 @@ func (f forgetting) forget(ctx context.Context, n *node, list []*leftover) error
 	for i, o := range list {
 		argv[i] = o.value
 	}
-	return prepare(f.script, []any{f.key}, argv...).run(ctx, n, nil).Err()
+	keys := []any{f.key}
+	if f.also != "" {
+		keys = append(keys, f.also)
+	}
+	return prepare(f.script, keys, argv...).run(ctx, n, nil).Err()
 }
 
 func earliest(a, b time.Time) time.Time {

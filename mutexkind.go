@@ -30,6 +30,9 @@ type mutexKind struct {
 	// milliseconds (an Election's record of its leader); the lock's key
 	// and renewNothing for none.
 	renewed, renewedTTL any
+	// record is a key deleted with the lock, by a release or as a
+	// leftover (an Election's record of its leader), or "".
+	record string
 }
 
 // The lock's other keys are named after its key, in the same hash slot.
@@ -199,7 +202,7 @@ var renewNothing any = 0
 func (k *mutexKind) disowns(*node, reply[uint64]) error { return nil }
 
 // forgetting deletes the key where it holds a leftover value.
-func (k *mutexKind) forgetting() forgetting { return forgetting{forgetScript, k.key} }
+func (k *mutexKind) forgetting() forgetting { return forgetting{forgetScript, k.key, k.record} }
 
 // Modes of enqueue.
 const (
