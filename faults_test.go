@@ -33,6 +33,7 @@ type call struct {
 	key    string      // the first key, if any
 	values []string    // the holders' values it names
 	px     int64       // SET: the PX argument, or 0
+	record string      // elect: the leader's record it writes
 	round  tracedRound // the round it belongs to, if it was sent as part of one
 	result string      // what the caller got back, once it did
 	back   time.Time   // when the caller got it
@@ -449,12 +450,15 @@ func classify(node int, ctx context.Context, cmd redis.Cmder) call {
 			for i := 0; i < len(argv); i += 3 {
 				c.values = append(c.values, fmt.Sprint(argv[i]))
 			}
-		case "acquire", "fence", "release", "repair":
+		case "acquire", "fence", "release", "repair", "elect":
 			if len(argv) > 0 {
 				c.values = []string{fmt.Sprint(argv[0])}
 			}
 			if c.kind == "repair" && len(argv) > 1 {
 				fmt.Sscan(fmt.Sprint(argv[1]), &c.px)
+			}
+			if c.kind == "elect" && len(argv) > 2 {
+				c.record = fmt.Sprint(argv[2])
 			}
 		case "forget":
 			for _, v := range argv {
@@ -512,6 +516,8 @@ func scriptKind(shaOrSource string) string {
 		{"repair", semRepairScript},
 		{"enqueue", enqueueScript},
 		{"forget", forgetScript},
+		{"elect", electScript},
+		{"leader", leaderScript},
 	} {
 		if shaOrSource == s.script.Hash() || shaOrSource == s.script.source {
 			return s.kind

@@ -39,12 +39,22 @@ import (
 //	    once: with Lost, or with a Released that was not lost;
 //	(h) never more than P permit contexts of a Semaphore of P permits were
 //	    live at once, except where the schedule deleted keys behind a
-//	    holder's back (counted apart, as for (a)).
+//	    holder's back (counted apart, as for (a));
+//	(i) at most one Term's context of an Election was live at a time (with
+//	    the same exception), and term numbers increased in the order the
+//	    terms began;
+//	(j) every observer of the Election received a subsequence of the states
+//	    it went through: terms never went back, a term's values came in the
+//	    order they were proclaimed, nobody led only while no term was live
+//	    throughout the read, and the last state was that nobody leads.
 //
 // Some schedules set WithMaxHold, and some of the sections use Do. Most
 // schedules also run Semaphores of one name and P permits, two to six
 // contending for them beside the Mutexes, under the same faults: every
-// check holds for their permits too, (a) aside, which (h) replaces.
+// check holds for their permits too, (a) aside, which (h) replaces. Most
+// also run candidates of one Election, one or two on each Client, and one
+// or two observers on a Client of their own, which no fault closes: every
+// check holds for their terms too, with (i) and (j).
 //
 // REDLOCK_SCHEDULES sets how many schedules run (default: about 20 seconds'
 // worth under -race); REDLOCK_SEED runs the one schedule of that seed and
@@ -53,7 +63,8 @@ import (
 // 32768, where the kernel picks clients' ports);
 // REDLOCK_SCHEDULE_SEMAPHORES=all runs Semaphores in every schedule (a seed
 // that drew them runs the same schedule either way; replay the others with
-// it set). A failure prints its seed and its trace.
+// it set), and REDLOCK_SCHEDULE_ELECTIONS=all runs Elections in every one.
+// A failure prints its seed and its trace.
 func TestLifecycleSchedules(t *testing.T) {
 	if testing.Short() {
 		t.Skip("randomized schedules take about 20s")
@@ -105,6 +116,7 @@ func TestLifecycleSchedules(t *testing.T) {
 	if len(tally.failed) > 0 {
 		t.Errorf("%d of %d schedules failed: seeds %v", len(tally.failed), count, tally.failed)
 	}
+	t.Logf("%d schedules with elections: %d terms, %d states observed, %d of them of terms that no Campaign returned", tally.withElections, tally.terms, tally.states, tally.phantoms)
 	t.Logf("%d schedules in %v, %d with semaphores; %d deleted keys behind a holder's back, with %d overlaps between them and %d moments with more than P permits; %d keys left by a Close that could not reach their node; %d held contexts late while the test process itself stalled",
 		count, time.Since(start).Round(time.Millisecond), tally.withSemaphores, tally.unsafe, tally.overlapsUnsafe, tally.permitsUnsafe, tally.leftByClose, tally.paused)
 }
@@ -126,7 +138,11 @@ func everySchedule(name string) bool {
 type scheduleTally struct {
 	unsafe, overlapsUnsafe, permitsUnsafe, leftByClose, paused int
 	withSemaphores                                             int
-	failed                                                     []uint64
+	// withElections counts the schedules with Elections; terms, the
+	// terms their Campaigns returned; states, what their observers
+	// received; phantoms, the states of terms no Campaign returned.
+	withElections, terms, states, phantoms int
+	failed                                 []uint64
 }
 
 // batch runs the schedules of seeds at once, reports their violations,
@@ -147,6 +163,18 @@ func (tally *scheduleTally) batch(t *testing.T, seeds []uint64, stalls *stalls) 
 		tally.paused += s.paused
 		if s.permits > 0 {
 			tally.withSemaphores++
+		}
+		if r := s.election; r != nil {
+			tally.withElections++
+			for _, o := range s.holdings {
+				if o.term != 0 {
+					tally.terms++
+				}
+			}
+			for _, states := range r.observers {
+				tally.states += len(states)
+			}
+			tally.phantoms += r.phantoms
 		}
 		if s.unsafe {
 			tally.unsafe++
@@ -181,8 +209,9 @@ type schedule struct {
 	timeout  time.Duration
 	duration time.Duration
 	opts     []Option
-	permits  int        // of the schedule's Semaphores; 0: none
-	sem      *Semaphore // one of them, for its keys
+	permits  int          // of the schedule's Semaphores; 0: none
+	sem      *Semaphore   // one of them, for its keys
+	election *electionRun // nil: none
 
 	mrs     []*miniredis.Miniredis
 	rcs     []*redis.Client
@@ -236,7 +265,8 @@ type closeSpan struct {
 // observed is one acquisition as the test saw it.
 type observed struct {
 	who      string
-	permit   bool // a Semaphore's, not a Mutex's
+	permit   bool   // a Semaphore's, not a Mutex's
+	term     uint64 // a Term's number; 0: not an Election's
 	h        *lease
 	acquired time.Time
 	done     time.Time     // when held's AfterFunc ran
@@ -305,6 +335,7 @@ func runSchedule(seed uint64, stalls *stalls) *schedule {
 			}
 		}
 	}
+	s.startElections(seed, stopCtx, &workers)
 	faults := s.drawFaults()
 	var timeline sync.WaitGroup
 	timeline.Go(func() { s.play(faults, stopCtx.Done()) })
@@ -552,8 +583,10 @@ type faultDraw struct {
 // can, on a quorum of nodes at once, as a network blip would.
 func (s *schedule) drawFault() []*action {
 	d := faultDraw{
-		what:        s.rng.IntN(9),
-		kinds:       [][]string{nil, {"acquire"}, {"extend"}, {"release"}, {"enqueue"}, {"repair"}, {"fence"}, {"acquire", "fence"}}[s.rng.IntN(8)],
+		what: s.rng.IntN(9),
+		// An Election's record is written by elect with the fencing round,
+		// and read by leader.
+		kinds:       [][]string{nil, {"acquire"}, {"extend"}, {"release"}, {"enqueue"}, {"repair", "leader"}, {"fence", "elect"}, {"acquire", "fence", "elect"}}[s.rng.IntN(8)],
 		at:          time.Duration(s.rng.Int64N(int64(s.duration))),
 		length:      time.Duration(s.rng.Int64N(int64(2 * s.ttl))),
 		delay:       time.Duration(s.rng.Int64N(int64(2 * s.timeout))),
@@ -674,6 +707,9 @@ func (s *schedule) keys() []string {
 	if s.sem != nil {
 		keys = append(keys, s.sem.keys.slots...)
 	}
+	if s.election != nil {
+		keys = append(keys, s.election.e.lock.key, s.election.e.lock.key+recordSuffix)
+	}
 	return keys
 }
 
@@ -776,6 +812,7 @@ func (s *schedule) finish() {
 		s.closes = append(s.closes, closeSpan{c, span{start, time.Now()}})
 		s.mu.Unlock()
 	}
+	s.finishElections()
 	for _, h := range s.hooks {
 		h.wait()
 	}
@@ -798,12 +835,26 @@ func (s *schedule) finish() {
 // eventCounts counts the Observer's events of a schedule.
 type eventCounts struct {
 	acquired, lost, released, releasedLost atomic.Int64
+	// terms counts the acquisitions of Terms, of which there may be more
+	// than Campaign returned: it campaigns again after a term lost as it
+	// was won. election hears of each.
+	terms    atomic.Int64
+	election atomic.Pointer[electionRun]
 }
 
 func (e *eventCounts) observer() *Observer {
 	return &Observer{
-		Acquired: func(AcquiredEvent) { e.acquired.Add(1) },
-		Lost:     func(LostEvent) { e.lost.Add(1) },
+		Acquired: func(ev AcquiredEvent) {
+			if ev.Kind != KindElection {
+				e.acquired.Add(1)
+				return
+			}
+			e.terms.Add(1)
+			if r := e.election.Load(); r != nil {
+				r.termAcquired(ev)
+			}
+		},
+		Lost: func(LostEvent) { e.lost.Add(1) },
 		Released: func(r ReleasedEvent) {
 			if r.Lost {
 				e.releasedLost.Add(1)
@@ -815,11 +866,18 @@ func (e *eventCounts) observer() *Observer {
 }
 
 // checkEvents checks (g), once every Client is closed.
-func (s *schedule) checkEvents(holdings int) {
+func (s *schedule) checkEvents(holdings []*observed) {
+	terms := 0
+	for _, o := range holdings {
+		if o.term != 0 {
+			terms++
+		}
+	}
 	e := &s.observed
-	acquired, lost, released, releasedLost := e.acquired.Load(), e.lost.Load(), e.released.Load(), e.releasedLost.Load()
-	if acquired != int64(holdings) || lost+released != acquired || releasedLost > lost {
-		s.violate("(g) %d acquisitions seen; events: %d Acquired, %d Lost, %d Released not lost, %d Released lost", holdings, acquired, lost, released, releasedLost)
+	acquired, lost, released, releasedLost, termsAcquired := e.acquired.Load(), e.lost.Load(), e.released.Load(), e.releasedLost.Load(), e.terms.Load()
+	if acquired != int64(len(holdings)-terms) || termsAcquired < int64(terms) || lost+released != acquired+termsAcquired || releasedLost > lost {
+		s.violate("(g) %d acquisitions seen, %d of them terms; events: %d Acquired, %d of Terms, %d Lost, %d Released not lost, %d Released lost",
+			len(holdings), terms, acquired, termsAcquired, lost, released, releasedLost)
 	}
 }
 
@@ -828,13 +886,15 @@ func (s *schedule) check() {
 	s.mu.Lock()
 	holdings := slices.Clone(s.holdings)
 	s.mu.Unlock()
-	s.checkEvents(len(holdings))
+	s.checkEvents(holdings)
 	ends := make(map[string]time.Time)
 	for _, o := range holdings {
 		ends[o.h.value] = s.checkEnd(o)
 	}
 	s.checkOverlaps(holdings, ends)
 	s.checkPermits(holdings, ends)
+	s.checkTerms(holdings)
+	s.checkObservers(holdings, ends)
 	s.checkKeys()
 	s.checkIssued(ends)
 	s.checkRepairs(holdings)
@@ -912,8 +972,8 @@ func (s *schedule) checkOverlaps(holdings []*observed, ends map[string]time.Time
 	s.mu.Unlock()
 	for i, a := range holdings {
 		for _, b := range holdings[i+1:] {
-			if a.permit || b.permit || !a.acquired.Before(ends[b.h.value]) || !b.acquired.Before(ends[a.h.value]) {
-				continue
+			if a.permit || b.permit || (a.term == 0) != (b.term == 0) || !a.acquired.Before(ends[b.h.value]) || !b.acquired.Before(ends[a.h.value]) {
+				continue // not of one lock, or not at once
 			}
 			if unsafe {
 				s.mu.Lock()
@@ -921,7 +981,11 @@ func (s *schedule) checkOverlaps(holdings []*observed, ends map[string]time.Time
 				s.mu.Unlock()
 				continue
 			}
-			s.violate("(a) %s %s and %s %s were held at once; the commands that named them:\n%s\n--\n%s", a.who, short(a.h.value), b.who, short(b.h.value),
+			check := "(a)"
+			if a.term != 0 {
+				check = "(i)"
+			}
+			s.violate("%s %s %s and %s %s were held at once; the commands that named them:\n%s\n--\n%s", check, a.who, short(a.h.value), b.who, short(b.h.value),
 				s.callsOf(a.h.value), s.callsOf(b.h.value))
 		}
 	}
@@ -933,6 +997,9 @@ func (s *schedule) checkKeys() {
 	for i, mr := range s.mrs {
 		for _, key := range s.keys() {
 			value, err := mr.Get(key)
+			if strings.HasSuffix(key, recordSuffix) {
+				value = parseRecord(value).holder // a leader's record names its holder
+			}
 			switch {
 			case err != nil:
 			case s.closedUnreachable(i, value):
