@@ -375,8 +375,9 @@ func (e *Election) read() nodeCall[leaderRead] {
 // leader does, and, if that Campaign then fails (its round was cut short
 // by ctx, or took longer than the TTL allows), a term that nobody held,
 // until the failed attempt's release, which deletes the record, or its
-// TTL. No Term ever has that number, so a resource fenced with term
-// numbers is not misled. It panics if ctx is nil.
+// TTL. No Term has that number unless a later Campaign takes it (the
+// failed round may not have raised a quorum's counters), so a resource
+// fenced with term numbers is not misled. It panics if ctx is nil.
 func (e *Election) Leader(ctx context.Context) (Leader, error) {
 	mustContext(ctx)
 	if err := e.lock.usable(); err != nil {

@@ -34,6 +34,10 @@ type electionRun struct {
 	// phantoms counts the states observers saw of terms that no Campaign
 	// returned, nor lost as it won them.
 	phantoms int
+	// final is the election's state once every candidate's Client has
+	// closed, as the masters hold it: nobody leads, or a term that a
+	// Close could not release, which the stopped clocks keep.
+	final Leader
 }
 
 // attempt is a value a leader campaigned with or proclaimed.
@@ -183,21 +187,27 @@ func (s *schedule) campaign(who string, e *Election, rng *rand.Rand, stop contex
 }
 
 // finishElections waits, once every candidate's Client has closed, for the
-// observers to see nobody lead (the true final state), then ends them and
-// closes their Client.
+// observers to see the election's final state, as the masters hold it,
+// then ends them and closes their Client. The servers' clocks stopped with
+// the schedule, so that a term a Close could not release stays, and is the
+// final state; else nobody leads.
 func (s *schedule) finishElections() {
 	r := s.election
 	if r == nil {
 		return
 	}
-	// A term left on a node that Close could not reach lapses within its
-	// TTL; an observer reads again at least every watchdog interval.
+	final, err := r.watcher.NewElection(scheduleElection).Leader(context.Background())
+	if err != nil && !errors.Is(err, ErrNoLeader) {
+		s.violate("(j) the final state cannot be read: %v", err)
+	}
+	r.final = Leader{Value: final.Value, Term: final.Term}
+	// An observer reads again at least every watchdog interval.
 	deadline := time.Now().Add(3*s.ttl + time.Second)
 	for time.Now().Before(deadline) {
 		r.mu.Lock()
 		all := true
 		for _, states := range r.observers {
-			all = all && len(states) > 0 && states[len(states)-1].Term == 0
+			all = all && len(states) > 0 && states[len(states)-1].Term == r.final.Term && states[len(states)-1].Value == r.final.Value
 		}
 		r.mu.Unlock()
 		if all {
@@ -234,7 +244,7 @@ func (s *schedule) checkTerms(holdings []*observed) {
 // election went through, in order: terms never go back, a term's values
 // come in the order they were proclaimed (an earlier one may come back only
 // past proclamations that failed, whose values readers may or may not see),
-// and the last state is that nobody leads. Nobody leads when no candidate
+// and the last state is the final one. Nobody leads when no candidate
 // holds a quorum of masters, which a fault can bring about while the
 // leader's context still runs (it learns of it at its next extension); so
 // a "nobody leads" is checked against the terms live throughout its read
@@ -262,8 +272,8 @@ func (s *schedule) checkObservers(holdings []*observed, ends map[string]time.Tim
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for oi, states := range r.observers {
-		if len(states) == 0 || states[len(states)-1].Term != 0 {
-			s.violate("(j) observer %d ended with %v; want nobody leading, the final state", oi, states)
+		if last := len(states) - 1; last < 0 || states[last].Term != r.final.Term || states[last].Value != r.final.Value {
+			s.violate("(j) observer %d ended with %v; want the final state, %v", oi, states, seen{Leader: r.final})
 		}
 		// The last state in which someone led: its term, and the index of
 		// its value among the term's attempts. A term may come back after
@@ -288,12 +298,17 @@ func (s *schedule) checkObservers(holdings []*observed, ends map[string]time.Tim
 			if st.Term < highest {
 				s.violate("(j) observer %d went back from term %d to term %d at %v", oi, highest, st.Term, st.at.Sub(s.t0))
 			}
-			tries, ok := r.values[st.Term]
-			if !ok && len(written[st.Term]) == 1 {
-				tries = written[st.Term]
-				s.election.phantoms++
-			}
+			tries := r.values[st.Term]
 			j := slices.IndexFunc(tries, func(a attempt) bool { return a.value == st.Value })
+			if j < 0 && slices.Contains(written[st.Term], attempt{st.Value, true}) {
+				// A failed attempt's record, which may even share its
+				// number with a term: its fencing round did not reach a
+				// quorum, whose counters would have kept the next term
+				// from taking its number.
+				tries = []attempt{{st.Value, true}}
+				j = 0
+				r.phantoms++
+			}
 			switch {
 			case j < 0:
 				s.violate("(j) observer %d saw term %d with value %q, which it never had (it had %v)", oi, st.Term, st.Value, tries)

@@ -46,7 +46,8 @@ import (
 //	(j) every observer of the Election received a subsequence of the states
 //	    it went through: terms never went back, a term's values came in the
 //	    order they were proclaimed, nobody led only while no term was live
-//	    throughout the read, and the last state was that nobody leads.
+//	    throughout the read, and the last state was the final one (nobody
+//	    leads, or a term that a Close could not release).
 //
 // Some schedules set WithMaxHold, and some of the sections use Do. Most
 // schedules also run Semaphores of one name and P permits, two to six
