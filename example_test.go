@@ -362,3 +362,66 @@ func ExampleSemaphore() {
 	// at most 2 encoders ran at once
 	// now: 0 of 2 permits held, 0 waiting
 }
+
+// A leader's term number fences its writes: the store remembers the largest
+// term it has seen, and refuses a write from an earlier term, such as one
+// from a leader that was paused past its lease and has not noticed yet.
+func ExampleElection() {
+	urls, stop := embeddedMasters(3)
+	defer stop()
+	client, err := redlock.Dial(urls)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+	ctx := context.Background()
+
+	election := client.NewElection("scheduler")
+	var store fencedStore
+	a, err := election.Campaign(ctx, "node-a")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(store.write(a.Number(), "plan by node-a"))
+	leader, err := election.Leader(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s leads in term %d\n", leader.Value, leader.Term)
+	if err := a.Resign(ctx); err != nil {
+		log.Fatal(err)
+	}
+
+	b, err := election.Campaign(ctx, "node-b")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer b.Resign(ctx)
+	fmt.Println(store.write(b.Number(), "plan by node-b"))
+	// node-a, deposed, writes late with its old term.
+	fmt.Println(store.write(a.Number(), "late plan by node-a"))
+	fmt.Println("stored:", store.value)
+	// Output:
+	// <nil>
+	// node-a leads in term 1
+	// <nil>
+	// term 1 refused: term 2 has written
+	// stored: plan by node-b
+}
+
+// fencedStore is a resource that takes writes fenced with term numbers.
+type fencedStore struct {
+	mu      sync.Mutex
+	highest uint64
+	value   string
+}
+
+func (s *fencedStore) write(term uint64, value string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if term < s.highest {
+		return fmt.Errorf("term %d refused: term %d has written", term, s.highest)
+	}
+	s.highest, s.value = term, value
+	return nil
+}
