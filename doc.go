@@ -168,6 +168,27 @@
 // and asks once more. ErrTaken means that no quorum reported one free. Waiters queue in the Semaphore's one queue and
 // are woken, in order, by the releases of any of its permits.
 //
+// # Elections
+//
+// Client.NewElection makes an Election: candidates Campaign, one leads at a
+// time, and Observe reports who. What each master stores: the election's
+// lock key, holding the value of the leader's lease; its fencing counter;
+// and the leader's record, "term:proclamation:holder" and the value, which
+// the script that raises the counter writes in the same atomic step, only
+// while the holder owns the lock key there, and which expires, is extended
+// and is deleted with the lock key.
+//
+// One leader: a term is a lease on the lock key, so two terms live at once
+// would need two quorums that each hold the key with their own value, which
+// Redlock's mutual exclusion rules out as for a Mutex. Terms that fence: a
+// term's number is a fencing token of the election's lock, so the argument
+// above makes each term's number larger than every earlier term's, with the
+// same assumption about masters that do not forget their counters. Leader
+// reads the lock key and the record from a quorum: a holder that a quorum
+// reports, with the record of its highest proclamation; a node that fails
+// to answer counts as one that may hold the term, so that "nobody leads" is
+// said only when the nodes read rule out every holder.
+//
 // Each Client option also has a per-Mutex form: options given to New are the
 // defaults, and those given to NewMutex override them.
 package redlock
