@@ -111,3 +111,45 @@ func TestKind(t *testing.T) {
 		}
 	}
 }
+
+// An Election's terms are recorded as acquisitions, with
+// redlock.kind=election, on the metrics of a lock and on the spans.
+func TestKindElection(t *testing.T) {
+	tel := newTelemetry(t)
+	_, clients := servers(t, 3)
+	c := newClient(t, clients, redlock.WithObserver(tel.observer), redlock.WithTTL(lossTTL))
+	e := c.NewElection("scheduler")
+	term, err := e.Campaign(context.Background(), "node-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tel.metricsWhen(t, func(ms map[string]metricdata.Metrics) bool {
+		return len(attributeSets(t, ms, "redlock.extend.duration")) >= 1
+	})
+	if err := term.Resign(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ms := tel.metricsWhen(t, func(ms map[string]metricdata.Metrics) bool {
+		return len(attributeSets(t, ms, "redlock.hold.duration")) >= 1
+	})
+	for _, metric := range []string{"redlock.acquire.duration", "redlock.hold.duration", "redlock.extend.duration", "redlock.held"} {
+		sets := attributeSets(t, ms, metric)
+		if len(sets) == 0 {
+			t.Errorf("%s has no point for the term", metric)
+		}
+		for _, set := range sets {
+			if kind := attr(set, kindKey); kind != "election" {
+				t.Errorf("%s has a point with %s=%q; want election", metric, kindKey, kind)
+			}
+		}
+	}
+	if got := total(sum(t, ms, "redlock.held"), "", ""); got != 0 {
+		t.Errorf("redlock.held = %d after Resign; want 0", got)
+	}
+	for _, name := range []string{"redlock.acquire", "redlock.release"} {
+		spans := tel.endedSpans(name)
+		if len(spans) != 1 || spanAttr(spans[0], kindKey) != "election" {
+			t.Errorf("%d %s spans; want 1 with %s=election", len(spans), name, kindKey)
+		}
+	}
+}
