@@ -170,6 +170,30 @@ func (o options) scenarios(servers []*server) []result {
 		}
 		return degraded(lib, addrs(5), servers, o.duration), true
 	})
+	run("election-handover", func(lib library) (result, bool) {
+		if lib.name != "redlock" {
+			return result{}, false
+		}
+		// The Mutex's hand-off to its next waiter, in the same run, is
+		// the goal's baseline.
+		mutex := handover("mutex-handover", lib.newFor, addrs(3), servers[:3], 8, o.duration)
+		results = append(results, mutex)
+		return handover("election-handover", newTermLocker, addrs(3), servers[:3], 8, o.duration), true
+	})
+	run("election-observe", func(lib library) (result, bool) {
+		if lib.name != "redlock" {
+			return result{}, false
+		}
+		return observationLag(addrs(3), servers[:3], o.duration), true
+	})
+	run("elections-idle", func(lib library) (result, bool) {
+		if lib.name != "redlock" {
+			return result{}, false
+		}
+		r := idleElections(addrs(3), servers[:3], 1000, 3*o.duration)
+		results = append(results, r[:len(r)-1]...)
+		return r[len(r)-1], true
+	})
 	run("many-locks", func(lib library) (result, bool) {
 		if lib.name != "redlock" {
 			return result{}, false
