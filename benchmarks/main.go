@@ -190,7 +190,7 @@ func (o options) scenarios(servers []*server) []result {
 		if lib.name != "redlock" {
 			return result{}, false
 		}
-		r := idleElections(addrs(3), servers[:3], 1000, 3*o.duration)
+		r := idleElections(addrs(3), servers[:3], min(1000, o.manyLocks), 3*o.duration)
 		results = append(results, r[:len(r)-1]...)
 		return r[len(r)-1], true
 	})
