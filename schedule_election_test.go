@@ -196,9 +196,20 @@ func (s *schedule) finishElections() {
 	if r == nil {
 		return
 	}
-	final, err := r.watcher.NewElection(scheduleElection).Leader(context.Background())
-	if err != nil && !errors.Is(err, ErrNoLeader) {
-		s.violate("(j) the final state cannot be read: %v", err)
+	// The watcher's Client may still count a node as hung from a fault
+	// that has ended, or not have checked its identity yet: a read may
+	// fail for a while.
+	var final Leader
+	var err error
+	for try := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		final, err = r.watcher.NewElection(scheduleElection).Leader(context.Background())
+		if err == nil || errors.Is(err, ErrNoLeader) {
+			break
+		}
+		if time.Since(try) > 3*time.Second {
+			s.violate("(j) the final state cannot be read: %v", err)
+			break
+		}
 	}
 	r.final = Leader{Value: final.Value, Term: final.Term}
 	// An observer reads again at least every watchdog interval.
