@@ -380,19 +380,32 @@ func (e *Election) read() nodeCall[leaderRead] {
 // fenced with term numbers is not misled. It panics if ctx is nil.
 func (e *Election) Leader(ctx context.Context) (Leader, error) {
 	mustContext(ctx)
+	state, err := e.leader(ctx)
+	return state.Leader, err
+}
+
+// reading is what a read of the election found: the leader, and the
+// proclamation of the leader's record that it read.
+type reading struct {
+	Leader
+	proclamation uint64
+}
+
+// leader is Leader, with the proclamation read.
+func (e *Election) leader(ctx context.Context) (reading, error) {
 	if err := e.lock.usable(); err != nil {
-		return Leader{}, err
+		return reading{}, err
 	}
 	c := e.client
 	if !c.enterCall() {
-		return Leader{}, ErrClosed
+		return reading{}, ErrClosed
 	}
 	defer c.exitCall()
 	if err := ctx.Err(); err != nil {
-		return Leader{}, fmt.Errorf("redlock: leader: %w", err)
+		return reading{}, fmt.Errorf("redlock: leader: %w", err)
 	}
 	if permanent, err := c.identify(ctx, e.lock.spec.nodeTimeout); permanent {
-		return Leader{}, fmt.Errorf("redlock: leader: %w", err)
+		return reading{}, fmt.Errorf("redlock: leader: %w", err)
 	}
 	nodes := len(c.nodes)
 	var holders []string
@@ -416,22 +429,22 @@ func (e *Election) Leader(ctx context.Context) (Leader, error) {
 	})
 	if !decided {
 		if r.ctxErr != nil {
-			return Leader{}, fmt.Errorf("redlock: leader: %d of %d nodes had answered: %w", len(reads), nodes, r.ctxErr)
+			return reading{}, fmt.Errorf("redlock: leader: %d of %d nodes had answered: %w", len(reads), nodes, r.ctxErr)
 		}
-		return Leader{}, fmt.Errorf("redlock: leader read from %d of %d nodes, fewer than a quorum: %w", len(reads), nodes, r.nodeErrors(out.replies))
+		return reading{}, fmt.Errorf("redlock: leader read from %d of %d nodes, fewer than a quorum: %w", len(reads), nodes, r.nodeErrors(out.replies))
 	}
 	return leaderOf(reads, nodes)
 }
 
 // leaderOf decides what a quorum of reads says.
-func leaderOf(reads []leaderRead, nodes int) (Leader, error) {
+func leaderOf(reads []leaderRead, nodes int) (reading, error) {
 	holders := make([]string, len(reads))
 	for i, rd := range reads {
 		holders[i] = rd.holder
 	}
 	most, holder := mostCommon(holders)
 	if most < quorum(nodes) {
-		return Leader{}, ErrNoLeader
+		return reading{}, ErrNoLeader
 	}
 	var best leaderRecord
 	var ttls []time.Duration
@@ -445,10 +458,10 @@ func leaderOf(reads []leaderRead, nodes int) (Leader, error) {
 		}
 	}
 	if best.term == 0 {
-		return Leader{}, ErrNoLeader // its term has not begun
+		return reading{}, ErrNoLeader // its term has not begun
 	}
 	slices.Sort(ttls)
-	return Leader{Value: best.value, Term: best.term, TTL: ttls[len(ttls)-quorum(nodes)]}, nil
+	return reading{Leader{Value: best.value, Term: best.term, TTL: ttls[len(ttls)-quorum(nodes)]}, best.proclamation}, nil
 }
 
 // Observe returns a channel that receives the election's state: the
@@ -458,13 +471,15 @@ func leaderOf(reads []leaderRead, nodes int) (Leader, error) {
 // term's TTL plus one node timeout after the last read that showed it.
 // Changes are pushed by the masters, and a quorum read every watchdog
 // interval catches a message that was lost; states that follow each other
-// faster than they are read or received may be missed, but term numbers
-// never go back on one channel (a term that lost its quorum for a while,
-// which is sent as Leader{}, is sent again if repair wins it back). Reads
-// that fail send nothing and are retried. The channel is closed when ctx ends, at once if the Election is
-// badly made, and when the Client closes; nothing of the observer's is
-// left running after that (the Client's subscriptions, which its Mutexes'
-// wake-ups share, run until Close). It panics if ctx is nil.
+// faster than they are read or received may be missed, but neither term
+// numbers nor a term's values go back on one channel: a value that a
+// failed or unfinished Proclaim left on some masters is not followed by
+// the older one (a term that lost its quorum for a while, which is sent as
+// Leader{}, is sent again if repair wins it back). Reads that fail send
+// nothing and are retried. The channel is closed when ctx ends, at once if
+// the Election is badly made, and when the Client closes; nothing of the
+// observer's is left running after that (the Client's subscriptions, which
+// its Mutexes' wake-ups share, run until Close). It panics if ctx is nil.
 func (e *Election) Observe(ctx context.Context) <-chan Leader {
 	mustContext(ctx)
 	states := make(chan Leader)
@@ -486,9 +501,8 @@ func (e *Election) Observe(ctx context.Context) <-chan Leader {
 // observe reads the election and sends its changes, until ctx ends or the
 // Client closes.
 func (e *Election) observe(ctx context.Context, states chan<- Leader, w *watch) {
-	var last Leader // the state last sent
+	var last, highest reading // the state last sent, and the latest sent
 	sent := false
-	var highest uint64 // the highest term sent
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
@@ -502,20 +516,23 @@ func (e *Election) observe(ctx context.Context, states chan<- Leader, w *watch) 
 			return
 		}
 		start := time.Now()
-		state, err := e.Leader(ctx)
+		state, err := e.leader(ctx)
 		next := e.lock.spec.interval
 		switch {
 		case err != nil && !errors.Is(err, ErrNoLeader):
 			next = e.lock.retry.next(false)
 		case newer(state, last, sent, highest):
 			select {
-			case states <- state:
+			case states <- state.Leader:
 			case <-ctx.Done():
 				return
 			case <-e.client.closing:
 				return
 			}
-			last, sent, highest = state, true, max(highest, state.Term)
+			last, sent = state, true
+			if state.Term != 0 {
+				highest = state
+			}
 		}
 		if state.Term != 0 && err == nil {
 			// Read again when the term would lapse without an extension.
@@ -525,21 +542,23 @@ func (e *Election) observe(ctx context.Context, states chan<- Leader, w *watch) 
 	}
 }
 
-// newer reports whether an observer that last sent last (if sent) and has
-// sent terms up to highest sends state: a change, which does not go back in
-// term. The highest term is sent again after nobody led: a term that lost
-// its quorum for a while (a node restarted) and won it back by repair is
-// the masters' leader again.
-func newer(state, last Leader, sent bool, highest uint64) bool {
+// newer reports whether an observer that last sent last (if sent), and
+// highest as its latest term and proclamation, sends state: a change, which
+// goes back neither in term nor in proclamation. A quorum read while a
+// Proclaim is under way may or may not hold a master that has its record;
+// the older of the two is not sent after the newer. The latest is sent
+// again after nobody led: a term that lost its quorum for a while (a node
+// restarted) and won it back by repair is the masters' leader again.
+func newer(state, last reading, sent bool, highest reading) bool {
 	switch {
 	case !sent:
 		return true
-	case state.Term == last.Term && state.Value == last.Value:
-		return false // no change
 	case state.Term == 0:
-		return true
-	case state.Term == last.Term:
-		return true // a proclamation
+		return last.Term != 0
+	case state.Term != highest.Term:
+		return state.Term > highest.Term
+	case state.proclamation != highest.proclamation:
+		return state.proclamation > highest.proclamation
 	}
-	return state.Term >= highest
+	return last.Term == 0 // the latest again, after nobody led
 }

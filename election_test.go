@@ -398,28 +398,33 @@ func TestElectionProclaimFailsWithoutQuorum(t *testing.T) {
 }
 
 func TestObserverSendsNoStepBack(t *testing.T) {
-	a1 := Leader{Value: "a", Term: 5, TTL: time.Second}
+	at := func(term, proclamation uint64, value string) reading {
+		return reading{Leader{Value: value, Term: term, TTL: time.Second}, proclamation}
+	}
+	a1 := at(5, 1, "a")
 	for _, tc := range []struct {
 		name    string
-		state   Leader
-		last    Leader
+		state   reading
+		last    reading
 		sent    bool
-		highest uint64
+		highest reading
 		want    bool
 	}{
-		{"first state", Leader{}, Leader{}, false, 0, true},
-		{"same state, another TTL", Leader{Value: "a", Term: 5, TTL: time.Hour}, a1, true, 5, false},
-		{"proclaimed", Leader{Value: "b", Term: 5}, a1, true, 5, true},
-		{"new term", Leader{Value: "a", Term: 6}, a1, true, 5, true},
-		{"no leader", Leader{}, a1, true, 5, true},
-		{"no leader again", Leader{}, Leader{}, true, 5, false},
-		{"an older term", Leader{Value: "a", Term: 4}, a1, true, 5, false},
-		{"the term again after no leader (won back by repair)", a1, Leader{}, true, 5, true},
-		{"an older term after no leader", Leader{Value: "a", Term: 4}, Leader{}, true, 5, false},
-		{"a newer term after no leader", Leader{Value: "c", Term: 7}, Leader{}, true, 5, true},
+		{"first state", reading{}, reading{}, false, reading{}, true},
+		{"same state, another TTL", reading{Leader{Value: "a", Term: 5, TTL: time.Hour}, 1}, a1, true, a1, false},
+		{"proclaimed", at(5, 2, "b"), a1, true, a1, true},
+		{"an older proclamation", a1, at(5, 2, "b"), true, at(5, 2, "b"), false},
+		{"new term", at(6, 1, "a"), a1, true, a1, true},
+		{"no leader", reading{}, a1, true, a1, true},
+		{"no leader again", reading{}, reading{}, true, a1, false},
+		{"an older term", at(4, 3, "a"), a1, true, a1, false},
+		{"the term again after no leader (won back by repair)", a1, reading{}, true, a1, true},
+		{"an older proclamation after no leader", a1, reading{}, true, at(5, 2, "b"), false},
+		{"an older term after no leader", at(4, 1, "a"), reading{}, true, a1, false},
+		{"a newer term after no leader", at(7, 1, "c"), reading{}, true, a1, true},
 	} {
 		if got := newer(tc.state, tc.last, tc.sent, tc.highest); got != tc.want {
-			t.Errorf("%s: newer(%+v, %+v, %v, %d) = %v; want %v", tc.name, tc.state, tc.last, tc.sent, tc.highest, got, tc.want)
+			t.Errorf("%s: newer(%+v, %+v, %v, %+v) = %v; want %v", tc.name, tc.state, tc.last, tc.sent, tc.highest, got, tc.want)
 		}
 	}
 }
@@ -450,7 +455,7 @@ func TestLeaderOfReads(t *testing.T) {
 		}, Leader{}, ErrNoLeader},
 	} {
 		got, err := leaderOf(tc.reads, 3)
-		if got != tc.want || err != tc.err {
+		if got.Leader != tc.want || err != tc.err {
 			t.Errorf("%s: leaderOf = %+v, %v; want %+v, %v", tc.name, got, err, tc.want, tc.err)
 		}
 	}
@@ -619,4 +624,63 @@ func clientsToEach(t *testing.T, mrs []*miniredis.Miniredis, hooks []redis.Hook)
 		out = append(out, rc)
 	}
 	return out
+}
+
+// (Found by the schedules, seed 119099848468193.) A Proclaim that has
+// reached one master is read by a quorum that holds that master and not by
+// another; an observer must not send the older value after the newer one.
+func TestElectionObserverSendsNoOlderProclamation(t *testing.T) {
+	mrs, _ := servers(t, 3)
+	opts := []Option{WithTTL(60 * time.Second)}
+	candCut := &cutOff{}
+	cand := newClient(t, clientsToEach(t, mrs, []redis.Hook{nil, candCut, candCut}), opts...).NewElection("p", opts...)
+	obsCut := &cutOff{}
+	obs := newClient(t, clientsToEach(t, mrs, []redis.Hook{obsCut, nil, nil}), opts...).NewElection("p", opts...)
+	term := campaign(t, cand, "a")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	states := obs.Observe(ctx)
+	// recvUntil receives until value, publishing notices while it waits,
+	// and returns what came before it.
+	recvUntil := func(value string) []Leader {
+		t.Helper()
+		var before []Leader
+		deadline := time.After(5 * time.Second)
+		for {
+			select {
+			case s := <-states:
+				if s.Term == term.Number() && s.Value == value {
+					return before
+				}
+				before = append(before, s)
+			case <-time.After(20 * time.Millisecond):
+				mrs[1].Publish(obs.channel, "0")
+			case <-deadline:
+				t.Fatalf("the observer did not send %q in 5s; it sent %+v", value, before)
+			}
+		}
+	}
+	recvUntil("a")
+
+	candCut.on.Store(true) // the Proclaim reaches master 0 only
+	if err := term.Proclaim(context.Background(), "b"); !errors.Is(err, ErrNoQuorum) {
+		t.Fatalf("Proclaim(b) with masters 1 and 2 cut off = %v; want ErrNoQuorum", err)
+	}
+	candCut.on.Store(false)
+	recvUntil("b") // read from a quorum with master 0
+
+	obsCut.on.Store(true) // now quorums without master 0, which read a
+	for range 5 {
+		mrs[1].Publish(obs.channel, "0")
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := term.Proclaim(context.Background(), "c"); err != nil {
+		t.Fatalf("Proclaim(c): %v", err)
+	}
+	for _, s := range recvUntil("c") {
+		if s.Term == term.Number() {
+			t.Errorf("after %q the observer sent %+v of the same term, an older proclamation", "b", s)
+		}
+	}
+	resign(t, term)
 }
