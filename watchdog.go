@@ -363,8 +363,10 @@ func (w *watchdog) repair(l *lease, until time.Time, lostKey []bool) {
 	if w.ctx.Err() != nil || !l.isHeld() {
 		return
 	}
+	// Every call is waited for, up to the node timeout, even where nodes
+	// hung in an earlier round would make a quorum round decided at once.
 	r := launch(w.c, context.Background(), roundSpec[none]{call: l.spec.kind.repair(l.value, until), timeout: l.spec.nodeTimeout, skip: skip,
-		heard: (*repairing)(l), start: start, live: (*holding)(l)})
+		heard: (*repairing)(l), start: start, live: (*holding)(l), waitAll: true})
 	heard := 0
 	out := r.wait(context.Background(), func(int, reply[none], int) bool {
 		heard++

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -471,5 +472,51 @@ func noExtensionAfter(t *testing.T, hook *faultHook, value string, since time.Ti
 		if slices.Contains(call.values, value) && call.at.After(since) {
 			t.Errorf("node %d: extension of %s (PEXPIRE) sent %v after UnlockContext returned (result %q)", hook.node, short(value), call.at.Sub(since), call.result)
 		}
+	}
+}
+
+// (Found by the schedules, seed 119099848465770.) A repair round waits for
+// its calls even when most nodes did not answer an earlier round: a round
+// that thinks itself decided by its hung nodes alone returns at once, and
+// Unlock, which waits for it, lets the repair land after it returned.
+func TestRepairWaitsDespiteHungNodes(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 29)
+	c := newClient(t, clients, WithTTL(10*time.Second), WithNodeTimeout(400*time.Millisecond))
+	warm(t, c)
+	m := c.NewMutex("repair-hung")
+	held, err := m.LockContext(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := held.(*heldContext).l
+	waitFor(t, "all grants", func() bool { return keysOn(mrs, m.key) == 3 })
+	mrs[0].Del(m.key)
+	var ran atomic.Int64
+	hooks[0].add(&fault{match: isRepair, before: 150 * time.Millisecond})
+	hooks[0].setOnRun(func(c call, at time.Time) {
+		if isRepair(c) {
+			ran.Store(at.UnixNano())
+		}
+	})
+	c.nodes[1].hung.Store(true) // as after a round they did not answer in time
+	c.nodes[2].hung.Store(true)
+	until, _ := l.validity()
+	if !l.beginRound() {
+		t.Fatal("the lease is not held")
+	}
+	c.watchdog.repair(l, until, []bool{true, false, false})
+	l.roundDone()
+	returned := time.Now()
+	if at := ran.Load(); at == 0 || time.Unix(0, at).After(returned) {
+		t.Errorf("repair returned before its SET ran on node 0 (ran: %v)", at != 0)
+	}
+	settle(t, c.nodes)
+	if !mrs[0].Exists(m.key) {
+		t.Errorf("node 0 was not repaired")
+	}
+	c.nodes[1].hung.Store(false) // as they answer again
+	c.nodes[2].hung.Store(false)
+	if err := m.UnlockContext(t.Context()); err != nil {
+		t.Fatal(err)
 	}
 }
