@@ -69,6 +69,8 @@ type workerParams struct {
 	Out      string
 }
 
+func (p *workerParams) out() string { return p.Out }
+
 // section is one critical section as a worker saw it.
 type section struct {
 	PID     int
@@ -140,19 +142,8 @@ func chaosSection(m *redlock.Mutex, resource *redis.Client, p workerParams) (s s
 // TestChaosWorker is the body of a worker process; it does nothing in a
 // normal test run.
 func TestChaosWorker(t *testing.T) {
-	raw := os.Getenv("REDLOCK_CHAOS_WORKER")
-	if raw == "" {
-		t.Skip("runs only as a chaos worker process, started by TestChaos")
-	}
 	var p workerParams
-	if err := json.Unmarshal([]byte(raw), &p); err != nil {
-		t.Fatal(err)
-	}
-	out, err := os.Create(p.Out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer out.Close()
+	out := startWorker(t, "REDLOCK_CHAOS_WORKER", "runs only as a chaos worker process, started by TestChaos", &p)
 	redis.SetLogger(quietLogger{})
 	// Quick retries, so that a second holder gets in as soon as the
 	// algorithm lets it: the checker should see every unsafe window.

@@ -46,6 +46,8 @@ type electWorkerParams struct {
 	Out      string
 }
 
+func (p *electWorkerParams) out() string { return p.Out }
+
 // electEvent is a line of a candidate's log.
 type electEvent struct {
 	PID  int
@@ -63,19 +65,8 @@ type electEvent struct {
 // whether its term's context had ended, and writes with its term once more
 // anyway, as a leader that has not looked would.
 func TestElectionWorker(t *testing.T) {
-	raw := os.Getenv("REDLOCK_ELECTION_WORKER")
-	if raw == "" {
-		t.Skip("runs only as a candidate process, started by TestElectionAcrossProcesses")
-	}
 	var p electWorkerParams
-	if err := json.Unmarshal([]byte(raw), &p); err != nil {
-		t.Fatal(err)
-	}
-	out, err := os.Create(p.Out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer out.Close()
+	out := startWorker(t, "REDLOCK_ELECTION_WORKER", "runs only as a candidate process, started by TestElectionAcrossProcesses", &p)
 	enc := json.NewEncoder(out) // unbuffered: a SIGKILL loses nothing written
 	note := func(ev electEvent) {
 		ev.PID, ev.At = os.Getpid(), monotonic()

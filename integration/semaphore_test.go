@@ -57,6 +57,8 @@ type semWorkerParams struct {
 	Out     string
 }
 
+func (p *semWorkerParams) out() string { return p.Out }
+
 // permitSection is one permit, from Acquire's return to Release, as a
 // worker saw it.
 type permitSection struct {
@@ -113,19 +115,8 @@ func TestMostLive(t *testing.T) {
 // TestSemaphoreWorker is the body of a worker process; it does nothing in
 // a normal test run.
 func TestSemaphoreWorker(t *testing.T) {
-	raw := os.Getenv("REDLOCK_SEMAPHORE_WORKER")
-	if raw == "" {
-		t.Skip("runs only as a semaphore worker process, started by the Semaphore's integration tests")
-	}
 	var p semWorkerParams
-	if err := json.Unmarshal([]byte(raw), &p); err != nil {
-		t.Fatal(err)
-	}
-	out, err := os.Create(p.Out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer out.Close()
+	out := startWorker(t, "REDLOCK_SEMAPHORE_WORKER", "runs only as a semaphore worker process, started by the Semaphore's integration tests", &p)
 	redis.SetLogger(quietLogger{})
 	opts := []redlock.Option{redlock.WithTTL(semTTL), redlock.WithRestartGuard(semGuard), redlock.WithLogger(slogDiscard),
 		redlock.WithRetryDelay(5 * time.Millisecond), redlock.WithRetryJitter(10 * time.Millisecond)}

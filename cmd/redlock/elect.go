@@ -5,11 +5,9 @@ package main
 import (
 	"errors"
 	"flag"
-	"fmt"
 	"io"
 	"os"
 	"strconv"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/seed62cefe0a/redlock"
@@ -53,30 +51,15 @@ func electCommand(args, env []string, stdin io.Reader, stdout, stderr io.Writer)
 	fs.DurationVar(&f.grace, "grace", 0, "on loss of the term, send SIGTERM and wait `D` before SIGKILL (default: SIGKILL at once)")
 	value := fs.String("value", "", "the leader's `V`alue while this process leads (default: hostname:pid)")
 
-	flagArgs, command, dashes := splitCommand(args)
-	positional, err := parse(fs, flagArgs)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		printUsage(stdout, fs, electUsage)
-		return 0
+	name, command, exit, ok := parseNamed(fs, args, electUsage, true, stdout, stderr)
+	if !ok {
+		return exit
+	}
+	switch err := f.check(); {
 	case err != nil:
 		return usageError(stderr, "elect", err)
-	case len(positional) == 0:
-		return usageError(stderr, "elect", errors.New("missing NAME"))
-	case len(positional) > 1 || !dashes:
-		return usageError(stderr, "elect", errors.New("missing -- between NAME and COMMAND"))
-	case len(command) == 0:
-		return usageError(stderr, "elect", errors.New("missing COMMAND after --"))
-	case f.ttl <= 0 || f.ttl%time.Millisecond != 0:
-		return usageError(stderr, "elect", fmt.Errorf("-ttl %v is not a positive whole number of milliseconds", f.ttl))
-	case f.grace < 0:
-		return usageError(stderr, "elect", fmt.Errorf("-grace %v is negative", f.grace))
 	case f.wait.set && f.wait.d == 0:
 		return usageError(stderr, "elect", errors.New("-wait 0: a campaign has no single attempt; give a positive -wait"))
-	}
-	name := positional[0]
-	if err := validName(name); err != nil {
-		return usageError(stderr, "elect", err)
 	}
 	flagOpts := f.options()
 	if err := checkOptions(flagOpts); err != nil {

@@ -54,21 +54,9 @@ func leaderCommand(args, env []string, stdout, stderr io.Writer) int {
 	fs.Var(&urls, "url", "a Redis master's `URL`; repeat it for each master (default: $REDLOCK_URLS, comma-separated, or redis://127.0.0.1:6379/0)")
 	asJSON := fs.Bool("json", false, `print JSON objects: {"name": NAME, "leader": bool, "value": string, "term": int, "ttl_ms": int}`)
 	watch := fs.Bool("watch", false, "print a line at each change, until interrupted")
-	positional, err := parse(fs, args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		printUsage(stdout, fs, leaderUsage)
-		return 0
-	case err != nil:
-		return usageError(stderr, "leader", err)
-	case len(positional) == 0:
-		return usageError(stderr, "leader", errors.New("missing NAME"))
-	case len(positional) > 1:
-		return usageError(stderr, "leader", fmt.Errorf("unexpected %q after NAME", positional[1]))
-	}
-	name := positional[0]
-	if err := validName(name); err != nil {
-		return usageError(stderr, "leader", err)
+	name, _, exit, ok := parseNamed(fs, args, leaderUsage, false, stdout, stderr)
+	if !ok {
+		return exit
 	}
 
 	// Signals end -watch; they are caught from the start, so that one that

@@ -120,6 +120,39 @@ func trimPrefix(err error) string {
 // parse parses args with fs, whose errors it does not print, and returns
 // the positional arguments. Flags may come before or after them: parsing
 // goes on after each positional argument. It returns flag.ErrHelp for -h.
+// parseNamed parses the arguments of a command that names one lock: its
+// flags and NAME, and, for a command that runs one, "--" and COMMAND. It
+// returns false with the exit status when there is nothing to run: help
+// was asked for (0), or a usage error was printed (64).
+func parseNamed(fs *flag.FlagSet, args []string, usage string, withCommand bool, stdout, stderr io.Writer) (name string, command []string, exit int, ok bool) {
+	sub := strings.TrimPrefix(fs.Name(), "redlock ")
+	flagArgs, dashes := args, false
+	if withCommand {
+		flagArgs, command, dashes = splitCommand(args)
+	}
+	positional, err := parse(fs, flagArgs)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		printUsage(stdout, fs, usage)
+		return "", nil, 0, false
+	case err != nil:
+	case len(positional) == 0:
+		err = errors.New("missing NAME")
+	case withCommand && (len(positional) > 1 || !dashes):
+		err = errors.New("missing -- between NAME and COMMAND")
+	case len(positional) > 1:
+		err = fmt.Errorf("unexpected %q after NAME", positional[1])
+	case withCommand && len(command) == 0:
+		err = errors.New("missing COMMAND after --")
+	default:
+		err = validName(positional[0])
+	}
+	if err != nil {
+		return "", nil, usageError(stderr, sub, err), false
+	}
+	return positional[0], command, 0, true
+}
+
 func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	fs.SetOutput(io.Discard)
 	var positional []string

@@ -98,6 +98,17 @@ func (w *waitFlag) Set(s string) error {
 	return nil
 }
 
+// check checks the flags that run and elect share.
+func (f *runFlags) check() error {
+	switch {
+	case f.ttl <= 0 || f.ttl%time.Millisecond != 0:
+		return fmt.Errorf("-ttl %v is not a positive whole number of milliseconds", f.ttl)
+	case f.grace < 0:
+		return fmt.Errorf("-grace %v is negative", f.grace)
+	}
+	return nil
+}
+
 // unlockTimeout bounds the release after COMMAND has exited. Unlock itself
 // waits no longer than the node timeout (at most 500ms) for each master.
 const unlockTimeout = 5 * time.Second
@@ -112,30 +123,15 @@ func runCommand(args, env []string, stdin io.Reader, stdout, stderr io.Writer) i
 	fs.BoolVar(&f.fencing, "fencing", false, "set REDLOCK_TOKEN to a fencing token, larger than any earlier holder's")
 	fs.Var(&f.permits, "n", "hold one of `N` permits of the semaphore NAME, so that up to N commands run at once (default: a lock, one at a time)")
 
-	flagArgs, command, dashes := splitCommand(args)
-	positional, err := parse(fs, flagArgs)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		printUsage(stdout, fs, runUsage)
-		return 0
+	name, command, exit, ok := parseNamed(fs, args, runUsage, true, stdout, stderr)
+	if !ok {
+		return exit
+	}
+	switch err := f.check(); {
 	case err != nil:
 		return usageError(stderr, "run", err)
-	case len(positional) == 0:
-		return usageError(stderr, "run", errors.New("missing NAME"))
-	case len(positional) > 1 || !dashes:
-		return usageError(stderr, "run", errors.New("missing -- between NAME and COMMAND"))
-	case len(command) == 0:
-		return usageError(stderr, "run", errors.New("missing COMMAND after --"))
-	case f.ttl <= 0 || f.ttl%time.Millisecond != 0:
-		return usageError(stderr, "run", fmt.Errorf("-ttl %v is not a positive whole number of milliseconds", f.ttl))
-	case f.grace < 0:
-		return usageError(stderr, "run", fmt.Errorf("-grace %v is negative", f.grace))
 	case f.fencing && f.permits.set:
 		return usageError(stderr, "run", errors.New("-fencing does not apply to a semaphore (-n)"))
-	}
-	name := positional[0]
-	if err := validName(name); err != nil {
-		return usageError(stderr, "run", err)
 	}
 	flagOpts := f.options()
 	if err := checkOptions(flagOpts); err != nil {

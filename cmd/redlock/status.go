@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -63,21 +62,9 @@ func statusCommand(args, env []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, `print a JSON object: {"name": NAME, "held": bool, "ttl_ms": int, "waiters": int}, or with -n {"name": NAME, "permits": N, "held": int, "waiters": int}`)
 	var permits permitsFlag
 	fs.Var(&permits, "n", "read the semaphore NAME of `N` permits, as run -n holds them")
-	positional, err := parse(fs, args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		printUsage(stdout, fs, statusUsage)
-		return 0
-	case err != nil:
-		return usageError(stderr, "status", err)
-	case len(positional) == 0:
-		return usageError(stderr, "status", errors.New("missing NAME"))
-	case len(positional) > 1:
-		return usageError(stderr, "status", fmt.Errorf("unexpected %q after NAME", positional[1]))
-	}
-	name := positional[0]
-	if err := validName(name); err != nil {
-		return usageError(stderr, "status", err)
+	name, _, exit, ok := parseNamed(fs, args, statusUsage, false, stdout, stderr)
+	if !ok {
+		return exit
 	}
 
 	diagnostics := newDiagnostics(stderr, upAfter(defaultTTL))
