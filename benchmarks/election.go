@@ -214,20 +214,11 @@ func idleElections(addrs []string, servers []*server, count int, hold time.Durat
 	counter := newCommandCounter(servers)
 	defer counter.close()
 	measure := func(scenario, what string) result {
-		commandsBefore := counter.total()
-		scriptsBefore := counter.calls("evalsha", "eval")
-		cpuBefore := cpuTime()
-		start := time.Now()
-		time.Sleep(hold)
-		elapsed := time.Since(start)
-		cpu := cpuTime() - cpuBefore
-		commands := counter.since(commandsBefore)
-		scripts := counter.calls("evalsha", "eval") - scriptsBefore
+		idle := measureIdle(counter, hold)
 		return result{
 			Scenario: scenario, Library: "redlock", Nodes: len(addrs), Workers: count,
-			Seconds: elapsed.Seconds(), Failures: failures,
-			Notes: fmt.Sprintf("%s, %.0fs, TTL 8s: CPU %.1f%% of one core, %.1f script calls/s, %.0f Redis commands/s counting those scripts make",
-				what, elapsed.Seconds(), 100*cpu.Seconds()/elapsed.Seconds(), float64(scripts)/elapsed.Seconds(), float64(commands)/elapsed.Seconds()),
+			Seconds: idle.elapsed.Seconds(), Failures: failures,
+			Notes: fmt.Sprintf("%s, %s", what, idle),
 		}
 	}
 	results := []result{measure("elections-idle", fmt.Sprintf("%d terms held", count))}

@@ -461,15 +461,7 @@ func manyHeld(addrs []string, servers []*server, count int, hold time.Duration) 
 	}
 	counter := newCommandCounter(servers)
 	defer counter.close()
-	commandsBefore := counter.total()
-	scriptsBefore := counter.calls("evalsha", "eval")
-	cpuBefore := cpuTime()
-	start := time.Now()
-	time.Sleep(hold)
-	elapsed := time.Since(start)
-	cpu := cpuTime() - cpuBefore
-	commands := counter.since(commandsBefore)
-	scripts := counter.calls("evalsha", "eval") - scriptsBefore
+	idle := measureIdle(counter, hold)
 	lost := 0
 	for _, m := range mutexes {
 		if m.Until().IsZero() {
@@ -479,10 +471,37 @@ func manyHeld(addrs []string, servers []*server, count int, hold time.Duration) 
 	}
 	return result{
 		Scenario: "many-locks", Library: "redlock", Nodes: len(addrs), Workers: count,
-		Seconds: elapsed.Seconds(), Failures: failures + int64(lost),
-		Notes: fmt.Sprintf("%d locks held %.0fs, TTL 8s: CPU %.1f%% of one core, %.1f script calls/s, %.0f Redis commands/s counting those scripts make, %d lost",
-			count, elapsed.Seconds(), 100*cpu.Seconds()/elapsed.Seconds(), float64(scripts)/elapsed.Seconds(), float64(commands)/elapsed.Seconds(), lost),
+		Seconds: idle.elapsed.Seconds(), Failures: failures + int64(lost),
+		Notes: fmt.Sprintf("%d locks held %s, %d lost", count, idle, lost),
 	}
+}
+
+// idleCost is what a Client that only holds (or watches) costs over a
+// while: its CPU, and the commands the servers ran.
+type idleCost struct {
+	elapsed, cpu      time.Duration
+	commands, scripts int64
+}
+
+// measureIdle measures the cost of hold spent idle.
+func measureIdle(counter *commandCounter, hold time.Duration) idleCost {
+	commandsBefore := counter.total()
+	scriptsBefore := counter.calls("evalsha", "eval")
+	cpuBefore := cpuTime()
+	start := time.Now()
+	time.Sleep(hold)
+	return idleCost{
+		elapsed:  time.Since(start),
+		cpu:      cpuTime() - cpuBefore,
+		commands: counter.since(commandsBefore),
+		scripts:  counter.calls("evalsha", "eval") - scriptsBefore,
+	}
+}
+
+func (c idleCost) String() string {
+	secs := c.elapsed.Seconds()
+	return fmt.Sprintf("%.0fs, TTL 8s: CPU %.1f%% of one core, %.1f script calls/s, %.0f Redis commands/s counting those scripts make",
+		secs, 100*c.cpu.Seconds()/secs, float64(c.scripts)/secs, float64(c.commands)/secs)
 }
 
 func cpuTime() time.Duration {
