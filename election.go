@@ -29,6 +29,9 @@ type Election struct {
 	channel   string // where its changes are published, for observers
 	electKeys []any  // the lock's key, its fencing counter, the record
 	readKeys  []any  // the lock's key, the record
+	// term is the Election's live Term, whose record a repair writes
+	// again, or nil.
+	term atomic.Pointer[Term]
 }
 
 // Term is one candidate's leadership, from Campaign until Resign or until it
@@ -46,6 +49,15 @@ type Term struct {
 	mu           sync.Mutex // orders Proclaims
 	value        string     // the value last proclaimed
 	proclamation uint64     // the last proclamation sent, successful or not
+	// proclaimed is the record of the last successful proclamation, for
+	// a repair to write again.
+	proclaimed atomic.Pointer[proclaimedRecord]
+}
+
+// proclaimedRecord is a proclamation that a quorum recorded.
+type proclaimedRecord struct {
+	proclamation uint64
+	value        string
 }
 
 // Leader is an election's state as its masters tell it: who leads, with
@@ -105,7 +117,7 @@ func (c *Client) NewElection(name string, opts ...Option) *Election {
 	m.kind.releaseKeys = append(m.kind.releaseKeys, record)
 	m.kind.record = record
 	m.spec = cfg.leaseSpec(c, &m.kind, KindElection, name)
-	return &Election{
+	e := &Election{
 		client:    c,
 		name:      name,
 		lock:      m,
@@ -113,6 +125,19 @@ func (c *Client) NewElection(name string, opts ...Option) *Election {
 		electKeys: []any{key, key + fenceSuffix, record},
 		readKeys:  []any{key, record},
 	}
+	m.kind.recorder = e.recordAgain
+	return e
+}
+
+// recordAgain returns the call that writes the record of holder's term
+// again, if holder holds the Election's live Term.
+func (e *Election) recordAgain(holder string) nodeCall[none] {
+	t := e.term.Load()
+	if t == nil || t.l.value != holder {
+		return nil
+	}
+	p := t.proclaimed.Load()
+	return e.record(holder, t.number, p.proclamation, p.value)
 }
 
 // Name returns the name the Election was made with.
@@ -146,6 +171,8 @@ func (e *Election) Campaign(ctx context.Context, value string) (*Term, error) {
 		l := held.(*heldContext).l
 		// The token, not validity's, which is 0 once the lease is lost.
 		t := &Term{e: e, l: l, held: held, number: l.fencingToken(), value: value, proclamation: 1}
+		t.proclaimed.Store(&proclaimedRecord{1, value})
+		e.term.Store(t)
 		t.stopLapse = context.AfterFunc(held, t.lapse)
 		if held.Err() == nil {
 			return t, nil
@@ -229,6 +256,7 @@ func (t *Term) Proclaim(ctx context.Context, value string) error {
 	switch {
 	case out.won:
 		t.value = value
+		t.proclaimed.Store(&proclaimedRecord{t.proclamation, value})
 		return nil
 	case out.refusals >= quorum(nodes):
 		// The quorum says the term is over, as an extension would find:
@@ -266,6 +294,7 @@ func (t *Term) Resign(ctx context.Context) error {
 		return ErrNotHeld
 	}
 	e := t.e
+	e.term.CompareAndSwap(t, nil)
 	if !e.lock.current.CompareAndSwap(t.l, nil) {
 		// The term lapsed, and lapse has freed the Election.
 		return fmt.Errorf("redlock: term %d of %q: %w", t.number, e.name, context.Cause(t.held))
@@ -280,6 +309,7 @@ func (t *Term) Resign(ctx context.Context) error {
 // the process may campaign again: it releases what the term may still hold.
 func (t *Term) lapse() {
 	e := t.e
+	e.term.CompareAndSwap(t, nil)
 	if !e.lock.current.CompareAndSwap(t.l, nil) {
 		return // Resign came first
 	}

@@ -3,6 +3,7 @@ package redlock
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -683,4 +684,64 @@ func TestElectionObserverSendsNoOlderProclamation(t *testing.T) {
 		}
 	}
 	resign(t, term)
+}
+
+// A master that lost the term (restarted without persistence) gets the
+// leader's record back with the lock's key when the watchdog repairs it:
+// else, once a quorum of masters were repaired, readers would find the
+// lock held and no record, and say that nobody leads during a live term.
+func TestElectionRepairPutsTheRecordBack(t *testing.T) {
+	mrs, _ := servers(t, 3)
+	opts := []Option{WithTTL(3 * time.Second)}
+	cand := newClient(t, clientsToEach(t, mrs, []redis.Hook{nil, nil, nil}), opts...).NewElection("r", opts...)
+	readCut := &cutOff{}
+	reader := newClient(t, clientsToEach(t, mrs, []redis.Hook{nil, nil, readCut}), opts...).NewElection("r", opts...)
+	term := campaign(t, cand, "a")
+	if err := term.Proclaim(context.Background(), "b"); err != nil {
+		t.Fatal(err)
+	}
+	key, record := cand.lock.key, cand.lock.key+recordSuffix
+	for _, i := range []int{0, 1} { // a quorum restarts, one after the other
+		mrs[i].Del(key)
+		mrs[i].Del(record)
+		waitFor(t, "the repair of master "+strconv.Itoa(i), func() bool { return mrs[i].Exists(key) })
+		waitFor(t, "the record of master "+strconv.Itoa(i), func() bool { return mrs[i].Exists(record) })
+	}
+	readCut.on.Store(true) // the reader hears masters 0 and 1 only
+	got, err := reader.Leader(context.Background())
+	if err != nil || got.Value != "b" || got.Term != term.Number() {
+		t.Errorf("Leader from the repaired masters = %+v, %v; want %q in term %d", got, err, "b", term.Number())
+	}
+	readCut.on.Store(false)
+	resign(t, term)
+}
+
+// A repair's record can land after a later Proclaim on the same master:
+// the master keeps the later proclamation.
+func TestElectionRecordKeepsTheLaterProclamation(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	c := newClient(t, clients)
+	e := c.NewElection("k")
+	term := campaign(t, e, "a")
+	if err := term.Proclaim(context.Background(), "b"); err != nil { // proclamation 2
+		t.Fatal(err)
+	}
+	stale := e.record(term.l.value, term.Number(), 1, "a")
+	if rep := stale(context.Background(), c.nodes[0], nil); !rep.ok {
+		t.Fatalf("the stale record's call: %+v", rep)
+	}
+	got := parseRecord(mustGet(t, mrs[0], e.lock.key+recordSuffix))
+	if got.proclamation != 2 || got.value != "b" {
+		t.Errorf("master 0's record after an older proclamation landed = %+v; want proclamation 2, %q", got, "b")
+	}
+	resign(t, term)
+}
+
+func mustGet(t *testing.T, mr *miniredis.Miniredis, key string) string {
+	t.Helper()
+	v, err := mr.Get(key)
+	if err != nil {
+		t.Fatalf("GET %s: %v", key, err)
+	}
+	return v
 }

@@ -33,6 +33,9 @@ type mutexKind struct {
 	// record is a key deleted with the lock, by a release or as a
 	// leftover (an Election's record of its leader), or "".
 	record string
+	// recorder, if set, returns the call that writes the record of
+	// holder's term again after a repair put its key back, or nil.
+	recorder func(holder string) nodeCall[none]
 }
 
 // The lock's other keys are named after its key, in the same hash slot.
@@ -184,7 +187,14 @@ func (k *mutexKind) repair(value string, until time.Time) nodeCall[none] {
 		if px < 1 {
 			return reply[none]{err: errTooLate}
 		}
-		return setNX[none](ctx, n, live, []any{"set", k.keyArg, value, "px", px, "nx"})
+		rep := setNX[none](ctx, n, live, []any{"set", k.keyArg, value, "px", px, "nx"})
+		if rep.ok && k.recorder != nil {
+			if record := k.recorder(value); record != nil {
+				// A reader of a repaired quorum would find no record.
+				_ = record(ctx, n, live)
+			}
+		}
+		return rep
 	}
 }
 

@@ -7,7 +7,8 @@
 -- "term:proclamation:holder", a newline, and the value; ARGV[4] the channel
 -- of the observers.
 -- Sets the counter to max(counter, term), as fence.lua does, and the record
--- to expire with the lock on this node. Returns 1 if the holder owns the
+-- to expire with the lock on this node, unless it holds a later
+-- proclamation of the term. Returns 1 if the holder owns the
 -- lock here, 0 if not (and then changes nothing). A denied PUBLISH (an ACL
 -- without channel permissions) does not fail the call: observers also poll.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -16,6 +17,16 @@ end
 local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
 if counter < tonumber(ARGV[2]) then
   redis.call('SET', KEYS[2], ARGV[2])
+end
+-- A later proclamation of the same term is kept: a repair may send an
+-- older one again.
+local current = redis.call('GET', KEYS[3])
+if current then
+  local term, proclamation = string.match(current, '^(%d+):(%d+):')
+  local _, new = string.match(ARGV[3], '^(%d+):(%d+):')
+  if term == ARGV[2] and tonumber(proclamation) > tonumber(new) then
+    return 1
+  end
 end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 1 then
