@@ -307,8 +307,22 @@ func (t *Term) Resign(ctx context.Context) error {
 
 // lapse frees the Election after the term ended without Resign, so that
 // the process may campaign again: it releases what the term may still hold.
+//
+// A term that reached its maximum hold is kept on the masters until its
+// validity ends, as a Mutex's key is (WithMaxHold), unless Resign or Close
+// comes first: no other candidate leads while the deposed leader may still
+// be finishing the step it began. Observers are told once it is released.
 func (t *Term) lapse() {
 	e := t.e
+	if until, early, kept := t.l.keptUntil(); kept {
+		timer := time.NewTimer(time.Until(until))
+		select {
+		case <-timer.C:
+		case <-early: // Resign
+		case <-e.client.closing:
+		}
+		timer.Stop()
+	}
 	e.term.CompareAndSwap(t, nil)
 	if !e.lock.current.CompareAndSwap(t.l, nil) {
 		return // Resign came first
@@ -319,6 +333,7 @@ func (t *Term) lapse() {
 	}
 	defer e.client.exitCall()
 	_ = e.lock.unlock(context.Background(), t.l)
+	e.announce()
 }
 
 // announce tells the election's observers that the leadership changed,
@@ -461,7 +476,12 @@ func (e *Election) leader(ctx context.Context) (reading, error) {
 		if r.ctxErr != nil {
 			return reading{}, fmt.Errorf("redlock: leader: %d of %d nodes had answered: %w", len(reads), nodes, r.ctxErr)
 		}
-		return reading{}, fmt.Errorf("redlock: leader read from %d of %d nodes, fewer than a quorum: %w", len(reads), nodes, r.nodeErrors(out.replies))
+		if len(reads) < quorum(nodes) {
+			return reading{}, fmt.Errorf("redlock: leader read from %d of %d nodes, fewer than a quorum: %w", len(reads), nodes, r.nodeErrors(out.replies))
+		}
+		// A quorum answered, but the nodes that failed could make either
+		// answer true.
+		return reading{}, fmt.Errorf("redlock: leader read from %d of %d nodes, which do not agree, and the rest failed: %w", len(reads), nodes, r.nodeErrors(out.replies))
 	}
 	return leaderOf(reads, nodes)
 }

@@ -745,3 +745,98 @@ func mustGet(t *testing.T, mr *miniredis.Miniredis, key string) string {
 	}
 	return v
 }
+
+// (Found by the review.) WithMaxHold ends a term's context, but, as for a
+// Mutex, the masters keep the term until its validity ends, so that a
+// leader that checks its context between steps has the rest of the
+// validity to stop: no other candidate leads before then.
+func TestElectionMaxHoldKeepsTheTerm(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	opts := []Option{WithTTL(10 * time.Second), WithMaxHold(300 * time.Millisecond)}
+	e := newClient(t, clients, opts...).NewElection("m", opts...)
+	term := campaign(t, e, "a")
+	<-term.Context().Done()
+	if !errors.Is(context.Cause(term.Context()), ErrLockLost) {
+		t.Fatalf("term ended with %v", context.Cause(term.Context()))
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := keysOn(mrs, e.lock.key); n != 3 {
+		t.Errorf("the term's key is on %d of 3 masters 100ms after its maximum hold; want 3 until its validity ends", n)
+	}
+	other := newClient(t, clients).NewElection("m")
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if t2, err := other.Campaign(ctx, "b"); err == nil {
+		t.Errorf("another candidate led (term %d) within term %d's validity, after its maximum hold", t2.Number(), term.Number())
+		_ = t2.Resign(context.Background())
+	}
+}
+
+// (Found by the review.) A term that lapses in a live process is pushed to
+// the observers as no leader, as Resign is, not left to their next poll.
+func TestElectionLapseIsPushed(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	opts := []Option{WithTTL(30 * time.Second)} // observers poll every 10s
+	e := newClient(t, clients, opts...).NewElection("p", opts...)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	states := newClient(t, clients, opts...).NewElection("p", opts...).Observe(ctx)
+	<-states
+	term := campaign(t, e, "a")
+	for s := range states {
+		if s.Term == term.Number() {
+			break
+		}
+	}
+	for _, mr := range mrs {
+		mr.FastForward(31 * time.Second) // the masters lose the term
+	}
+	if err := term.Proclaim(context.Background(), "b"); !errors.Is(err, ErrLockLost) {
+		t.Fatalf("Proclaim = %v; want ErrLockLost", err)
+	}
+	ended := time.Now()
+	select {
+	case s := <-states:
+		if s != (Leader{}) {
+			t.Errorf("observer sent %+v after the term lapsed; want no leader", s)
+		}
+	case <-time.After(4 * time.Second):
+		t.Errorf("no report within 4s of a lapse (observers poll every 10s)")
+	}
+	_ = ended
+}
+
+// Resign of a term kept past its maximum hold releases it at once, and
+// leaves nothing of the term's running.
+func TestElectionResignAfterMaxHold(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	opts := []Option{WithTTL(10 * time.Second), WithMaxHold(200 * time.Millisecond)}
+	e := newClient(t, clients, opts...).NewElection("mr", opts...)
+	term := campaign(t, e, "a")
+	<-term.Context().Done()
+	if err := term.Resign(context.Background()); !errors.Is(err, ErrLockLost) {
+		t.Errorf("Resign after the maximum hold = %v; want ErrLockLost", err)
+	}
+	waitFor(t, "the term's keys to go", func() bool { return keysOn(mrs, e.lock.key) == 0 })
+	next := campaign(t, e, "b")
+	resign(t, next)
+}
+
+// (Found by the review.) A quorum that answers but disagrees, with the
+// other nodes failed, cannot tell whether the term leads: Leader says so,
+// not that fewer than a quorum answered.
+func TestElectionLeaderUndecidedSaysWhy(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	opts := []Option{WithTTL(60 * time.Second), WithNodeTimeout(200 * time.Millisecond)}
+	term := campaign(t, newClient(t, clients, opts...).NewElection("q", opts...), "a")
+	mrs[0].FlushAll() // master 0 restarted empty
+	cut := &cutOff{}
+	r := newClient(t, clientsToEach(t, mrs, []redis.Hook{nil, nil, cut}), opts...).NewElection("q", opts...)
+	cut.on.Store(true) // master 2, which holds the term, fails the reader
+	_, err := r.Leader(context.Background())
+	if err == nil || errors.Is(err, ErrNoLeader) || strings.Contains(err.Error(), "fewer than a quorum") || !strings.Contains(err.Error(), "do not agree") {
+		t.Errorf("Leader with masters 0 (free) and 1 (term %d) answering and 2 failed = %v; want an error saying they disagree", term.Number(), err)
+	}
+	cut.on.Store(false)
+	resign(t, term)
+}

@@ -350,6 +350,18 @@ func (l *lease) lose(why LossCause, cause error) {
 	l.order.lost(&l.spec.events, LostEvent{Kind: l.spec.events.kind, Name: l.spec.name, Cause: why, Held: heldFor, Err: cause})
 }
 
+// keptUntil reports whether the lost lease keeps its key until the end
+// of its validity (it reached its maximum hold): when that is, and a
+// channel closed if its final release begins before.
+func (l *lease) keptUntil() (time.Time, <-chan struct{}, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.releaseEarly == nil || l.final.begun {
+		return time.Time{}, nil, false
+	}
+	return l.until, l.releaseEarly, true
+}
+
 // releaseAt makes the final release at the given time, the end of the
 // validity, or at once if the Client closes; unless the release begins
 // before then (early is closed).

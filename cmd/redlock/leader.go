@@ -28,7 +28,8 @@ Leader reads who leads the election NAME from a majority of the masters,
 and prints "VALUE term=N ttl=D", or "none" when nobody leads. VALUE is
 quoted, as Go quotes a string, when it is empty or holds a space or a
 character that does not print. It exits 0 whether or not someone leads, and
-70 if fewer than a majority of the masters answered.
+70 if the masters' answers cannot tell: fewer than a majority answered, or
+those that did disagree and the others failed.
 
 With -watch, it prints the current state and then a line at each change
 (a new term, a proclaimed value, or none when the leader resigned or its
