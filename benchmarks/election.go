@@ -42,6 +42,16 @@ func (l *termLocker) lock(ctx context.Context) error {
 
 func (l *termLocker) unlock(ctx context.Context) error { return l.term.Resign(ctx) }
 
+// newFencedLocker is a Mutex with fencing tokens: a term is one, and its
+// acquisition takes the same second round, which records the token.
+func newFencedLocker(addrs []string, name string) (locker, func(), error) {
+	client, err := dial(addrs)
+	if err != nil {
+		return nil, nil, err
+	}
+	return redlockLocker{client.NewMutex(name, redlock.WithFencing())}, func() { client.Close() }, nil
+}
+
 // handover runs workers, each with a locker of its own, on one lock with a
 // 1ms section, and measures the hand-over: from one holder's unlock
 // returning to the next holder's lock returning. The next holder may be

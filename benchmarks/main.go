@@ -177,7 +177,8 @@ func (o options) scenarios(servers []*server) []result {
 		// The Mutex's hand-off to its next waiter, in the same run, is
 		// the goal's baseline.
 		mutex := handover("mutex-handover", lib.newFor, addrs(3), servers[:3], 8, o.duration)
-		results = append(results, mutex)
+		fenced := handover("fenced-mutex-handover", newFencedLocker, addrs(3), servers[:3], 8, o.duration)
+		results = append(results, mutex, fenced)
 		return handover("election-handover", newTermLocker, addrs(3), servers[:3], 8, o.duration), true
 	})
 	run("election-observe", func(lib library) (result, bool) {
