@@ -473,6 +473,10 @@ func TestElectionLeftoverTakesTheRecord(t *testing.T) {
 	c := newClient(t, clients, WithTTL(10*time.Second))
 	e := c.NewElection("leftover")
 	term := campaign(t, e, "a")
+	// Campaign returns at a quorum: with a grant still in flight, the
+	// failed release would leave Resign without one.
+	waitFor(t, "all grants", func() bool { return keysOn(mrs, e.lock.key) == 3 })
+	settle(t, c.nodes)
 	hooks[0].add(&fault{match: isKind("release"), fail: errors.New("LOADING simulated"), times: 1})
 	resign(t, term)
 	settle(t, c.nodes)
