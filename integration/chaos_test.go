@@ -369,7 +369,12 @@ func scenarios() []scenario {
 		},
 		{
 			name: "kill, restart at once, guard", guard: true, duration: 10 * time.Second, holdMin: holdLong[0], holdMax: holdLong[1],
-			fault: killAtOnce,
+			// The guard keeps the restarted server from voting, but it
+			// forgot its counters for good: once it votes again, a
+			// quorum of it and two servers that missed the last token can
+			// hand out a smaller one (the package docs, Fencing tokens).
+			fencingUnsafe: "the restarted server forgot its counter, which the guard does not bring back",
+			fault:         killAtOnce,
 		},
 		{
 			name: "kill, restart after the TTL, no AOF", guard: true, duration: 8 * time.Second, holdMin: short, holdMax: long,
