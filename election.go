@@ -201,7 +201,7 @@ func (c candidate) joinQueue(ctx context.Context, waiter, mode string) queueView
 	return c.e.lock.joinQueue(ctx, waiter, mode)
 }
 
-func (c candidate) leaveQueue(waiter string) { c.e.lock.leaveQueue(waiter) }
+func (c candidate) leaveQueue(waiter string, won bool) { c.e.lock.leaveQueue(waiter, won) }
 
 // record writes the leader's record on a node while holder holds the
 // election's lock there, and tells the observers.

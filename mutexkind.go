@@ -235,6 +235,24 @@ func (k *mutexKind) leave(waiter string, aliveTTL, queueTTL time.Duration) nodeC
 	return leaveCall(k.enqueueKeys, k.releaseKeys, waiter, aliveTTL, queueTTL)
 }
 
+// dequeue takes waiter out of the lock's queue on a node and marks it
+// left, passing nothing on: a winner's leave.
+func (k *mutexKind) dequeue(waiter string, queueTTL time.Duration) nodeCall[none] {
+	return dequeueCall(k.enqueueKeys, waiter, queueTTL)
+}
+
+// dequeueCall runs enqueue.lua with dequeue on keys (see enqueueCall).
+func dequeueCall(keys []any, waiter string, queueTTL time.Duration) nodeCall[none] {
+	leave := prepare(enqueueScript, keys, waiter, dequeue, 0, queueTTL.Milliseconds())
+	return func(ctx context.Context, n *node, live liveness) reply[none] {
+		err := leave.run(ctx, n, live).Err()
+		if err == redis.Nil {
+			err = nil
+		}
+		return reply[none]{ok: err == nil, err: err}
+	}
+}
+
 // leaveCall takes waiter out of a queue on a node and marks it left, as
 // enqueue.lua does with dequeue. If the node says that a release took the
 // waiter out of the queue to wake it, it then wakes the next live waiter

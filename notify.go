@@ -130,6 +130,17 @@ func (n *notifier) listen(waiter string) *listener {
 	return l
 }
 
+// take takes the pending wake-up, if there is one, and reports whether
+// there was.
+func (l *listener) take() bool {
+	select {
+	case <-l.C:
+		return true
+	default:
+		return false
+	}
+}
+
 // unregister stops passing wake-ups to the waiter.
 func (l *listener) unregister() {
 	n := l.n

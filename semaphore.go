@@ -396,9 +396,10 @@ func (s *Semaphore) joinQueue(ctx context.Context, waiter, mode string) queueVie
 }
 
 // leaveQueue takes a waiter out of the queue, and passes on the wake-ups
-// that releases sent it (see leaveCall). It waits for a quorum at most; the
-// other nodes finish in the background.
-func (s *Semaphore) leaveQueue(waiter string) {
+// that releases sent it (see leaveCall), even a winner's: it may have won
+// its permit without the wake-up, whose release freed another. It waits
+// for a quorum at most; the other nodes finish in the background.
+func (s *Semaphore) leaveQueue(waiter string, _ bool) {
 	call := leaveCall(s.keys.queueKeys, s.keys.wakeKeys, waiter, s.retry.aliveTTL(), s.retry.queueTTL())
 	ctx := context.Background()
 	launch(s.client, ctx, roundSpec[none]{call: call, timeout: s.timeout, anyNode: true}).wait(ctx, nil)

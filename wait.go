@@ -80,11 +80,11 @@ type contender interface {
 	// there, as mode says (see enqueue), and tells what it learned.
 	joinQueue(ctx context.Context, waiter, mode string) queueView
 	// leaveQueue takes waiter out of the lock's queue: a waiter that gave
-	// up, or one that acquired the lock while it was queued. Where a
-	// release took it out of the queue to wake it, it then wakes the next
-	// live waiter, releasing nothing: the waiter leaves without using that
-	// wake-up.
-	leaveQueue(waiter string)
+	// up, or one that won (acquired the lock while it was queued). Where a
+	// release took it out of the queue to wake it, a waiter that may not
+	// have used that wake-up then wakes the next live waiter, releasing
+	// nothing: one that gave up, or won a permit without it.
+	leaveQueue(waiter string, won bool)
 }
 
 // queueView is what a waiter learns as it joins the queue.
@@ -321,18 +321,31 @@ func (w *waiter) listen() {
 // the lock on a quorum of nodes, it may have been released before the
 // waiter was queued to hear of it, or it was split between contenders whose
 // keys are on their way out.
+//
+// A release publishes its wake-up on every node, so a waiter hears it up to
+// once per node, and the copies that come in while its attempt runs are
+// stale once it lost. join takes the one pending (a listener keeps one):
+// what it says, that a release came, the queue call reads for itself. If
+// the lock still looks free, the waiter tries again at once; if not, the
+// lock was taken again, and the waiter waits for that holder's release
+// instead of making an attempt that must lose.
 func (w *waiter) join() (delay time.Duration, now bool) {
 	mode := enqueueLast
+	heard := false
 	if w.id == "" {
 		w.listen()
-	} else if w.woken {
-		mode = enqueueFirst
+	} else {
+		heard = w.listener.take()
+		if w.woken || heard {
+			// A release popped it on some node: back to the front.
+			mode = enqueueFirst
+		}
 	}
 	w.woken = false
 	view := w.lock.joinQueue(w.waitCtx, w.id, mode)
 	w.joined = true
 	w.joins++
-	if view.free && !w.retried {
+	if view.free && (!w.retried || heard) {
 		w.retried = true
 		return 0, true
 	}
@@ -379,7 +392,7 @@ func (w *waiter) close(acquired bool) {
 		return
 	}
 	if !acquired || w.joined || w.joins > 1 {
-		w.lock.leaveQueue(w.id)
+		w.lock.leaveQueue(w.id, acquired)
 	}
 	w.listener.unregister()
 }
@@ -433,12 +446,22 @@ func mostCommon(values []string) (count int, value string) {
 	return count, value
 }
 
-// leaveQueue takes a waiter out of the queue, and passes on the wake-ups
-// that releases sent it (see leaveCall). It waits for a quorum at most; the
-// other nodes finish in the background.
-func (m *Mutex) leaveQueue(waiter string) {
-	call := m.kind.leave(waiter, m.retry.aliveTTL(), m.retry.queueTTL())
+// leaveQueue takes a waiter out of the queue. One that gave up passes on
+// the wake-ups that releases sent it (see leaveCall), and waits for a
+// quorum at most; the other nodes finish in the background. A winner holds
+// the lock: every wake-up it was sent is used, since a release of the
+// lock's is what it won, and passing one on would only send the next
+// waiter into an attempt that must lose. It leaves so that Status does not
+// count it, and nothing waits for that: the calls are on their way to the
+// nodes when it returns, and the holder's release takes its id out anyway.
+func (m *Mutex) leaveQueue(waiter string, won bool) {
 	ctx := context.Background()
+	if won {
+		call := m.kind.dequeue(waiter, m.retry.queueTTL())
+		launch(m.client, ctx, roundSpec[none]{call: call, timeout: m.spec.nodeTimeout, anyNode: true})
+		return
+	}
+	call := m.kind.leave(waiter, m.retry.aliveTTL(), m.retry.queueTTL())
 	launch(m.client, ctx, roundSpec[none]{call: call, timeout: m.spec.nodeTimeout, anyNode: true}).wait(ctx, nil)
 }
 
