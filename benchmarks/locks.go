@@ -20,11 +20,23 @@ type locker interface {
 	unlock(ctx context.Context) error
 }
 
-// library makes lockers; one per worker, as separate processes would have.
+// library makes lockers; one set per worker, as separate processes would
+// have.
 type library struct {
-	name   string
-	maxN   int // largest number of masters it supports
-	newFor func(addrs []string, name string) (locker, func(), error)
+	name string
+	maxN int // largest number of masters it supports
+	// newSet makes a locker for each name, over one set of connections,
+	// as one process of a user's would.
+	newSet func(addrs []string, names []string) ([]locker, func(), error)
+}
+
+// newFor makes one worker's locker on name.
+func (l library) newFor(addrs []string, name string) (locker, func(), error) {
+	set, closeFn, err := l.newSet(addrs, []string{name})
+	if err != nil {
+		return nil, nil, err
+	}
+	return set[0], closeFn, nil
 }
 
 func goRedisClients(addrs []string) ([]*redis.Client, func()) {
@@ -43,7 +55,7 @@ func goRedisClients(addrs []string) ([]*redis.Client, func()) {
 var libraries = []library{
 	{
 		name: "redlock", maxN: 99,
-		newFor: func(addrs []string, name string) (locker, func(), error) {
+		newSet: func(addrs []string, names []string) ([]locker, func(), error) {
 			var urls []string
 			for _, addr := range addrs {
 				urls = append(urls, "redis://"+addr+"/0")
@@ -52,37 +64,51 @@ var libraries = []library{
 			if err != nil {
 				return nil, nil, err
 			}
-			return redlockLocker{client.NewMutex(name)}, func() { client.Close() }, nil
+			var set []locker
+			for _, name := range names {
+				set = append(set, redlockLocker{client.NewMutex(name)})
+			}
+			return set, func() { client.Close() }, nil
 		},
 	},
 	{
 		name: "redsync", maxN: 99,
-		newFor: func(addrs []string, name string) (locker, func(), error) {
-			return newRedsync(addrs, name)
+		newSet: func(addrs []string, names []string) ([]locker, func(), error) {
+			return newRedsync(addrs, names)
 		},
 	},
 	{
 		name: "redsync 1ms", maxN: 99,
-		newFor: func(addrs []string, name string) (locker, func(), error) {
-			return newRedsync(addrs, name, redsync.WithRetryDelay(time.Millisecond), redsync.WithTries(1<<20))
+		newSet: func(addrs []string, names []string) ([]locker, func(), error) {
+			return newRedsync(addrs, names, redsync.WithRetryDelay(time.Millisecond), redsync.WithTries(1<<20))
 		},
 	},
 	{
 		name: "redislock", maxN: 1,
-		newFor: func(addrs []string, name string) (locker, func(), error) {
+		newSet: func(addrs []string, names []string) ([]locker, func(), error) {
 			clients, closeAll := goRedisClients(addrs)
-			return &redislockLocker{client: redislock.New(clients[0]), key: name}, closeAll, nil
+			client := redislock.New(clients[0])
+			var set []locker
+			for _, name := range names {
+				set = append(set, &redislockLocker{client: client, key: name})
+			}
+			return set, closeAll, nil
 		},
 	},
 }
 
-func newRedsync(addrs []string, name string, opts ...redsync.Option) (locker, func(), error) {
+func newRedsync(addrs []string, names []string, opts ...redsync.Option) ([]locker, func(), error) {
 	clients, closeAll := goRedisClients(addrs)
 	var pools []redsyncredis.Pool
 	for _, c := range clients {
 		pools = append(pools, goredis.NewPool(c))
 	}
-	return redsyncLocker{redsync.New(pools...).NewMutex(name, opts...)}, closeAll, nil
+	rs := redsync.New(pools...)
+	var set []locker
+	for _, name := range names {
+		set = append(set, redsyncLocker{rs.NewMutex(name, opts...)})
+	}
+	return set, closeAll, nil
 }
 
 type redlockLocker struct{ m *redlock.Mutex }

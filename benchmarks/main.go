@@ -13,6 +13,7 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	mathrand "math/rand/v2"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -137,6 +138,10 @@ func (o options) scenarios(servers []*server) []result {
 			return contended(lib, addrs(n), servers[:n], workers, o.duration), true
 		})
 	}
+	run("contended-64x16", func(lib library) (result, bool) {
+		n := min(3, lib.maxN)
+		return contendedMany(lib, addrs(n), servers[:n], 64, 16, o.duration), true
+	})
 	run("semaphore-uncontended", func(lib library) (result, bool) {
 		if lib.name != "redlock" {
 			return result{}, false
@@ -318,6 +323,66 @@ func contendedOn(name, libName string, newFor func(addrs []string, name string) 
 		defer closeFn()
 		lockers[i] = l
 	}
+	return contend(name, libName, lockers, capacity, servers, duration)
+}
+
+// contendedMany runs workers, each with lockers of its own on names locks
+// over one set of connections, each section on a lock picked at random,
+// with a 1ms critical section: what a fleet of hot locks costs.
+func contendedMany(lib library, addrs []string, servers []*server, workers, names int, duration time.Duration) result {
+	name := fmt.Sprintf("contended-%dx%d", workers, names)
+	flush(servers)
+	lockNames := make([]string, names)
+	for i := range lockNames {
+		lockNames[i] = fmt.Sprintf("bench-hot-%d", i)
+	}
+	inside := make([]atomic.Int64, names)
+	var violations atomic.Int64
+	lockers := make([]locker, workers)
+	for i := range lockers {
+		set, closeFn, err := lib.newSet(addrs, lockNames)
+		if err != nil {
+			return result{Scenario: name, Library: lib.name, Notes: err.Error()}
+		}
+		defer closeFn()
+		lockers[i] = &pickLocker{set: set, inside: inside, violations: &violations}
+	}
+	r := contend(name, lib.name, lockers, names, servers, duration)
+	r.Violations += violations.Load()
+	r.Retake = 0 // a worker's sections are on different locks
+	return r
+}
+
+// pickLocker takes one of its locks, picked at random, and counts a
+// second holder of a lock as a violation.
+type pickLocker struct {
+	set        []locker
+	inside     []atomic.Int64 // each lock's holders, over every worker
+	violations *atomic.Int64
+	held       int
+}
+
+func (p *pickLocker) lock(ctx context.Context) error {
+	k := mathrand.IntN(len(p.set))
+	if err := p.set[k].lock(ctx); err != nil {
+		return err
+	}
+	if p.inside[k].Add(1) > 1 {
+		p.violations.Add(1)
+	}
+	p.held = k
+	return nil
+}
+
+func (p *pickLocker) unlock(ctx context.Context) error {
+	p.inside[p.held].Add(-1)
+	return p.set[p.held].unlock(ctx)
+}
+
+// contend runs a worker for each locker, any capacity of which may hold at
+// once, with a 1ms critical section, and measures the run.
+func contend(name, libName string, lockers []locker, capacity int, servers []*server, duration time.Duration) result {
+	workers := len(lockers)
 	counter := newCommandCounter(servers)
 	defer counter.close()
 	commandsBefore := counter.total()
@@ -342,7 +407,7 @@ func contendedOn(name, libName string, newFor func(addrs []string, name string) 
 	}
 	serverCPU := counter.cpu() - cpuBefore
 	return result{
-		Scenario: name, Library: libName, Nodes: len(addrs), Workers: workers,
+		Scenario: name, Library: libName, Nodes: len(servers), Workers: workers,
 		Seconds: elapsed.Seconds(), Cycles: total, PerSecond: float64(total) / elapsed.Seconds(),
 		WaitP99ms:     float64(percentile(allWaits, 0.99).Microseconds()) / 1e3,
 		Fairness:      jain(c.counts),
