@@ -79,6 +79,7 @@ type lease struct {
 	timer     *leaseTimer // its expiry timer, while held
 	cancel    context.CancelCauseFunc
 	unsure    []bool    // nodes where a repair may have landed unseen
+	refusedBy []bool    // nodes that said in an extension round that they lost the key, to repair
 	limit     time.Time // end of the maximum hold, or zero
 	// releaseEarly is closed when the final release begins, if it was put
 	// off until the validity ends (see lose).
@@ -94,6 +95,24 @@ type lease struct {
 	busy  sync.WaitGroup
 	order eventOrder
 	ctx   heldContext
+}
+
+// noteRefusal records that node i of nodes said, in an extension round,
+// that it no longer has the key: the watchdog repairs it after the next
+// won round, if this one's wait had been decided without its answer.
+func (l *lease) noteRefusal(i, nodes int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.refusedBy = setBit(l.refusedBy, i, nodes)
+}
+
+// takeRefusals returns the nodes noteRefusal recorded, and forgets them.
+func (l *lease) takeRefusals() []bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	refused := l.refusedBy
+	l.refusedBy = nil
+	return refused
 }
 
 // finalRelease is a lease's release on every node, made once: by its

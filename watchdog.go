@@ -259,7 +259,8 @@ func (w *watchdog) extendRound(batch []*dueEntry, start time.Time) ([]tally, out
 	// A call is sent again only while every lock it names is held: the
 	// copy would extend them all. The first send goes out regardless: a
 	// lease that ended meanwhile waits for this round before its release.
-	r := launch(c, context.Background(), roundSpec[[]bool]{call: call, timeout: timeout, start: start, resendLive: &leases})
+	r := launch(c, context.Background(), roundSpec[[]bool]{call: call, timeout: timeout, start: start, resendLive: &leases,
+		heard: refusalsHeard{batch: batch, nodes: len(c.nodes)}})
 	out := r.wait(context.Background(), func(i int, rep reply[[]bool], pendingHung int) bool {
 		undecided := 0
 		var now time.Time // read once per reply, for the locks it decides
@@ -304,8 +305,9 @@ func (w *watchdog) apply(e *dueEntry, t tally, start time.Time) bool {
 			return true
 		}
 		observeExtension(l, t, start, ExtendOK)
-		if t.refusedBy != nil && l.spec.repair {
-			w.repair(l, until, t.refusedBy)
+		refused := orBits(t.refusedBy, l.takeRefusals())
+		if refused != nil && l.spec.repair {
+			w.repair(l, until, refused)
 		}
 		w.reschedule(e, start.Add(interval), false)
 	case t.refused >= quorum(nodes):
@@ -318,6 +320,41 @@ func (w *watchdog) apply(e *dueEntry, t tally, start time.Time) bool {
 		return false
 	}
 	return true
+}
+
+// refusalsHeard notes, on each lease of an extension round, the nodes that
+// say they no longer have its key, whenever their answers come: the round's
+// wait stops at a quorum, so a node that lost a key and always answers last
+// would otherwise never be repaired. apply repairs what was noted after the
+// next won round.
+type refusalsHeard struct {
+	batch []*dueEntry
+	nodes int
+}
+
+func (h refusalsHeard) heard(n *node, rep reply[[]bool], _, _ bool) {
+	if !rep.ok {
+		return
+	}
+	for j, extended := range rep.value {
+		if !extended && j < len(h.batch) {
+			h.batch[j].l.noteRefusal(n.index, h.nodes)
+		}
+	}
+}
+
+// orBits returns the nodes in a or b, or nil if there are none.
+func orBits(a, b []bool) []bool {
+	if b == nil {
+		return a
+	}
+	if a == nil {
+		return b
+	}
+	for i, bit := range b {
+		a[i] = a[i] || bit
+	}
+	return a
 }
 
 // allHeld says whether every lease of an extension round is still held.

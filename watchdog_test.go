@@ -520,3 +520,32 @@ func TestRepairWaitsDespiteHungNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A node that lost the key and always answers after the quorum has decided
+// the extension round is repaired all the same: its refusal counts when it
+// comes, at the next round at the latest. Node 0's extension replies come
+// 100ms late, after nodes 1 and 2 decide every round.
+func TestRepairOfANodeThatAnswersLast(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 31)
+	c := newClient(t, clients, WithTTL(900*time.Millisecond), WithNodeTimeout(400*time.Millisecond))
+	warm(t, c)
+	m := c.NewMutex("repair-last")
+	if _, err := m.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "all grants", func() bool { return keysOn(mrs, m.key) == 3 })
+	hooks[0].add(&fault{match: isKind("extend"), after: 100 * time.Millisecond})
+	mrs[0].Del(m.key)
+	start := time.Now()
+	// Extensions come every TTL/3, 300ms: four rounds.
+	for !mrs[0].Exists(m.key) {
+		if time.Since(start) > 1200*time.Millisecond {
+			t.Fatalf("node 0 not repaired within %v; its refusals came after each round's quorum", time.Since(start))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("node 0 repaired %v after it lost the key", time.Since(start))
+	if err := m.UnlockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+}
