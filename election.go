@@ -223,7 +223,8 @@ func (t *Term) Context() context.Context { return t.held }
 // has seen can turn away a leader that was deposed.
 func (t *Term) Number() uint64 { return t.number }
 
-// Value returns the value the leader last proclaimed, or campaigned with.
+// Value returns the value of the last Proclaim that returned nil, or the
+// one the leader campaigned with.
 func (t *Term) Value() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -237,7 +238,10 @@ func (t *Term) Value() string {
 // ErrLockLost. If a quorum of masters says that the term has lapsed, its
 // error wraps ErrLockLost; if too few answered, it wraps ErrNoQuorum with
 // their errors, and readers may see either value until the next Proclaim
-// succeeds. It panics if ctx is nil.
+// succeeds, or until repairs of masters that lost the term carry the value
+// of this one, the latest, to them. A Proclaim under way when the term
+// reaches its maximum hold may still land while the masters keep the term
+// (WithMaxHold), and then returns nil. It panics if ctx is nil.
 func (t *Term) Proclaim(ctx context.Context, value string) error {
 	mustContext(ctx)
 	t.mu.Lock()
@@ -251,12 +255,16 @@ func (t *Term) Proclaim(ctx context.Context, value string) error {
 	}
 	defer c.exitCall()
 	t.proclamation++
+	// Repairs write this record from now on, whatever the outcome: a
+	// Proclaim that fails may have reached some masters, and readers of
+	// those must not see the term's value go back once others are
+	// repaired.
+	t.proclaimed.Store(&proclaimedRecord{t.proclamation, value})
 	out := fanOut(c, ctx, t.e.lock.spec.nodeTimeout, t.e.record(t.l.value, t.number, t.proclamation, value))
 	nodes := len(c.nodes)
 	switch {
 	case out.won:
 		t.value = value
-		t.proclaimed.Store(&proclaimedRecord{t.proclamation, value})
 		return nil
 	case out.refusals >= quorum(nodes):
 		// The quorum says the term is over, as an extension would find:
@@ -410,19 +418,20 @@ func (e *Election) read() nodeCall[leaderRead] {
 // Leader reads who leads the election from the masters: the value and term
 // that a quorum of them holds, with the TTL the quorum confirms. It returns
 // ErrNoLeader when no candidate holds a quorum, or a candidate that holds
-// one has not written its record yet. It returns as soon as either is
-// certain, after each node's answer or the node timeout; a node that
-// failed counts as one that may hold the term, and if too few answered to
-// be certain, or ctx ended first, it returns their errors.
+// one has not written its record on a quorum yet. It returns as soon as
+// either is certain, after each node's answer or the node timeout; a node
+// that failed counts as one that may hold the term, and if too few
+// answered to be certain, or ctx ended first, it returns their errors.
 //
 // The masters record a term in the round that writes its number, before
 // its Campaign returns: a reader may see the term a moment before its
 // leader does, and, if that Campaign then fails (its round was cut short
 // by ctx, or took longer than the TTL allows), a term that nobody held,
 // until the failed attempt's release, which deletes the record, or its
-// TTL. No Term has that number unless a later Campaign takes it (the
-// failed round may not have raised a quorum's counters), so a resource
-// fenced with term numbers is not misled. It panics if ctx is nil.
+// TTL. No later term takes that number, since the record round raised the
+// counters of a quorum, so a resource fenced with term numbers is not
+// misled. A record on fewer masters than a quorum makes no leader: a later
+// Campaign may take its number. It panics if ctx is nil.
 func (e *Election) Leader(ctx context.Context) (Leader, error) {
 	mustContext(ctx)
 	state, err := e.leader(ctx)
@@ -466,10 +475,12 @@ func (e *Election) leader(ctx context.Context) (reading, error) {
 		}
 		// A node that failed may hold the term as well as one that has not
 		// answered: nobody leads only if the nodes read say so even were
-		// every other node the holder's.
-		most, _ := mostCommon(holders)
+		// every other node the holder's, with its record.
+		most, holder := mostCommon(holders)
+		recorded := recordedBy(reads, holder)
 		unknown := nodes - len(reads)
-		decided = most >= quorum(nodes) || (len(reads) >= quorum(nodes) && most+unknown < quorum(nodes))
+		q := quorum(nodes)
+		decided = recorded >= q || (len(reads) >= q && (most+unknown < q || recorded+unknown < q))
 		return decided || unanswered == 0
 	})
 	if !decided {
@@ -493,7 +504,11 @@ func leaderOf(reads []leaderRead, nodes int) (reading, error) {
 		holders[i] = rd.holder
 	}
 	most, holder := mostCommon(holders)
-	if most < quorum(nodes) {
+	if most < quorum(nodes) || recordedBy(reads, holder) < quorum(nodes) {
+		// No term, or one that has not begun: its record is on fewer
+		// than a quorum, as a Campaign's attempt leaves it before its
+		// record round has reached a quorum, or after that round
+		// failed (its term number may even be taken again).
 		return reading{}, ErrNoLeader
 	}
 	var best leaderRecord
@@ -512,6 +527,18 @@ func leaderOf(reads []leaderRead, nodes int) (reading, error) {
 	}
 	slices.Sort(ttls)
 	return reading{Leader{Value: best.value, Term: best.term, TTL: ttls[len(ttls)-quorum(nodes)]}, best.proclamation}, nil
+}
+
+// recordedBy counts the reads in which holder holds the lock and has its
+// record.
+func recordedBy(reads []leaderRead, holder string) int {
+	n := 0
+	for _, rd := range reads {
+		if holder != "" && rd.holder == holder && rd.record.holder == holder {
+			n++
+		}
+	}
+	return n
 }
 
 // Observe returns a channel that receives the election's state: the
