@@ -444,8 +444,13 @@ func TestLeaderOfReads(t *testing.T) {
 		{"split", []leaderRead{{holder: "rl:A", record: rec(1, 1, "rl:A", "a")}, {holder: "rl:B", record: rec(2, 1, "rl:B", "b")}}, Leader{}, ErrNoLeader},
 		{"a quorum", []leaderRead{
 			{holder: "rl:A", record: rec(3, 1, "rl:A", "a"), ttl: 5 * time.Second},
-			{holder: "rl:A", ttl: 4 * time.Second},
+			{holder: "rl:A", record: rec(3, 1, "rl:A", "a"), ttl: 4 * time.Second},
 		}, Leader{Value: "a", Term: 3, TTL: 4 * time.Second}, nil},
+		// A failed attempt's record round, or one not finished yet.
+		{"a record on fewer than a quorum", []leaderRead{
+			{holder: "rl:A", record: rec(3, 1, "rl:A", "a"), ttl: 5 * time.Second},
+			{holder: "rl:A", ttl: 4 * time.Second},
+		}, Leader{}, ErrNoLeader},
 		{"the latest proclamation", []leaderRead{
 			{holder: "rl:A", record: rec(3, 1, "rl:A", "a"), ttl: time.Second},
 			{holder: "rl:A", record: rec(3, 2, "rl:A", "b"), ttl: time.Second},
