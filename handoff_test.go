@@ -1,6 +1,7 @@
 package redlock
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -107,6 +108,166 @@ func TestStaleWakeUpCopyCostsNoAttempt(t *testing.T) {
 	b.Unlock()
 	if err := <-got; err != nil {
 		t.Fatal(err)
+	}
+	w.Unlock()
+}
+
+// A waiter that wins by polling is still queued on every node: once
+// LockContext has returned, Status, from any process, counts it no more.
+// Its leave takes 300ms to reach the servers, as over a slow link. (Failed
+// first when the winner's leave was not waited for.)
+func TestPollWinnerIsNotAWaiterOnceLockReturns(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	hc := newClient(t, clients)
+	h := hc.NewMutex("r1")
+	if _, err := h.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	own, hooks := hookedClients(t, mrs)
+	wc := newClient(t, own, WithRetryDelay(20*time.Millisecond), WithRetryJitter(0))
+	w := wc.NewMutex("r1")
+	got := async(func() error { _, err := w.LockContext(t.Context()); return err })
+	waitFor(t, "w to queue", func() bool { return queuedOn(mrs[0], h.key+queueSuffix, wc) })
+	settle(t, wc.nodes)
+	for _, hk := range hooks {
+		hk.add(&fault{match: isKind("enqueue"), before: 300 * time.Millisecond})
+	}
+	for _, mr := range mrs { // the holder's process died; its key expired
+		mr.Del(h.key)
+	}
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("w did not take the freed lock")
+	}
+	st, err := h.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine, err := w.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Waiters != 0 || mine.Waiters != 0 {
+		t.Errorf("after w's LockContext returned: Status() = %+v (other client), %+v (holder); want 0 waiters: nobody waits", st, mine)
+	}
+	w.Unlock()
+}
+
+// Two waiters whose joins crossed: w heads node 0's queue, v nodes 1 and
+// 2. h's release wakes w from node 0 alone and w wins (v's attempt is held
+// back); w is still queued on nodes 1 and 2, a quorum, and must leave them,
+// or Status counts it while it holds the lock. (Failed first: Status said
+// 2 waiters.)
+func TestWokenWinnerLeavesWhereItWasNotHead(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	hc := newClient(t, clients)
+	h := hc.NewMutex("r7")
+	if _, err := h.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	queue := h.key + queueSuffix
+	wc := newClient(t, clients, WithRetryDelay(2*time.Second), WithRetryJitter(0))
+	w := wc.NewMutex("r7")
+	gotW := async(func() error { _, err := w.LockContext(t.Context()); return err })
+	waitFor(t, "w to queue", func() bool { return queuedOn(mrs[0], queue, wc) && queuedOn(mrs[1], queue, wc) && queuedOn(mrs[2], queue, wc) })
+	vown, vhooks := hookedClients(t, mrs)
+	vc := newClient(t, vown, WithRetryDelay(2*time.Second), WithRetryJitter(0))
+	v := vc.NewMutex("r7")
+	gotV := async(func() error { _, err := v.LockContext(t.Context()); return err })
+	waitFor(t, "v to queue", func() bool { return queuedOn(mrs[0], queue, vc) && queuedOn(mrs[1], queue, vc) && queuedOn(mrs[2], queue, vc) })
+	settle(t, wc.nodes)
+	settle(t, vc.nodes)
+	// Their joins crossed on nodes 1 and 2: v is ahead there.
+	for _, mr := range mrs[1:] {
+		l, _ := mr.List(queue)
+		if len(l) != 2 {
+			t.Fatalf("queue %v", l)
+		}
+		mr.Del(queue)
+		mr.Push(queue, l[1], l[0])
+	}
+	for _, hk := range vhooks {
+		hk.add(&fault{match: isKind("acquire"), before: 200 * time.Millisecond, times: 1})
+	}
+	h.Unlock()
+	if err := <-gotW; err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(400 * time.Millisecond) // v's attempt loses; v queues again
+	settle(t, wc.nodes)
+	settle(t, vc.nodes)
+	st, err := h.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Waiters != 1 {
+		for i, mr := range mrs {
+			t.Logf("node %d queue: %v", i, queueOf(mr, "r7"))
+		}
+		t.Errorf("Status() = %+v while w holds the lock and only v waits; want 1 waiter", st)
+	}
+	w.Unlock()
+	if err := <-gotV; err != nil {
+		t.Fatal(err)
+	}
+	v.Unlock()
+}
+
+// A contender whose attempt's keys landed on every node, but whose replies
+// came too late for its ctx, looks like a holder to the waiter its keys
+// met: that waiter queues and sleeps for a holder's release. Undoing the
+// keys must wake it, or it sleeps a full poll with the lock free. (Failed
+// first: w took the lock 2s after h's release.)
+func TestAbandonedAttemptWakesTheWaiterItStalled(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	h := newClient(t, clients).NewMutex("r5")
+	if _, err := h.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	wc := newClient(t, clients, WithRetryDelay(200*time.Millisecond), WithRetryJitter(0))
+	w := wc.NewMutex("r5")
+	got := async(func() error { _, err := w.LockContext(t.Context()); return err })
+	waitFor(t, "w to queue", func() bool {
+		for _, mr := range mrs {
+			if !queuedOn(mr, h.key+queueSuffix, wc) {
+				return false
+			}
+		}
+		return true
+	})
+	settle(t, wc.nodes)
+	xown, xhooks := hookedClients(t, mrs)
+	xc := newClient(t, xown, WithNodeTimeout(time.Second))
+	x := xc.NewMutex("r5")
+	warmX, warmed := context.WithTimeout(t.Context(), time.Second)
+	x.TryLockContext(warmX) // loads the scripts; refused: h holds
+	warmed()
+	for _, hk := range xhooks {
+		hk.add(&fault{match: isKind("acquire"), after: 500 * time.Millisecond})
+	}
+	h.Unlock() // wakes w
+	released := time.Now()
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := x.TryLockContext(ctx); err == nil {
+		t.Fatal("x got the lock")
+	}
+	// x gives up at 300ms and releases its grants at once, waking nobody.
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("w took the lock %v after h's release", time.Since(released))
+		if d := time.Since(released); d > time.Second {
+			t.Errorf("w, at the head of the queue, took the lock %v after h's release, ~%v after x gave up: it waited for a poll", d, d-300*time.Millisecond)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("w did not take the lock")
 	}
 	w.Unlock()
 }

@@ -199,15 +199,17 @@ func (l *lease) remember(n *node) {
 	n.remember(l.spec.kind.forgetting(), l.value, l.spec.nodeTimeout)
 }
 
-// undoOn releases the lease's key on n, from n's goroutine, without waking
-// a waiter: the lock was not released by a holder, and a waiter queued
-// behind a real holder must not be woken by it. If the release gets no
-// answer, or an error, the key is remembered, to be released again once n
-// answers.
+// undoOn releases the lease's key on n, from n's goroutine, and where it
+// deletes the key wakes the next live waiter there, as a release does: a
+// waiter whose queue call met the key, on a quorum perhaps, sleeps as
+// behind a holder, whose release it waits for. Where another holder has
+// the lock, the waiter woken loses one attempt and queues again at the
+// front. If the release gets no answer, or an error, the key is
+// remembered, to be released again once n answers.
 func (l *lease) undoOn(n *node) {
 	ctx, cancel := context.WithTimeout(context.Background(), l.spec.nodeTimeout)
 	defer cancel()
-	if rep := l.spec.kind.release(l.value, "", false)(ctx, n, nil); rep.err != nil {
+	if rep := l.spec.kind.release(l.value, "", true)(ctx, n, nil); rep.err != nil {
 		n.failed(rep.err)
 		l.remember(n)
 	}

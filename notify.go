@@ -73,6 +73,9 @@ type listener struct {
 	C      chan struct{}
 	waiter string
 	n      *notifier
+	// from: the nodes whose wake-ups came since the last take, each of
+	// which took the waiter out of its queue to wake it. Guarded by n.mu.
+	from []bool
 }
 
 // waiterSeparator ends a Client's id in its waiters' ids; the release script
@@ -131,14 +134,31 @@ func (n *notifier) listen(waiter string) *listener {
 }
 
 // take takes the pending wake-up, if there is one, and reports whether
-// there was.
+// there was. It forgets the nodes the wake-ups came from: the waiter is
+// about to join their queues again.
 func (l *listener) take() bool {
+	l.n.mu.Lock()
+	l.from = nil
+	l.n.mu.Unlock()
 	select {
 	case <-l.C:
 		return true
 	default:
 		return false
 	}
+}
+
+// wokenBy counts the nodes whose wake-ups came since the last take.
+func (l *listener) wokenBy() int {
+	l.n.mu.Lock()
+	defer l.n.mu.Unlock()
+	count := 0
+	for _, bit := range l.from {
+		if bit {
+			count++
+		}
+	}
+	return count
 }
 
 // unregister stops passing wake-ups to the waiter.
@@ -314,7 +334,7 @@ func (n *notifier) heard(sub *subscription, msg any) {
 			n.tell(msg.Channel)
 			return
 		}
-		n.wake(msg.Payload)
+		n.wake(msg.Payload, sub.node.index)
 	default: // a PING's answer
 		n.update(sub, func(s *subscription) { s.silent = false })
 	}
@@ -398,14 +418,15 @@ func (l *listener) ready(ctx context.Context, timeout time.Duration) bool {
 	}
 }
 
-// wake passes a wake-up to the listener of the waiter it names.
-func (n *notifier) wake(waiter string) {
+// wake passes a wake-up from node to the listener of the waiter it names.
+func (n *notifier) wake(waiter string, node int) {
 	if !strings.HasPrefix(waiter, n.id+waiterSeparator) {
 		return
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if l := n.listeners[waiter]; l != nil {
+		l.from = setBit(l.from, node, len(n.client.nodes))
 		select {
 		case l.C <- struct{}{}:
 		default: // a wake-up is already pending

@@ -131,7 +131,11 @@ type waiter struct {
 	// joins counts its joins. After more than one, a message that names
 	// it may be a stale copy of an earlier release's (one per node), sent
 	// before it joined again: it may still be in the queue.
-	joins    int
+	joins int
+	// strict: a winner leaves the queue unless it was woken by every node
+	// after its only join (a Semaphore's, whose other holders' releases
+	// would wake it where it is still queued; see close).
+	strict   bool
 	retried  bool  // the last attempt was made at once, without waiting
 	logged   bool  // a node error of this wait was logged at Warn
 	last     error // the last attempt's error
@@ -379,22 +383,37 @@ func (w *waiter) await(delay time.Duration) bool {
 }
 
 // close leaves the queue and stops listening. A waiter that gives up
-// leaves, and so does one that acquired the lock while still queued (it did
-// not win right after a wake-up, whose release took it out), so that
-// Status does not count it and other holders' releases do not wake it. The
-// nodes, not what the waiter heard, say whether a release woke it: a
-// wake-up may still be on its way, and one it did not use (it gave up, or
-// won a permit without it) is passed on to the next live waiter. Only a
-// waiter that joined once and won after a wake-up skips the leave: that
-// wake-up came from a release after its one join, which took it out.
+// leaves, and so does one that acquired the lock while still queued, so
+// that Status does not count it and other holders' releases do not wake
+// it. The nodes, not what the waiter heard, say whether a release woke it:
+// a wake-up may still be on its way, and one it did not use (it gave up, or
+// won a permit without it) is passed on to the next live waiter.
+//
+// A winner that was woken skips the leave where no node can still have it
+// queued: a Mutex's (or an Election's) winner woken by a quorum of nodes
+// since it last joined, each of which took it out of its queue to wake it
+// (the others count for no quorum of Status, and its release takes its id
+// out there); a Semaphore's only if, besides, it joined once, since other
+// holders' releases would wake it where it is still queued, and a copy of
+// an earlier release's wake-up, sent before it joined again, cannot be
+// told from a new one.
 func (w *waiter) close(acquired bool) {
 	if w.listener == nil {
 		return
 	}
-	if !acquired || w.joined || w.joins > 1 {
+	if !acquired || w.joined || !w.poppedEverywhere() {
 		w.lock.leaveQueue(w.id, acquired)
 	}
 	w.listener.unregister()
+}
+
+// poppedEverywhere says whether a woken winner may skip its leave (see
+// close).
+func (w *waiter) poppedEverywhere() bool {
+	if w.strict {
+		return w.joins == 1 && w.listener.wokenBy() == len(w.client.nodes)
+	}
+	return w.listener.wokenBy() >= quorum(len(w.client.nodes))
 }
 
 // joinQueue puts waiter in the lock's queue (or keeps it there) on the
@@ -446,22 +465,18 @@ func mostCommon(values []string) (count int, value string) {
 	return count, value
 }
 
-// leaveQueue takes a waiter out of the queue. One that gave up passes on
-// the wake-ups that releases sent it (see leaveCall), and waits for a
-// quorum at most; the other nodes finish in the background. A winner holds
-// the lock: every wake-up it was sent is used, since a release of the
-// lock's is what it won, and passing one on would only send the next
-// waiter into an attempt that must lose. It leaves so that Status does not
-// count it, and nothing waits for that: the calls are on their way to the
-// nodes when it returns, and the holder's release takes its id out anyway.
+// leaveQueue takes a waiter out of the queue, waiting for a quorum at
+// most; the other nodes finish in the background. One that gave up passes
+// on the wake-ups that releases sent it (see leaveCall). A winner holds the
+// lock: every wake-up it was sent is used, since a release of the lock's is
+// what it won, and passing one on would only send the next waiter into an
+// attempt that must lose.
 func (m *Mutex) leaveQueue(waiter string, won bool) {
-	ctx := context.Background()
-	if won {
-		call := m.kind.dequeue(waiter, m.retry.queueTTL())
-		launch(m.client, ctx, roundSpec[none]{call: call, timeout: m.spec.nodeTimeout, anyNode: true})
-		return
-	}
 	call := m.kind.leave(waiter, m.retry.aliveTTL(), m.retry.queueTTL())
+	if won {
+		call = m.kind.dequeue(waiter, m.retry.queueTTL())
+	}
+	ctx := context.Background()
 	launch(m.client, ctx, roundSpec[none]{call: call, timeout: m.spec.nodeTimeout, anyNode: true}).wait(ctx, nil)
 }
 
