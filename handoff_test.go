@@ -173,12 +173,16 @@ func TestWokenWinnerLeavesWhereItWasNotHead(t *testing.T) {
 	wc := newClient(t, clients, WithRetryDelay(2*time.Second), WithRetryJitter(0))
 	w := wc.NewMutex("r7")
 	gotW := async(func() error { _, err := w.LockContext(t.Context()); return err })
-	waitFor(t, "w to queue", func() bool { return queuedOn(mrs[0], queue, wc) && queuedOn(mrs[1], queue, wc) && queuedOn(mrs[2], queue, wc) })
+	waitFor(t, "w to queue", func() bool {
+		return queuedOn(mrs[0], queue, wc) && queuedOn(mrs[1], queue, wc) && queuedOn(mrs[2], queue, wc)
+	})
 	vown, vhooks := hookedClients(t, mrs)
 	vc := newClient(t, vown, WithRetryDelay(2*time.Second), WithRetryJitter(0))
 	v := vc.NewMutex("r7")
 	gotV := async(func() error { _, err := v.LockContext(t.Context()); return err })
-	waitFor(t, "v to queue", func() bool { return queuedOn(mrs[0], queue, vc) && queuedOn(mrs[1], queue, vc) && queuedOn(mrs[2], queue, vc) })
+	waitFor(t, "v to queue", func() bool {
+		return queuedOn(mrs[0], queue, vc) && queuedOn(mrs[1], queue, vc) && queuedOn(mrs[2], queue, vc)
+	})
 	settle(t, wc.nodes)
 	settle(t, vc.nodes)
 	// Their joins crossed on nodes 1 and 2: v is ahead there.
