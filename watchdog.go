@@ -260,7 +260,7 @@ func (w *watchdog) extendRound(batch []*dueEntry, start time.Time) ([]tally, out
 	// copy would extend them all. The first send goes out regardless: a
 	// lease that ended meanwhile waits for this round before its release.
 	r := launch(c, context.Background(), roundSpec[[]bool]{call: call, timeout: timeout, start: start, resendLive: &leases,
-		heard: refusalsHeard{batch: batch, nodes: len(c.nodes)}})
+		heard: refusalsHeard{leases: leases, nodes: len(c.nodes)}})
 	out := r.wait(context.Background(), func(i int, rep reply[[]bool], pendingHung int) bool {
 		undecided := 0
 		var now time.Time // read once per reply, for the locks it decides
@@ -327,9 +327,11 @@ func (w *watchdog) apply(e *dueEntry, t tally, start time.Time) bool {
 // wait stops at a quorum, so a node that lost a key and always answers last
 // would otherwise never be repaired. apply repairs what was noted after the
 // next won round.
+// It holds the leases, not the entries, which the watchdog reuses for other
+// leases once a round is applied.
 type refusalsHeard struct {
-	batch []*dueEntry
-	nodes int
+	leases []*lease
+	nodes  int
 }
 
 func (h refusalsHeard) heard(n *node, rep reply[[]bool], _, _ bool) {
@@ -337,8 +339,8 @@ func (h refusalsHeard) heard(n *node, rep reply[[]bool], _, _ bool) {
 		return
 	}
 	for j, extended := range rep.value {
-		if !extended && j < len(h.batch) {
-			h.batch[j].l.noteRefusal(n.index, h.nodes)
+		if !extended && j < len(h.leases) {
+			h.leases[j].noteRefusal(n.index, h.nodes)
 		}
 	}
 }

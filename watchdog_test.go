@@ -549,3 +549,36 @@ func TestRepairOfANodeThatAnswersLast(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A refusal that comes after its extension round was applied is noted on
+// its own lease, not on whichever lease the watchdog's entry serves by then:
+// a's late refusal from node 0 must not repair b there. (Failed first, with
+// a data race on the entry, and a repair sent for b.)
+func TestLateRefusalIsNotedOnItsOwnLease(t *testing.T) {
+	mrs, clients, hooks := faultyServers(t, 3, 41)
+	c := newClient(t, clients, WithTTL(900*time.Millisecond), WithNodeTimeout(400*time.Millisecond))
+	warm(t, c)
+	a := c.NewMutex("late-a")
+	if _, err := a.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a's grants", func() bool { return keysOn(mrs, a.key) == 3 })
+	first := a.Until()
+	hooks[0].add(&fault{match: isKind("extend"), after: 300 * time.Millisecond, times: 1})
+	mrs[0].Del(a.key)
+	waitFor(t, "a's first extension", func() bool { return a.Until().After(first) })
+	if err := a.UnlockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	b := c.NewMutex("late-b")
+	if _, err := b.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b's grants", func() bool { return keysOn(mrs, b.key) == 3 })
+	// a's refusal comes back, then b's next two extension rounds run.
+	time.Sleep(800 * time.Millisecond)
+	for _, call := range hooks[0].sent(isRepair) {
+		t.Errorf("repair of %v sent to node 0, which never lost b's key", call.values)
+	}
+	b.Unlock()
+}
