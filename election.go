@@ -418,20 +418,19 @@ func (e *Election) read() nodeCall[leaderRead] {
 // Leader reads who leads the election from the masters: the value and term
 // that a quorum of them holds, with the TTL the quorum confirms. It returns
 // ErrNoLeader when no candidate holds a quorum, or a candidate that holds
-// one has not written its record on a quorum yet. It returns as soon as
-// either is certain, after each node's answer or the node timeout; a node
-// that failed counts as one that may hold the term, and if too few
-// answered to be certain, or ctx ended first, it returns their errors.
+// one has not written its record yet. It returns as soon as either is
+// certain, after each node's answer or the node timeout; a node that
+// failed counts as one that may hold the term, and if too few answered to
+// be certain, or ctx ended first, it returns their errors.
 //
 // The masters record a term in the round that writes its number, before
 // its Campaign returns: a reader may see the term a moment before its
 // leader does, and, if that Campaign then fails (its round was cut short
 // by ctx, or took longer than the TTL allows), a term that nobody held,
 // until the failed attempt's release, which deletes the record, or its
-// TTL. No later term takes that number, since the record round raised the
-// counters of a quorum, so a resource fenced with term numbers is not
-// misled. A record on fewer masters than a quorum makes no leader: a later
-// Campaign may take its number. It panics if ctx is nil.
+// TTL. No Term has that number unless a later Campaign takes it (the
+// failed round may not have raised a quorum's counters), so a resource
+// fenced with term numbers is not misled. It panics if ctx is nil.
 func (e *Election) Leader(ctx context.Context) (Leader, error) {
 	mustContext(ctx)
 	state, err := e.leader(ctx)
@@ -443,6 +442,7 @@ func (e *Election) Leader(ctx context.Context) (Leader, error) {
 type reading struct {
 	Leader
 	proclamation uint64
+	holder       string // the lock's value: it tells apart terms of one number
 }
 
 // leader is Leader, with the proclamation read.
@@ -475,12 +475,10 @@ func (e *Election) leader(ctx context.Context) (reading, error) {
 		}
 		// A node that failed may hold the term as well as one that has not
 		// answered: nobody leads only if the nodes read say so even were
-		// every other node the holder's, with its record.
-		most, holder := mostCommon(holders)
-		recorded := recordedBy(reads, holder)
+		// every other node the holder's.
+		most, _ := mostCommon(holders)
 		unknown := nodes - len(reads)
-		q := quorum(nodes)
-		decided = recorded >= q || (len(reads) >= q && (most+unknown < q || recorded+unknown < q))
+		decided = most >= quorum(nodes) || (len(reads) >= quorum(nodes) && most+unknown < quorum(nodes))
 		return decided || unanswered == 0
 	})
 	if !decided {
@@ -504,11 +502,7 @@ func leaderOf(reads []leaderRead, nodes int) (reading, error) {
 		holders[i] = rd.holder
 	}
 	most, holder := mostCommon(holders)
-	if most < quorum(nodes) || recordedBy(reads, holder) < quorum(nodes) {
-		// No term, or one that has not begun: its record is on fewer
-		// than a quorum, as a Campaign's attempt leaves it before its
-		// record round has reached a quorum, or after that round
-		// failed (its term number may even be taken again).
+	if most < quorum(nodes) {
 		return reading{}, ErrNoLeader
 	}
 	var best leaderRecord
@@ -526,19 +520,7 @@ func leaderOf(reads []leaderRead, nodes int) (reading, error) {
 		return reading{}, ErrNoLeader // its term has not begun
 	}
 	slices.Sort(ttls)
-	return reading{Leader{Value: best.value, Term: best.term, TTL: ttls[len(ttls)-quorum(nodes)]}, best.proclamation}, nil
-}
-
-// recordedBy counts the reads in which holder holds the lock and has its
-// record.
-func recordedBy(reads []leaderRead, holder string) int {
-	n := 0
-	for _, rd := range reads {
-		if holder != "" && rd.holder == holder && rd.record.holder == holder {
-			n++
-		}
-	}
-	return n
+	return reading{Leader{Value: best.value, Term: best.term, TTL: ttls[len(ttls)-quorum(nodes)]}, best.proclamation, holder}, nil
 }
 
 // Observe returns a channel that receives the election's state: the
@@ -625,7 +607,10 @@ func (e *Election) observe(ctx context.Context, states chan<- Leader, w *watch) 
 // Proclaim is under way may or may not hold a master that has its record;
 // the older of the two is not sent after the newer. The latest is sent
 // again after nobody led: a term that lost its quorum for a while (a node
-// restarted) and won it back by repair is the masters' leader again.
+// restarted) and won it back by repair is the masters' leader again. A term
+// of the number of the latest but of another holder is another term: a
+// failed Campaign's attempt, read before its release, left a record with
+// a number that a later Campaign took again.
 func newer(state, last reading, sent bool, highest reading) bool {
 	switch {
 	case !sent:
@@ -634,6 +619,8 @@ func newer(state, last reading, sent bool, highest reading) bool {
 		return last.Term != 0
 	case state.Term != highest.Term:
 		return state.Term > highest.Term
+	case state.holder != highest.holder:
+		return true
 	case state.proclamation != highest.proclamation:
 		return state.proclamation > highest.proclamation
 	}
