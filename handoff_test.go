@@ -275,3 +275,70 @@ func TestAbandonedAttemptWakesTheWaiterItStalled(t *testing.T) {
 	}
 	w.Unlock()
 }
+
+// A release's wake-up copies from nodes 1 and 2 come 300ms late, after w
+// lost its attempt (to another holder) and joined again at the front of
+// every queue: they are stale, and w, winning later, must still leave the
+// queue, or Status counts it once LockContext has returned.
+func TestStaleCopiesAfterARejoinDoNotLetAWinnerStayQueued(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	hc := newClient(t, clients)
+	h := hc.NewMutex("zz-stale")
+	if _, err := h.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	queue := h.key + queueSuffix
+	own, hooks := hookedClientsHearingLate(t, mrs, 300*time.Millisecond, 1, 2)
+	wc := newClient(t, own, WithRetryDelay(2*time.Second), WithRetryJitter(0), WithNodeTimeout(time.Second))
+	w := wc.NewMutex("zz-stale")
+	got := async(func() error { _, err := w.LockContext(t.Context()); return err })
+	waitFor(t, "w to queue", func() bool {
+		return queuedOn(mrs[0], queue, wc) && queuedOn(mrs[1], queue, wc) && queuedOn(mrs[2], queue, wc)
+	})
+	settle(t, wc.nodes)
+	time.Sleep(400 * time.Millisecond) // the subscriptions' late confirmations
+	for _, hk := range hooks {
+		hk.add(&fault{match: isKind("acquire"), before: 100 * time.Millisecond, times: 1})
+	}
+	enqueues := len(hooks[0].sent(isKind("enqueue")))
+	h.Unlock() // pops w on every node
+	unlocked := time.Now()
+	// Another holder takes the lock before w's attempt runs.
+	for _, mr := range mrs {
+		mr.Set(h.key, valuePrefix+"OTHERHOLDER")
+		mr.SetTTL(h.key, 10*time.Second)
+	}
+	waitFor(t, "w to lose and join again", func() bool { return len(hooks[0].sent(isKind("enqueue"))) > enqueues })
+	settle(t, wc.nodes)
+	for _, hk := range hooks { // w's next attempt, on a slow link
+		hk.add(&fault{match: isKind("acquire"), before: 50 * time.Millisecond, times: 1})
+	}
+	for _, mr := range mrs { // the other holder's process died
+		mr.Del(h.key)
+	}
+	t.Logf("deleted at %v", time.Since(unlocked))
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("w did not take the lock")
+	}
+	t.Logf("won at %v", time.Since(unlocked))
+	settle(t, wc.nodes)
+	st, err := h.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Waiters != 0 {
+		for _, c := range hooks[0].sent(isKind("acquire", "enqueue")) {
+			t.Logf("node 0 %s at %v -> %s", c.kind, c.at.Sub(unlocked), c.result)
+		}
+		for i, mr := range mrs {
+			t.Logf("node %d queue: %v", i, queueOf(mr, "zz-stale"))
+		}
+		t.Errorf("Status() = %+v once w's LockContext returned and its calls settled; want 0 waiters: nobody waits", st)
+	}
+	w.Unlock()
+}

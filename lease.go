@@ -78,9 +78,12 @@ type lease struct {
 	stoppedAt time.Time   // when it stopped being held
 	timer     *leaseTimer // its expiry timer, while held
 	cancel    context.CancelCauseFunc
-	unsure    []bool    // nodes where a repair may have landed unseen
-	refusedBy []bool    // nodes that said in an extension round that they lost the key, to repair
-	limit     time.Time // end of the maximum hold, or zero
+	unsure    []bool // nodes where a repair may have landed unseen
+	refusedBy []bool // nodes that said in an extension round that they lost the key, to repair
+	// wakeOnUndo: the attempt, abandoned, may have had its key on a
+	// quorum; undoing its grants wakes waiters (see abandon).
+	wakeOnUndo bool
+	limit      time.Time // end of the maximum hold, or zero
 	// releaseEarly is closed when the final release begins, if it was put
 	// off until the validity ends (see lose).
 	releaseEarly chan struct{}
@@ -171,7 +174,10 @@ func (g *granting) heard(n *node, rep reply[uint64], late, won bool) {
 		l.remember(n)
 		return
 	}
-	l.undoOn(n)
+	l.mu.Lock()
+	wake := l.wakeOnUndo
+	l.mu.Unlock()
+	l.undoOn(n, wake)
 	if maybeRan(rep.err) {
 		l.remember(n) // the grant itself may land later
 	}
@@ -199,17 +205,14 @@ func (l *lease) remember(n *node) {
 	n.remember(l.spec.kind.forgetting(), l.value, l.spec.nodeTimeout)
 }
 
-// undoOn releases the lease's key on n, from n's goroutine, and where it
-// deletes the key wakes the next live waiter there, as a release does: a
-// waiter whose queue call met the key, on a quorum perhaps, sleeps as
-// behind a holder, whose release it waits for. Where another holder has
-// the lock, the waiter woken loses one attempt and queues again at the
-// front. If the release gets no answer, or an error, the key is
-// remembered, to be released again once n answers.
-func (l *lease) undoOn(n *node) {
+// undoOn releases the lease's key on n, from n's goroutine. With wake,
+// where it deletes the key it wakes the next live waiter there, as a
+// release does (see abandon). If the release gets no answer, or an error,
+// the key is remembered, to be released again once n answers.
+func (l *lease) undoOn(n *node, wake bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), l.spec.nodeTimeout)
 	defer cancel()
-	if rep := l.spec.kind.release(l.value, "", true)(ctx, n, nil); rep.err != nil {
+	if rep := l.spec.kind.release(l.value, "", wake)(ctx, n, nil); rep.err != nil {
 		n.failed(rep.err)
 		l.remember(n)
 	}
@@ -218,11 +221,24 @@ func (l *lease) undoOn(n *node) {
 // abandon gives up an attempt that failed: it releases, in the background,
 // the nodes that granted it or whose answer is unknown; nodes that answer
 // later release themselves (see granting).
+//
+// An attempt that fewer than a quorum refused may have had its key on a
+// quorum, as a holder has (its ctx ended, say, while its grants were on
+// their way back): a waiter whose queue call met those keys sleeps as
+// behind a holder, for a release. Its undoing then wakes the next live
+// waiter where it deletes the key, as a release does. An attempt that a
+// quorum refused lost to a holder, whose release wakes the waiters: it
+// wakes nobody.
 func (l *lease) abandon() {
 	l.mu.Lock()
 	l.state = released
 	l.mu.Unlock()
-	release, unsure := l.round.abandon()
+	release, unsure, refusals := l.round.abandon()
+	// A late grant read between the two sees no wake: its waiter polls.
+	wake := len(l.spec.client.nodes)-refusals >= quorum(len(l.spec.client.nodes))
+	l.mu.Lock()
+	l.wakeOnUndo = wake
+	l.mu.Unlock()
 	if release == nil {
 		return
 	}
@@ -238,7 +254,7 @@ func (l *lease) abandon() {
 		}
 		doubt := unsure != nil && unsure[i]
 		spawned := n.spawn(l.spec.nodeTimeout, func() {
-			l.undoOn(n)
+			l.undoOn(n, wake)
 			if doubt {
 				l.remember(n)
 			}
@@ -644,7 +660,7 @@ func (r *repairing) heard(n *node, rep reply[none], _, _ bool) {
 	l.mu.Unlock()
 	switch {
 	case ended && rep.ok:
-		l.undoOn(n)
+		l.undoOn(n, false) // the lease's release woke the next waiter
 	case ended && unsure:
 		l.remember(n)
 	}

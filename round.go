@@ -432,15 +432,18 @@ func (o outcome[R]) notAcquired() error {
 // way that may have left a key of the call (anything but a refusal, a
 // refused connection or a call never sent: a script can fail after it
 // wrote), which must be released now, and of those, which failed so that
-// the command may yet land. Nodes not yet heard from are left to their late
-// replies.
-func (r *round[R]) abandon() (release, unsure []bool) {
+// the command may yet land, and how many refused. Nodes not yet heard from
+// are left to their late replies.
+func (r *round[R]) abandon() (release, unsure []bool, refusals int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.abandoned = true
 	for i, rep := range r.replies {
 		if !rep.answered || rep.late {
 			continue
+		}
+		if rep.refused() {
+			refusals++
 		}
 		if !rep.refused() && !neverRan(rep.err) {
 			release = setBit(release, i, len(r.replies))
@@ -449,7 +452,7 @@ func (r *round[R]) abandon() (release, unsure []bool) {
 			unsure = setBit(unsure, i, len(r.replies))
 		}
 	}
-	return release, unsure
+	return release, unsure, refusals
 }
 
 // handOver abandons a won round once its lease ends. It says which nodes

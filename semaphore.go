@@ -168,7 +168,7 @@ func (s *Semaphore) acquire(ctx, waitCtx context.Context, once bool) (*Permit, e
 		start = time.Now()
 	}
 	w := &waiter{lock: s, client: s.client, retry: s.retry, nodeTimeout: s.timeout, logger: s.cfg.logger, name: s.name,
-		queued: &s.queued, ctx: ctx, waitCtx: waitCtx, once: once, strict: true}
+		queued: &s.queued, ctx: ctx, waitCtx: waitCtx, once: once}
 	held, err := s.wait(w)
 	if err != nil {
 		if s.events.on() {

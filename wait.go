@@ -131,11 +131,7 @@ type waiter struct {
 	// joins counts its joins. After more than one, a message that names
 	// it may be a stale copy of an earlier release's (one per node), sent
 	// before it joined again: it may still be in the queue.
-	joins int
-	// strict: a winner leaves the queue unless it was woken by every node
-	// after its only join (a Semaphore's, whose other holders' releases
-	// would wake it where it is still queued; see close).
-	strict   bool
+	joins    int
 	retried  bool  // the last attempt was made at once, without waiting
 	logged   bool  // a node error of this wait was logged at Warn
 	last     error // the last attempt's error
@@ -389,31 +385,21 @@ func (w *waiter) await(delay time.Duration) bool {
 // a wake-up may still be on its way, and one it did not use (it gave up, or
 // won a permit without it) is passed on to the next live waiter.
 //
-// A winner that was woken skips the leave where no node can still have it
-// queued: a Mutex's (or an Election's) winner woken by a quorum of nodes
-// since it last joined, each of which took it out of its queue to wake it
-// (the others count for no quorum of Status, and its release takes its id
-// out there); a Semaphore's only if, besides, it joined once, since other
-// holders' releases would wake it where it is still queued, and a copy of
-// an earlier release's wake-up, sent before it joined again, cannot be
-// told from a new one.
+// A winner that was woken skips the leave if it joined once, and a quorum
+// of nodes woke it since, each of which took it out of its queue to wake
+// it: the others count for no quorum of Status, its release takes its id
+// out there, and a release that wakes it there meanwhile wakes the next
+// waiter through the quorum that has it first. After more than one join, a
+// copy of an earlier release's wake-up, sent before it joined again, cannot
+// be told from a new one.
 func (w *waiter) close(acquired bool) {
 	if w.listener == nil {
 		return
 	}
-	if !acquired || w.joined || !w.poppedEverywhere() {
+	if !acquired || w.joined || w.joins > 1 || w.listener.wokenBy() < quorum(len(w.client.nodes)) {
 		w.lock.leaveQueue(w.id, acquired)
 	}
 	w.listener.unregister()
-}
-
-// poppedEverywhere says whether a woken winner may skip its leave (see
-// close).
-func (w *waiter) poppedEverywhere() bool {
-	if w.strict {
-		return w.joins == 1 && w.listener.wokenBy() == len(w.client.nodes)
-	}
-	return w.listener.wokenBy() >= quorum(len(w.client.nodes))
 }
 
 // joinQueue puts waiter in the lock's queue (or keeps it there) on the
