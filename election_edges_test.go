@@ -415,10 +415,24 @@ func TestElectionLeaderDuringALiveTermWithAStrayKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer term.Resign(context.Background())
-	waitFor(t, "the term's records", func() bool { return keysOn(mrs, e.lock.key+recordSuffix) == 3 })
+	record := e.lock.key + recordSuffix
+	waitFor(t, "the term's keys", func() bool { return keysOn(mrs, e.lock.key) == 3 })
+	settle(t, c.nodes)
+	// A grant that came after the quorum has no record round: put the
+	// record on nodes 1 and 2, as a term recorded everywhere has it.
+	var text string
+	for _, mr := range mrs {
+		if v, err := mr.Get(record); err == nil {
+			text = v
+		}
+	}
+	for _, mr := range mrs[1:] {
+		mr.Set(record, text)
+		mr.SetTTL(record, 8*time.Second)
+	}
 	// Node 0 lost the term's key and record; a candidate that died took
 	// the key there in an attempt that failed on nodes 1 and 2.
-	mrs[0].Del(e.lock.key + recordSuffix)
+	mrs[0].Del(record)
 	mrs[0].Set(e.lock.key, valuePrefix+"CRASHEDCANDIDATE")
 	mrs[0].SetTTL(e.lock.key, 8*time.Second)
 	hooks[1].add(&fault{match: isKind("leader"), before: 50 * time.Millisecond})
