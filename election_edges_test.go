@@ -200,21 +200,9 @@ func TestElectionObserverSeesATermNumberedAsAFailedAttempt(t *testing.T) {
 	term := campaign(t, r, "R")
 	t.Logf("R leads in term %d", term.Number())
 	got := leaderIs(t, obs, "R", term.Number())
-	deadline := time.After(3 * time.Second)
-	for {
-		select {
-		case s := <-states:
-			if s.Value == "R" {
-				resign(t, term)
-				return
-			}
-			t.Logf("observer sent %+v", s)
-		case <-time.After(50 * time.Millisecond):
-			mrs[1].Publish(obs.channel, "0")
-		case <-deadline:
-			t.Fatalf("Leader() = %+v, but the observer's last state is still %+v after 3s of notices: R's term (number %d) was never sent", got, sq, term.Number())
-		}
-	}
+	recvWhere(t, states, mrs[1], obs.channel, 3*time.Second, fmt.Sprintf("R's term (Leader() = %+v; sent before: %+v)", got, sq),
+		func(s Leader) bool { return s.Value == "R" })
+	resign(t, term)
 }
 
 // A term whose masters lost it for a while (the observer sent Leader{})
@@ -271,21 +259,9 @@ func TestElectionObserverSeesARepairedTermAgain(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	got := leaderIs(t, obs, "b", term.Number()) // the failed Proclaim's value, which repairs carry
-	deadline := time.After(3 * time.Second)
-	for {
-		select {
-		case s := <-states:
-			if s.Term == term.Number() {
-				resign(t, term)
-				return
-			}
-			t.Logf("observer sent %+v", s)
-		case <-time.After(50 * time.Millisecond):
-			mrs[0].Publish(obs.channel, "0")
-		case <-deadline:
-			t.Fatalf("Leader() = %+v (term repaired on every master), but the observer's last state is Leader{} after 3s of notices", got)
-		}
-	}
+	recvWhere(t, states, mrs[0], obs.channel, 3*time.Second, fmt.Sprintf("the term repaired on every master (Leader() = %+v) after Leader{}", got),
+		func(s Leader) bool { return s.Term == term.Number() })
+	resign(t, term)
 }
 
 // Close while a term past its maximum hold is kept on the masters returns

@@ -4,10 +4,38 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 )
 
 // The hand-off under contention: a wake-up costs the waiter it names one
 // attempt, and nobody else anything.
+
+// lockedMutex returns a Mutex called name, on a Client of its own, locked.
+func lockedMutex(t *testing.T, clients []redis.UniversalClient, name string) *Mutex {
+	t.Helper()
+	m := newClient(t, clients).NewMutex(name)
+	if _, err := m.LockContext(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// lockAsync locks m in a goroutine and returns the channel of its error.
+func lockAsync(t *testing.T, m *Mutex) <-chan error {
+	return async(func() error { _, err := m.LockContext(t.Context()); return err })
+}
+
+// queuedOnAll reports whether a waiter of c is in queue on every server.
+func queuedOnAll(mrs []*miniredis.Miniredis, queue string, c *Client) bool {
+	for _, mr := range mrs {
+		if !queuedOn(mr, queue, c) {
+			return false
+		}
+	}
+	return true
+}
 
 // acquireCalls counts the acquisition attempts a Client's node 0 was sent.
 func acquireCalls(h *faultHook) int { return len(h.sent(isKind("acquire"))) }
@@ -19,27 +47,17 @@ func acquireCalls(h *faultHook) int { return len(h.sent(isKind("acquire"))) }
 // w2 must make no attempt between w1's win and w1's release.
 func TestWinnerPassesNoWakeUpOn(t *testing.T) {
 	mrs, clients := servers(t, 3)
-	h := newClient(t, clients).NewMutex("hot")
-	if _, err := h.LockContext(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	h := lockedMutex(t, clients, "hot")
 	own1, hooks1 := hookedClients(t, mrs)
 	w1 := newClient(t, own1, WithRetryDelay(20*time.Millisecond), WithRetryJitter(0)).NewMutex("hot")
-	got1 := async(func() error { _, err := w1.LockContext(t.Context()); return err })
+	got1 := lockAsync(t, w1)
 	// Its third attempt follows its second join.
 	waitFor(t, "w1 to poll twice", func() bool { return acquireCalls(hooks1[0]) >= 3 })
 	own2, hooks2 := hookedClients(t, mrs)
 	c2 := newClient(t, own2, WithRetryDelay(2*time.Second), WithRetryJitter(0))
 	w2 := c2.NewMutex("hot")
-	got2 := async(func() error { _, err := w2.LockContext(t.Context()); return err })
-	waitFor(t, "w2 to queue", func() bool {
-		for _, mr := range mrs {
-			if !queuedOn(mr, h.key+queueSuffix, c2) {
-				return false
-			}
-		}
-		return true
-	})
+	got2 := lockAsync(t, w2)
+	waitFor(t, "w2 to queue", func() bool { return queuedOnAll(mrs, h.key+queueSuffix, c2) })
 	settle(t, w2.client.nodes)
 	before := acquireCalls(hooks2[0])
 	h.Unlock()
@@ -68,22 +86,12 @@ func TestWinnerPassesNoWakeUpOn(t *testing.T) {
 // held back 100ms on every node, while b takes the lock.
 func TestStaleWakeUpCopyCostsNoAttempt(t *testing.T) {
 	mrs, clients := servers(t, 3)
-	h := newClient(t, clients).NewMutex("hot")
-	if _, err := h.LockContext(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	h := lockedMutex(t, clients, "hot")
 	own, hooks := hookedClients(t, mrs)
 	wc := newClient(t, own, WithRetryDelay(2*time.Second), WithRetryJitter(0))
 	w := wc.NewMutex("hot")
-	got := async(func() error { _, err := w.LockContext(t.Context()); return err })
-	waitFor(t, "w to queue", func() bool {
-		for _, mr := range mrs {
-			if !queuedOn(mr, h.key+queueSuffix, wc) {
-				return false
-			}
-		}
-		return true
-	})
+	got := lockAsync(t, w)
+	waitFor(t, "w to queue", func() bool { return queuedOnAll(mrs, h.key+queueSuffix, wc) })
 	settle(t, wc.nodes)
 	for _, hk := range hooks {
 		hk.add(&fault{match: isKind("acquire"), before: 100 * time.Millisecond, times: 1})
@@ -126,7 +134,7 @@ func TestPollWinnerIsNotAWaiterOnceLockReturns(t *testing.T) {
 	own, hooks := hookedClients(t, mrs)
 	wc := newClient(t, own, WithRetryDelay(20*time.Millisecond), WithRetryJitter(0))
 	w := wc.NewMutex("r1")
-	got := async(func() error { _, err := w.LockContext(t.Context()); return err })
+	got := lockAsync(t, w)
 	waitFor(t, "w to queue", func() bool { return queuedOn(mrs[0], h.key+queueSuffix, wc) })
 	settle(t, wc.nodes)
 	for _, hk := range hooks {
@@ -172,17 +180,13 @@ func TestWokenWinnerLeavesWhereItWasNotHead(t *testing.T) {
 	queue := h.key + queueSuffix
 	wc := newClient(t, clients, WithRetryDelay(2*time.Second), WithRetryJitter(0))
 	w := wc.NewMutex("r7")
-	gotW := async(func() error { _, err := w.LockContext(t.Context()); return err })
-	waitFor(t, "w to queue", func() bool {
-		return queuedOn(mrs[0], queue, wc) && queuedOn(mrs[1], queue, wc) && queuedOn(mrs[2], queue, wc)
-	})
+	gotW := lockAsync(t, w)
+	waitFor(t, "w to queue", func() bool { return queuedOnAll(mrs, queue, wc) })
 	vown, vhooks := hookedClients(t, mrs)
 	vc := newClient(t, vown, WithRetryDelay(2*time.Second), WithRetryJitter(0))
 	v := vc.NewMutex("r7")
-	gotV := async(func() error { _, err := v.LockContext(t.Context()); return err })
-	waitFor(t, "v to queue", func() bool {
-		return queuedOn(mrs[0], queue, vc) && queuedOn(mrs[1], queue, vc) && queuedOn(mrs[2], queue, vc)
-	})
+	gotV := lockAsync(t, v)
+	waitFor(t, "v to queue", func() bool { return queuedOnAll(mrs, queue, vc) })
 	settle(t, wc.nodes)
 	settle(t, vc.nodes)
 	// Their joins crossed on nodes 1 and 2: v is ahead there.
@@ -228,21 +232,11 @@ func TestWokenWinnerLeavesWhereItWasNotHead(t *testing.T) {
 // first: w took the lock 2s after h's release.)
 func TestAbandonedAttemptWakesTheWaiterItStalled(t *testing.T) {
 	mrs, clients := servers(t, 3)
-	h := newClient(t, clients).NewMutex("r5")
-	if _, err := h.LockContext(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	h := lockedMutex(t, clients, "r5")
 	wc := newClient(t, clients, WithRetryDelay(200*time.Millisecond), WithRetryJitter(0))
 	w := wc.NewMutex("r5")
-	got := async(func() error { _, err := w.LockContext(t.Context()); return err })
-	waitFor(t, "w to queue", func() bool {
-		for _, mr := range mrs {
-			if !queuedOn(mr, h.key+queueSuffix, wc) {
-				return false
-			}
-		}
-		return true
-	})
+	got := lockAsync(t, w)
+	waitFor(t, "w to queue", func() bool { return queuedOnAll(mrs, h.key+queueSuffix, wc) })
 	settle(t, wc.nodes)
 	xown, xhooks := hookedClients(t, mrs)
 	xc := newClient(t, xown, WithNodeTimeout(time.Second))
@@ -291,10 +285,8 @@ func TestStaleCopiesAfterARejoinDoNotLetAWinnerStayQueued(t *testing.T) {
 	own, hooks := hookedClientsHearingLate(t, mrs, 300*time.Millisecond, 1, 2)
 	wc := newClient(t, own, WithRetryDelay(2*time.Second), WithRetryJitter(0), WithNodeTimeout(time.Second))
 	w := wc.NewMutex("zz-stale")
-	got := async(func() error { _, err := w.LockContext(t.Context()); return err })
-	waitFor(t, "w to queue", func() bool {
-		return queuedOn(mrs[0], queue, wc) && queuedOn(mrs[1], queue, wc) && queuedOn(mrs[2], queue, wc)
-	})
+	got := lockAsync(t, w)
+	waitFor(t, "w to queue", func() bool { return queuedOnAll(mrs, queue, wc) })
 	settle(t, wc.nodes)
 	time.Sleep(400 * time.Millisecond) // the subscriptions' late confirmations
 	for _, hk := range hooks {
