@@ -203,6 +203,8 @@ func (c candidate) joinQueue(ctx context.Context, waiter, mode string) queueView
 
 func (c candidate) leaveQueue(waiter string, won bool) { c.e.lock.leaveQueue(waiter, won) }
 
+func (c candidate) dequeueOn(waiter string, woke []bool) { c.e.lock.dequeueOn(waiter, woke) }
+
 // record writes the leader's record on a node while holder holds the
 // election's lock there, and tells the observers.
 func (e *Election) record(holder string, term, proclamation uint64, value string) nodeCall[none] {

@@ -74,6 +74,9 @@ var (
 	// errNotRepaired is the reply of a node a repair round does not call:
 	// it still had the key.
 	errNotRepaired = neverSent(errors.New("not repaired: it has the key"))
+	// errWokeIt is the reply of a node that a winner's dequeue skips: it
+	// took the winner out of its queue to wake it.
+	errWokeIt = neverSent(errors.New("not dequeued: it woke the waiter"))
 
 	// errTooLate is the reply of a repair that would have been sent too
 	// late to leave any validity.

@@ -2,6 +2,7 @@ package redlock
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -333,4 +334,208 @@ func TestStaleCopiesAfterARejoinDoNotLetAWinnerStayQueued(t *testing.T) {
 		t.Errorf("Status() = %+v once w's LockContext returned and its calls settled; want 0 waiters: nobody waits", st)
 	}
 	w.Unlock()
+}
+
+// idOf returns the id of c's waiter in queue on mr, or "".
+func idOf(mr *miniredis.Miniredis, queue string, c *Client) string {
+	l, _ := mr.List(queue)
+	for _, id := range l {
+		if strings.HasPrefix(id, c.notifier.id+waiterSeparator) {
+			return id
+		}
+	}
+	return ""
+}
+
+// setQueue makes queue on mr hold ids, in order.
+func setQueue(mr *miniredis.Miniredis, queue string, ids ...string) {
+	mr.Del(queue)
+	mr.RPush(queue, ids...)
+}
+
+// Two Semaphore waiters whose joins crossed each win after wake-ups from
+// two nodes of three, and each is still queued on the third, a different
+// one for each: both must leave there, or a quorum of nodes counts a
+// waiter that does not exist. (Failed first: Status said 2 waiters, want
+// 1.)
+func TestSemaphoreWinnersLeaveTheNodesThatDidNotWakeThem(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	h := newClient(t, clients).NewSemaphore("zzsem", 2)
+	held := holdAll(t, h)
+	queue := h.keys.queueKeys[0].(string)
+	opts := []Option{WithRetryDelay(2 * time.Second), WithRetryJitter(0)}
+	own1, hooks1 := hookedClients(t, mrs)
+	c1 := newClient(t, own1, opts...)
+	own2, hooks2 := hookedClients(t, mrs)
+	c2 := newClient(t, own2, opts...)
+	ownZ, hooksZ := hookedClients(t, mrs)
+	cZ := newClient(t, ownZ, opts...)
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	acq := func(c *Client) <-chan *Permit {
+		got := make(chan *Permit, 1)
+		go func() {
+			p, _ := c.NewSemaphore("zzsem", 2).Acquire(ctx)
+			got <- p
+		}()
+		return got
+	}
+	got1, got2, gotZ := acq(c1), acq(c2), acq(cZ)
+	for _, c := range []*Client{c1, c2, cZ} {
+		waitFor(t, "waiters to queue", func() bool { return queuedOnAll(mrs, queue, c) })
+	}
+	settle(t, c1.nodes)
+	settle(t, c2.nodes)
+	settle(t, cZ.nodes)
+	w1, w2, z := idOf(mrs[0], queue, c1), idOf(mrs[0], queue, c2), idOf(mrs[0], queue, cZ)
+	// Crossed joins: two releases pop the first two ids on each node.
+	setQueue(mrs[0], queue, w1, w2, z)
+	setQueue(mrs[1], queue, z, w1, w2)
+	setQueue(mrs[2], queue, z, w2, w1)
+	for _, hk := range hooks1 {
+		hk.add(&fault{match: isKind("acquire"), before: 100 * time.Millisecond, times: 1})
+	}
+	for _, hk := range hooks2 {
+		hk.add(&fault{match: isKind("acquire"), before: 100 * time.Millisecond, times: 1})
+	}
+	for _, hk := range hooksZ {
+		hk.add(&fault{match: isKind("acquire"), before: 600 * time.Millisecond, times: 1})
+	}
+	for _, p := range held {
+		if err := p.Release(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var p1, p2 *Permit
+	for _, got := range []<-chan *Permit{got1, got2} {
+		select {
+		case p := <-got:
+			if p == nil {
+				t.Fatal("Acquire failed")
+			}
+			if p1 == nil {
+				p1 = p
+			} else {
+				p2 = p
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("w1/w2 not woken")
+		}
+	}
+	defer p1.Release(context.Background())
+	defer p2.Release(context.Background())
+	time.Sleep(900 * time.Millisecond) // z's held-back attempt loses; z queues again
+	settle(t, c1.nodes)
+	settle(t, c2.nodes)
+	settle(t, cZ.nodes)
+	st, err := h.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Waiters != 1 {
+		for i, mr := range mrs {
+			l, _ := mr.List(queue)
+			t.Logf("node %d queue: %v  (w1=%s w2=%s z=%s)", i, l, w1[len(w1)-6:], w2[len(w2)-6:], z[len(z)-6:])
+		}
+		t.Errorf("Status() = %+v once w1 and w2 hold permits and only z waits; want Waiters 1", st)
+	}
+	cancel()
+	if p := <-gotZ; p != nil {
+		p.Release(context.Background())
+	}
+}
+
+// Three Semaphore winners, each woken by two nodes of three, each left
+// queued on a different node, would absorb every node's copy of a later
+// release's wake-up, and the only waiter, v, would sleep to its poll with
+// a permit free. (Failed first: v not woken within 3s.)
+func TestSemaphoreWinnersLeftQueuedAbsorbNoWakeUp(t *testing.T) {
+	mrs, clients := servers(t, 3)
+	h := newClient(t, clients).NewSemaphore("zzsem4", 4)
+	held := holdAll(t, h)
+	queue := h.keys.queueKeys[0].(string)
+	opts := []Option{WithRetryDelay(2 * time.Second), WithRetryJitter(0)}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	type w struct {
+		c     *Client
+		hooks []*faultHook
+		got   chan *Permit
+		stop  context.CancelFunc
+	}
+	start := func() *w {
+		own, hooks := hookedClients(t, mrs)
+		c := newClient(t, own, opts...)
+		wctx, stop := context.WithCancel(ctx)
+		x := &w{c: c, hooks: hooks, got: make(chan *Permit, 1), stop: stop}
+		go func() {
+			p, _ := c.NewSemaphore("zzsem4", 4).Acquire(wctx)
+			x.got <- p
+		}()
+		return x
+	}
+	ws := []*w{start(), start(), start(), start()} // w1, w2, w3, z
+	for _, x := range ws {
+		waitFor(t, "waiters to queue", func() bool { return queuedOnAll(mrs, queue, x.c) })
+	}
+	for _, x := range ws {
+		settle(t, x.c.nodes)
+	}
+	id := func(x *w) string { return idOf(mrs[0], queue, x.c) }
+	w1, w2, w3, z := id(ws[0]), id(ws[1]), id(ws[2]), id(ws[3])
+	// Crossed joins: three releases pop the first three ids on each node.
+	setQueue(mrs[0], queue, z, w2, w3, w1)
+	setQueue(mrs[1], queue, z, w1, w3, w2)
+	setQueue(mrs[2], queue, z, w1, w2, w3)
+	for i, x := range ws {
+		d := 100 * time.Millisecond
+		if i == 3 {
+			d = 600 * time.Millisecond
+		}
+		for _, hk := range x.hooks {
+			hk.add(&fault{match: isKind("acquire"), before: d, times: 1})
+		}
+	}
+	for _, p := range held[:3] {
+		if err := p.Release(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, x := range ws[:3] {
+		select {
+		case p := <-x.got:
+			if p == nil {
+				t.Fatal("Acquire failed")
+			}
+			defer p.Release(context.Background())
+		case <-time.After(5 * time.Second):
+			t.Fatal("w1..w3 not woken")
+		}
+	}
+	time.Sleep(900 * time.Millisecond) // z's held-back attempt loses; z queues again
+	ws[3].stop()                       // z gives up
+	if p := <-ws[3].got; p != nil {
+		t.Fatal("z acquired")
+	}
+	for _, x := range ws {
+		settle(t, x.c.nodes)
+	}
+	for i, mr := range mrs {
+		l, _ := mr.List(queue)
+		t.Logf("node %d queue before v: %v", i, l)
+	}
+	v := queueSlowPoller(t, clients, mrs, "zzsem4", 4)
+	waitFor(t, "v to queue everywhere", func() bool {
+		for _, mr := range mrs {
+			if l, _ := mr.List(queue); len(l) < 1 {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(50 * time.Millisecond)
+	if err := held[3].Release(t.Context()); err != nil { // a permit is free; v is the only waiter
+		t.Fatal(err)
+	}
+	v.expectWoken(t, "the release of the fourth permit, v being the only waiter")
 }

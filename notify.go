@@ -148,17 +148,17 @@ func (l *listener) take() bool {
 	}
 }
 
-// wokenBy counts the nodes whose wake-ups came since the last take.
-func (l *listener) wokenBy() int {
+// wokenBy returns the nodes whose wake-ups came since the last take, and
+// how many they are.
+func (l *listener) wokenBy() (from []bool, count int) {
 	l.n.mu.Lock()
 	defer l.n.mu.Unlock()
-	count := 0
 	for _, bit := range l.from {
 		if bit {
 			count++
 		}
 	}
-	return count
+	return append([]bool(nil), l.from...), count
 }
 
 // unregister stops passing wake-ups to the waiter.

@@ -405,6 +405,13 @@ func (s *Semaphore) leaveQueue(waiter string, _ bool) {
 	launch(s.client, ctx, roundSpec[none]{call: call, timeout: s.timeout, anyNode: true}).wait(ctx, nil)
 }
 
+// dequeueOn takes a winner out of the queue on the nodes that did not wake
+// it, without waiting (see waiter.close): the other holders' releases
+// would wake it there.
+func (s *Semaphore) dequeueOn(waiter string, woke []bool) {
+	dequeueSkipping(s.client, dequeueCall(s.keys.queueKeys, waiter, s.retry.queueTTL()), s.timeout, woke)
+}
+
 // Status reads the Semaphore on every node without taking a permit: how
 // many permits a quorum reports held, and how many live waiters a quorum
 // reports queued. It waits for every node's answer, each for no longer

@@ -85,6 +85,10 @@ type contender interface {
 	// have used that wake-up then wakes the next live waiter, releasing
 	// nothing: one that gave up, or won a permit without it.
 	leaveQueue(waiter string, won bool)
+	// dequeueOn takes a winner out of the lock's queue on the nodes that
+	// did not wake it (woke is indexed by node), passing nothing on, and
+	// does not wait for it.
+	dequeueOn(waiter string, woke []bool)
 }
 
 // queueView is what a waiter learns as it joins the queue.
@@ -385,19 +389,24 @@ func (w *waiter) await(delay time.Duration) bool {
 // a wake-up may still be on its way, and one it did not use (it gave up, or
 // won a permit without it) is passed on to the next live waiter.
 //
-// A winner that was woken skips the leave if it joined once, and a quorum
-// of nodes woke it since, each of which took it out of its queue to wake
-// it: the others count for no quorum of Status, its release takes its id
-// out there, and a release that wakes it there meanwhile wakes the next
-// waiter through the quorum that has it first. After more than one join, a
-// copy of an earlier release's wake-up, sent before it joined again, cannot
-// be told from a new one.
+// A winner that was woken needs no leave, waited for, if it joined once
+// and a quorum of nodes woke it since, each of which took it out of its
+// queue to wake it. A Semaphore's winner tells the others, a minority,
+// without waiting: its holders, left queued on different nodes, would
+// count for Status and absorb wake-ups meant for the waiters behind (a
+// Mutex's, see its dequeueOn, need not). After more than one join, a copy
+// of an earlier release's wake-up, sent before it joined again, cannot be
+// told from a new one.
 func (w *waiter) close(acquired bool) {
 	if w.listener == nil {
 		return
 	}
-	if !acquired || w.joined || w.joins > 1 || w.listener.wokenBy() < quorum(len(w.client.nodes)) {
+	woke, count := w.listener.wokenBy()
+	switch {
+	case !acquired || w.joined || w.joins > 1 || count < quorum(len(w.client.nodes)):
 		w.lock.leaveQueue(w.id, acquired)
+	case count < len(w.client.nodes):
+		w.lock.dequeueOn(w.id, woke)
 	}
 	w.listener.unregister()
 }
@@ -464,6 +473,19 @@ func (m *Mutex) leaveQueue(waiter string, won bool) {
 	}
 	ctx := context.Background()
 	launch(m.client, ctx, roundSpec[none]{call: call, timeout: m.spec.nodeTimeout, anyNode: true}).wait(ctx, nil)
+}
+
+// dequeueOn does nothing: a Mutex's winner left queued on a minority of
+// nodes is counted by no quorum of Status, and absorbs no wake-up, as no
+// other holder releases the lock before the winner's own release, which
+// takes its id out of every queue. The node that did not wake it has most
+// often done so, its copy of the wake-up still on its way.
+func (m *Mutex) dequeueOn(string, []bool) {}
+
+// dequeueSkipping launches call on the nodes not in woke, and does not wait
+// for it: the calls are on their way when it returns.
+func dequeueSkipping(c *Client, call nodeCall[none], timeout time.Duration, woke []bool) {
+	launch(c, context.Background(), roundSpec[none]{call: call, timeout: timeout, anyNode: true, skip: skipping(woke, errWokeIt)})
 }
 
 // waitEnded is the error of a wait that ctx ended; last is the error of the
