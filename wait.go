@@ -372,6 +372,7 @@ func (w *waiter) await(delay time.Duration) bool {
 	select {
 	case <-w.listener.C:
 		w.joined = false // the release took it out of the queue
+		w.awaitCopies()
 		return true
 	case <-timer.C:
 		return false
@@ -379,6 +380,40 @@ func (w *waiter) await(delay time.Duration) bool {
 		return false
 	case <-w.client.closing:
 		return false
+	}
+}
+
+// copyGrace bounds how long a woken waiter waits for the other nodes'
+// copies of its wake-up.
+const copyGrace = 2 * time.Millisecond
+
+// awaitCopies waits, once a wake-up came, until a quorum of nodes have sent
+// theirs, for copyGrace at most: each copy comes from a node that has run
+// the release, so that the attempt that follows finds the lock free on a
+// quorum, rather than losing to the releases still on their way and
+// queueing again. The copies of one release come within a round trip of
+// each other; a waiter that heads the queue of fewer nodes than a quorum
+// tries after the grace.
+func (w *waiter) awaitCopies() {
+	q := quorum(len(w.client.nodes))
+	if _, n := w.listener.wokenBy(); n >= q {
+		return
+	}
+	grace := time.NewTimer(copyGrace)
+	defer grace.Stop()
+	for {
+		select {
+		case <-w.listener.C:
+			if _, n := w.listener.wokenBy(); n >= q {
+				return
+			}
+		case <-grace.C:
+			return
+		case <-w.waitCtx.Done():
+			return
+		case <-w.client.closing:
+			return
+		}
 	}
 }
 
