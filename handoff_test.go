@@ -271,7 +271,7 @@ func TestAbandonedAttemptWakesTheWaiterItStalled(t *testing.T) {
 	w.Unlock()
 }
 
-// A release's wake-up copies from nodes 1 and 2 come 300ms late, after w
+// A release's wake-up copies from nodes 1 and 2 come 1s late, after w
 // lost its attempt (to another holder) and joined again at the front of
 // every queue: they are stale, and w, winning later, must still leave the
 // queue, or Status counts it once LockContext has returned.
@@ -283,7 +283,7 @@ func TestStaleCopiesAfterARejoinDoNotLetAWinnerStayQueued(t *testing.T) {
 		t.Fatal(err)
 	}
 	queue := h.key + queueSuffix
-	own, hooks := hookedClientsHearingLate(t, mrs, 300*time.Millisecond, 1, 2)
+	own, hooks := hookedClientsHearingLate(t, mrs, time.Second, 1, 2)
 	wc := newClient(t, own, WithRetryDelay(2*time.Second), WithRetryJitter(0), WithNodeTimeout(time.Second))
 	w := wc.NewMutex("zz-stale")
 	got := lockAsync(t, w)
@@ -315,7 +315,7 @@ func TestStaleCopiesAfterARejoinDoNotLetAWinnerStayQueued(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(3 * time.Second):
+	case <-time.After(4 * time.Second):
 		t.Fatal("w did not take the lock")
 	}
 	t.Logf("won at %v", time.Since(unlocked))
